@@ -1,0 +1,178 @@
+//! Tracking overhead, side by side in one run: the workload's write
+//! throughput untracked vs tracked by `ebpf` vs `pagemap-scan`, and the CPU
+//! time pagehop spends per dirty page it reports.
+//!
+//! The workload writes as fast as it can (`--write-mbps max`), so every
+//! write fault tracking adds shows up as lost throughput. Configurations are
+//! interleaved round-robin so that the shared machine's noise hits all of
+//! them alike; medians and ratios are reported.
+//!
+//! `cargo bench --bench tracking_overhead` (needs root).
+//! Environment: PAGEHOP_BENCH_ROUNDS (default 3), PAGEHOP_BENCH_SECS (per run, default 3),
+//! PAGEHOP_BENCH_PATTERNS (default "uniform,skew").
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_pagehop-workload");
+const PAGEHOP: &str = env!("CARGO_BIN_EXE_pagehop");
+const ARENA_MIB: &str = "256";
+const INTERVAL_MS: &str = "100";
+
+struct Run {
+    pages_per_sec: f64,
+    cpu_ns_per_page: Option<f64>,
+    collect_us: Option<f64>,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if v.is_empty() {
+        f64::NAN
+    } else {
+        v[v.len() / 2]
+    }
+}
+
+/// One run: start the workload, optionally track it, measure its rate.
+fn run(backend: Option<&str>, pattern: &str, secs: f64) -> Run {
+    let mut workload = Command::new(WORKLOAD)
+        .args([
+            "--size-mib",
+            ARENA_MIB,
+            "--write-mbps",
+            "max",
+            "--pattern",
+            pattern,
+            "--report-ms",
+            "250",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start workload");
+    let mut lines = BufReader::new(workload.stdout.take().unwrap()).lines();
+    let ready = lines.next().expect("ready line").expect("read");
+    assert!(ready.starts_with("ready"), "{ready}");
+    let track = backend.map(|b| {
+        Command::new(PAGEHOP)
+            .args([
+                "track",
+                "--pid",
+                &workload.id().to_string(),
+                "--backend",
+                b,
+                "--interval",
+                INTERVAL_MS,
+            ])
+            .args(["--duration", &format!("{}", secs + 1.0), "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start pagehop track")
+    });
+    // Let tracking arm, then sample the heartbeats.
+    let warmup = Instant::now() + Duration::from_millis(500);
+    let end = warmup + Duration::from_secs_f64(secs);
+    let mut rates = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.expect("read");
+        let now = Instant::now();
+        if now > end {
+            break;
+        }
+        if now > warmup
+            && let Some(rate) = line
+                .split_whitespace()
+                .find_map(|f| f.strip_prefix("pages_per_sec="))
+        {
+            rates.push(rate.parse::<f64>().unwrap());
+        }
+    }
+    let (mut cpu_ns_per_page, mut collect_us) = (None, None);
+    if let Some(track) = track {
+        let out = track.wait_with_output().expect("pagehop track");
+        assert!(out.status.success(), "pagehop track failed");
+        let mut collects = Vec::new();
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("json");
+            if let Some(s) = v.get("summary") {
+                cpu_ns_per_page = s["cpu_ns_per_dirty_page"].as_f64();
+            } else if let Some(c) = v["collect_us"].as_f64() {
+                collects.push(c);
+            }
+        }
+        collect_us = Some(median(collects));
+    }
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(workload.id() as i32, libc::SIGTERM) };
+    for _ in lines {}
+    workload.wait().expect("workload");
+    Run {
+        pages_per_sec: median(rates),
+        cpu_ns_per_page,
+        collect_us,
+    }
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("tracking_overhead: needs root (eBPF, ptrace, userfaultfd); skipped");
+        return;
+    }
+    if std::env::args().any(|a| a == "--list") {
+        return; // `cargo bench -- --list` probes harnesses
+    }
+    let rounds: usize = env_or("PAGEHOP_BENCH_ROUNDS", 3);
+    let secs: f64 = env_or("PAGEHOP_BENCH_SECS", 3.0);
+    let patterns: String = env_or("PAGEHOP_BENCH_PATTERNS", "uniform,skew".to_string());
+    let configs: [(&str, Option<&str>); 3] = [
+        ("untracked", None),
+        ("ebpf", Some("ebpf")),
+        ("pagemap-scan", Some("pagemap-scan")),
+    ];
+    println!(
+        "tracking overhead: {ARENA_MIB} MiB arena written as fast as possible, {INTERVAL_MS} ms intervals,"
+    );
+    println!(
+        "{rounds} interleaved rounds of {secs} s per configuration; medians; 2 shared cores, so read the ratios\n"
+    );
+    println!(
+        "{:<8} {:<13} {:>14} {:>10} {:>16} {:>12}",
+        "pattern", "tracking", "pages/s", "vs untracked", "pagehop ns/page", "collect µs"
+    );
+    for pattern in patterns.split(',') {
+        let mut results: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
+        for _ in 0..rounds {
+            for (i, (_, backend)) in configs.iter().enumerate() {
+                results[i].push(run(*backend, pattern, secs));
+            }
+        }
+        let base = median(results[0].iter().map(|r| r.pages_per_sec).collect());
+        for ((name, _), runs) in configs.iter().zip(&results) {
+            let rate = median(runs.iter().map(|r| r.pages_per_sec).collect());
+            let cpu = median(runs.iter().filter_map(|r| r.cpu_ns_per_page).collect());
+            let collect = median(runs.iter().filter_map(|r| r.collect_us).collect());
+            let show = |v: f64| {
+                if v.is_nan() {
+                    "-".to_string()
+                } else {
+                    format!("{v:.0}")
+                }
+            };
+            println!(
+                "{pattern:<8} {name:<13} {rate:>14.0} {:>10.2}x {:>16} {:>12}",
+                rate / base,
+                show(cpu),
+                show(collect)
+            );
+        }
+    }
+}

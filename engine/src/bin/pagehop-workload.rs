@@ -1,0 +1,103 @@
+//! `pagehop-workload`: the built-in workload (see `pagehop::workload`).
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use pagehop::workload::{self, Pattern, WorkloadConfig, WriteRate};
+
+/// Dirties the pages of one memory arena at a set rate and pattern, and can
+/// log exactly which pages it wrote and when.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Arena size in MiB.
+    #[arg(long, default_value_t = 64)]
+    size_mib: u64,
+    /// Write rate in MiB/s of distinct data pages (fractional allowed, 0 = idle), or "max".
+    #[arg(long, default_value_t = WriteRate::default())]
+    write_mbps: WriteRate,
+    /// Page choice: uniform, skew (90% of writes to the first 10% of a shard) or seq.
+    #[arg(long, default_value_t = Pattern::default())]
+    pattern: Pattern,
+    /// Writer threads, each owning a disjoint shard of the data pages.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Pacing granularity in milliseconds.
+    #[arg(long, default_value_t = 10)]
+    tick_ms: u64,
+    /// Every 200 ms map, write and unmap short-lived regions outside the arena.
+    #[arg(long)]
+    churn: bool,
+    /// Fork once after this many milliseconds; the child keeps writing its copy.
+    #[arg(long)]
+    fork_after_ms: Option<u64>,
+    /// How long the forked child writes before exiting.
+    #[arg(long, default_value_t = 2000)]
+    child_lifetime_ms: u64,
+    /// Log every page written, per thread and tick, to this file (the child's to FILE.child).
+    #[arg(long, value_name = "FILE")]
+    ground_truth: Option<PathBuf>,
+    /// Stop after this many seconds (default: run until SIGTERM/SIGINT).
+    #[arg(long)]
+    duration_secs: Option<f64>,
+    /// Arena address in hex (mapped with MAP_FIXED_NOREPLACE).
+    #[arg(long, value_name = "HEX", default_value = "0x600000000000", value_parser = parse_hex)]
+    arena_addr: usize,
+    /// Heartbeat period in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    report_ms: u64,
+    /// Seed of the page choices.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Check the arena's invariants before exiting; exit non-zero if they fail.
+    #[arg(long)]
+    check_on_exit: bool,
+}
+
+fn parse_hex(s: &str) -> Result<usize, String> {
+    let digits = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    usize::from_str_radix(digits, 16).map_err(|e| format!("{s:?} is not a hex address: {e}"))
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<WorkloadConfig> {
+        let duration = self
+            .duration_secs
+            .map(|secs| {
+                Duration::try_from_secs_f64(secs)
+                    .context("--duration-secs must be a non-negative number")
+            })
+            .transpose()?;
+        Ok(WorkloadConfig {
+            size_mib: self.size_mib,
+            write_rate: self.write_mbps,
+            pattern: self.pattern,
+            threads: self.threads,
+            tick_ms: self.tick_ms,
+            churn: self.churn,
+            fork_after_ms: self.fork_after_ms,
+            child_lifetime_ms: self.child_lifetime_ms,
+            ground_truth: self.ground_truth,
+            duration,
+            arena_addr: self.arena_addr,
+            report_ms: self.report_ms,
+            seed: self.seed,
+            check_on_exit: self.check_on_exit,
+        })
+    }
+}
+
+fn main() -> anyhow::Result<ExitCode> {
+    let config = Args::parse().into_config()?;
+    let summary = workload::run(&config).context("pagehop-workload failed")?;
+    if let Some(Err(bad)) = &summary.invariant {
+        eprintln!("pagehop-workload: invariant check failed: {bad}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,58 @@
+//! Raw syscalls and ioctls. Each submodule owns its `#[repr(C)]` structs, its
+//! ioctl numbers (checked at compile time) and small safe wrappers; the rest of
+//! the engine never calls `libc` for these directly.
+pub mod pagemap;
+pub mod pidfd;
+pub mod ptrace;
+pub mod uffd;
+
+use std::io;
+
+/// Turns a `-1`-on-error libc return value into an `io::Result`.
+pub(crate) fn cvt<T: Copy + PartialEq + From<i8>>(ret: T) -> io::Result<T> {
+    if ret == T::from(-1) {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Monotonic clock in nanoseconds (CLOCK_MONOTONIC), comparable across processes.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The system page size.
+pub fn page_size() -> usize {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 { size as usize } else { 4096 }
+}
+
+/// Mounts tracefs at `target` (needed to attach classic tracepoints when the
+/// system has not mounted it).
+pub fn mount_tracefs(target: &std::path::Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let target =
+        CString::new(target.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    let fstype = c"tracefs";
+    // SAFETY: all pointers are valid NUL-terminated strings for the duration of
+    // the call; no mount data is passed.
+    let ret = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    cvt(ret).map(drop)
+}

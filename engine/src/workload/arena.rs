@@ -1,0 +1,555 @@
+//! The arena: one fixed mapping that holds all of the workload's state, so
+//! that a copy of it elsewhere can carry on (a later `--resume`).
+//!
+//! ```text
+//! base                                                                base + size
+//! +--------+----------------------------+---------+---------+-----+--------------+
+//! | header | generation table           | shard 0 | shard 1 | ... | shard T-1    |
+//! | 1 page | one u32 per data page,     |   data pages, split contiguously,      |
+//! |        | padded to whole pages      |   one shard per writer thread          |
+//! +--------+----------------------------+----------------------------------------+
+//! ```
+//!
+//! The header holds the layout (versioned) and one cache-line slot per writer
+//! thread with its generator state, sequential cursor, counters and rate carry.
+//! Data page `i` always holds [`page::fill_page`]`(i, table[i])`.
+use std::io;
+use std::ops::Range;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use super::page;
+use super::pattern::{Pattern, PickState, Rng};
+use super::sys;
+
+/// `PGHOPWKL`, little-endian.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"PGHOPWKL");
+/// Version of the arena layout; bump on any change to [`Header`] or the page map.
+pub const LAYOUT_VERSION: u32 = 1;
+/// Most writer threads the header has slots for.
+pub const MAX_THREADS: usize = 62;
+/// Smallest supported page size: the header must fit in one page.
+const MIN_PAGE_SIZE: usize = 4096;
+
+/// Errors of creating an arena.
+#[derive(Debug, thiserror::Error)]
+pub enum ArenaError {
+    #[error("page size {page_size} is not a power of two of at least {MIN_PAGE_SIZE}")]
+    PageSize { page_size: usize },
+    #[error("{threads} writer threads: must be between 1 and {MAX_THREADS}")]
+    Threads { threads: usize },
+    #[error("arena of {size} bytes is too small for {threads} shards of at least one page")]
+    TooSmall { size: usize, threads: usize },
+    #[error("arena address {addr:#x} is not page-aligned")]
+    Unaligned { addr: usize },
+    #[error(
+        "arena address range {addr:#x}+{len:#x} is already (partly) mapped; pick another --arena-addr"
+    )]
+    AddressTaken { addr: usize, len: usize },
+    #[error("mapping the arena at {addr:#x}+{len:#x}")]
+    Map {
+        addr: usize,
+        len: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("disabling huge pages on the arena")]
+    NoHugePages(#[source] io::Error),
+}
+
+/// Per-thread state in the header. Only its own writer thread stores to it.
+#[repr(C, align(64))]
+#[derive(Debug)]
+pub struct ThreadSlot {
+    /// splitmix64 state ([`Rng`]).
+    pub rng: AtomicU64,
+    /// Next shard-relative page of the sequential sweep.
+    pub cursor: AtomicU64,
+    /// Data pages written so far.
+    pub pages_written: AtomicU64,
+    /// Ticks in which the thread wrote.
+    pub ticks: AtomicU64,
+    /// Fractional page budget carried to the next tick (`f64` bits).
+    pub carry: AtomicU64,
+    _reserved: [u64; 3],
+}
+
+const _: () = assert!(size_of::<ThreadSlot>() == 64);
+
+impl ThreadSlot {
+    const fn new(rng: u64) -> Self {
+        Self {
+            rng: AtomicU64::new(rng),
+            cursor: AtomicU64::new(0),
+            pages_written: AtomicU64::new(0),
+            ticks: AtomicU64::new(0),
+            carry: AtomicU64::new(0),
+            _reserved: [0; 3],
+        }
+    }
+
+    /// The thread's pattern state.
+    pub fn pick_state(&self) -> PickState {
+        PickState {
+            rng: Rng(self.rng.load(Ordering::Relaxed)),
+            cursor: self.cursor.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The fractional page budget carried over.
+    pub fn carry(&self) -> f64 {
+        f64::from_bits(self.carry.load(Ordering::Relaxed))
+    }
+}
+
+/// Page 0 of the arena. The plain fields are written once, before the arena is shared.
+#[repr(C)]
+#[derive(Debug)]
+pub struct Header {
+    pub magic: u64,
+    pub version: u32,
+    pub page_size: u32,
+    /// Arena size in bytes.
+    pub size: u64,
+    pub total_pages: u64,
+    pub table_pages: u64,
+    pub data_pages: u64,
+    pub seed: u64,
+    pub threads: u32,
+    /// [`Pattern`] as its `u32` value.
+    pub pattern: u32,
+    _reserved: [u64; 8],
+    pub slots: [ThreadSlot; MAX_THREADS],
+}
+
+const _: () = assert!(size_of::<Header>() == MIN_PAGE_SIZE);
+
+/// Where everything is in an arena of a given size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Layout {
+    pub page_size: usize,
+    pub total_pages: u64,
+    pub table_pages: u64,
+    pub data_pages: u64,
+    pub threads: usize,
+}
+
+impl Layout {
+    /// The layout of an arena of `size` bytes (rounded down to whole pages)
+    /// shared by `threads` writer threads.
+    pub fn new(size: usize, page_size: usize, threads: usize) -> Result<Self, ArenaError> {
+        if !page_size.is_power_of_two() || page_size < MIN_PAGE_SIZE {
+            return Err(ArenaError::PageSize { page_size });
+        }
+        if threads == 0 || threads > MAX_THREADS {
+            return Err(ArenaError::Threads { threads });
+        }
+        let ps = page_size as u64;
+        let total_pages = (size / page_size) as u64;
+        // Largest D with 1 + ceil(4D / ps) + D <= total_pages.
+        let mut data_pages = total_pages.saturating_sub(1) * ps / (ps + 4);
+        while data_pages > 0 && 1 + Self::table_pages_for(data_pages, ps) + data_pages > total_pages
+        {
+            data_pages -= 1;
+        }
+        if data_pages < threads as u64 {
+            return Err(ArenaError::TooSmall { size, threads });
+        }
+        Ok(Self {
+            page_size,
+            total_pages,
+            table_pages: Self::table_pages_for(data_pages, ps),
+            data_pages,
+            threads,
+        })
+    }
+
+    fn table_pages_for(data_pages: u64, page_size: u64) -> u64 {
+        (data_pages * size_of::<u32>() as u64).div_ceil(page_size)
+    }
+
+    /// Arena size in bytes.
+    pub fn size(&self) -> usize {
+        self.total_pages as usize * self.page_size
+    }
+
+    /// Offset of the generation table.
+    pub fn table_offset(&self) -> usize {
+        self.page_size
+    }
+
+    /// Offset of data page 0.
+    pub fn data_offset(&self) -> usize {
+        (1 + self.table_pages as usize) * self.page_size
+    }
+
+    /// Data pages of shard `shard`: contiguous, sizes differing by at most one.
+    pub fn shard(&self, shard: usize) -> Range<u64> {
+        let (d, t) = (self.data_pages, self.threads as u64);
+        shard as u64 * d / t..(shard as u64 + 1) * d / t
+    }
+}
+
+/// The mapped arena. Dropping it unmaps it.
+#[derive(Debug)]
+pub struct Arena {
+    pub(super) base: NonNull<u8>,
+    pub(super) layout: Layout,
+}
+
+// SAFETY: the arena owns its mapping. Shared state is accessed through atomics
+// (header slots, generation table); data pages are only written through
+// `ShardWriter`s, whose unsafe constructor requires exclusive use of a shard.
+unsafe impl Send for Arena {}
+// SAFETY: as for Send.
+unsafe impl Sync for Arena {}
+
+impl Arena {
+    /// Maps a new arena at `addr` (`MAP_FIXED_NOREPLACE`), writes its header,
+    /// zeroes the generation table and fills every data page with its
+    /// generation-0 content, so that all pages are resident.
+    pub fn create(
+        addr: usize,
+        layout: Layout,
+        seed: u64,
+        pattern: Pattern,
+    ) -> Result<Self, ArenaError> {
+        let len = layout.size();
+        if !addr.is_multiple_of(layout.page_size) {
+            return Err(ArenaError::Unaligned { addr });
+        }
+        let base = sys::map_fixed_noreplace(addr, len).map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => ArenaError::AddressTaken { addr, len },
+            _ => ArenaError::Map { addr, len, source },
+        })?;
+        let arena = Self { base, layout };
+        sys::no_huge_pages(base, len).map_err(ArenaError::NoHugePages)?;
+
+        let header = Header {
+            magic: MAGIC,
+            version: LAYOUT_VERSION,
+            page_size: layout.page_size as u32,
+            size: len as u64,
+            total_pages: layout.total_pages,
+            table_pages: layout.table_pages,
+            data_pages: layout.data_pages,
+            seed,
+            threads: layout.threads as u32,
+            pattern: pattern as u32,
+            _reserved: [0; 8],
+            slots: std::array::from_fn(|t| ThreadSlot::new(Rng::for_thread(seed, t).0)),
+        };
+        // SAFETY: the mapping is fresh, writable, page-aligned and at least
+        // `size_of::<Header>()` (one page) long; nothing else refers to it yet.
+        unsafe {
+            base.cast::<Header>().as_ptr().write(header);
+            let table = base.as_ptr().add(layout.table_offset());
+            table.write_bytes(0, layout.table_pages as usize * layout.page_size);
+        }
+        for index in 0..layout.data_pages {
+            // SAFETY: no writer exists yet, so this is the only reference to the page.
+            page::fill_page(unsafe { arena.data_page_mut(index) }, index, 0);
+        }
+        Ok(arena)
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// First address of the arena.
+    pub fn start(&self) -> usize {
+        self.base.as_ptr() as usize
+    }
+
+    /// End of the arena (exclusive).
+    pub fn end(&self) -> usize {
+        self.start() + self.layout.size()
+    }
+
+    pub fn header(&self) -> &Header {
+        // SAFETY: page 0 holds a Header written in `create`; its plain fields
+        // are never written again and its slots are atomics.
+        unsafe { self.base.cast::<Header>().as_ref() }
+    }
+
+    /// The generation table, one entry per data page.
+    pub fn table(&self) -> &[AtomicU32] {
+        // SAFETY: the table is mapped, initialised (zeroed in `create`),
+        // 4-byte aligned (page-aligned start) and `data_pages` entries long;
+        // AtomicU32 has the layout of u32 and every access to it is atomic.
+        unsafe {
+            let ptr = self
+                .base
+                .as_ptr()
+                .add(self.layout.table_offset())
+                .cast::<AtomicU32>();
+            std::slice::from_raw_parts(ptr, self.layout.data_pages as usize)
+        }
+    }
+
+    /// Generation of data page `index`.
+    pub fn generation(&self, index: u64) -> u32 {
+        self.table()[index as usize].load(Ordering::Relaxed)
+    }
+
+    /// Data pages written so far by all writer threads.
+    pub fn pages_written(&self) -> u64 {
+        let slots = &self.header().slots[..self.layout.threads];
+        slots
+            .iter()
+            .map(|s| s.pages_written.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Address of data page `index`.
+    pub fn data_page_addr(&self, index: u64) -> usize {
+        self.start() + self.layout.data_offset() + index as usize * self.layout.page_size
+    }
+
+    /// Address of the generation-table page holding the entry of data page `index`.
+    pub fn table_page_addr(&self, index: u64) -> usize {
+        let entry = self.start() + self.layout.table_offset() + index as usize * size_of::<u32>();
+        entry & !(self.layout.page_size - 1)
+    }
+
+    /// Data page `index` as words.
+    ///
+    /// # Safety
+    /// No `ShardWriter` for the page's shard may be alive.
+    pub(super) unsafe fn data_page(&self, index: u64) -> &[u64] {
+        debug_assert!(index < self.layout.data_pages);
+        // SAFETY: the page is mapped, initialised and page-aligned; the caller
+        // guarantees nobody writes it meanwhile.
+        unsafe {
+            let ptr = self.data_page_addr(index) as *const u64;
+            std::slice::from_raw_parts(ptr, self.layout.page_size / size_of::<u64>())
+        }
+    }
+
+    /// Data page `index` as writable words.
+    ///
+    /// # Safety
+    /// The caller must be the only one accessing the page while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn data_page_mut(&self, index: u64) -> &mut [u64] {
+        debug_assert!(index < self.layout.data_pages);
+        // SAFETY: the page is mapped, initialised or about to be (u64 has no
+        // invalid bit patterns) and page-aligned; the caller guarantees
+        // exclusive access.
+        unsafe {
+            let ptr = self.data_page_addr(index) as *mut u64;
+            std::slice::from_raw_parts_mut(ptr, self.layout.page_size / size_of::<u64>())
+        }
+    }
+
+    /// The writer of shard `shard`, which owns its data pages and its header slot.
+    ///
+    /// # Safety
+    /// While the writer lives, no other writer of the same shard may exist in
+    /// this process and [`Arena::check_invariants`] must not be called.
+    /// (In a forked child the parent's writer threads are gone, so the child
+    /// may create new writers.)
+    pub unsafe fn shard_writer(&self, shard: usize) -> ShardWriter<'_> {
+        assert!(shard < self.layout.threads, "shard {shard} out of range");
+        ShardWriter {
+            arena: self,
+            shard,
+            pages: self.layout.shard(shard),
+        }
+    }
+}
+
+impl Drop for Arena {
+    fn drop(&mut self) {
+        // SAFETY: the mapping is ours, and every reference into it borrows `self`.
+        let _ = unsafe { sys::unmap(self.base, self.layout.size()) };
+    }
+}
+
+/// When a tick's writes happened: `start_ns` just before the first write,
+/// `end_ns` just after the last (CLOCK_MONOTONIC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TickTimes {
+    pub start_ns: u64,
+    pub end_ns: u64,
+}
+
+/// Exclusive writer of one shard's data pages and header slot.
+#[derive(Debug)]
+pub struct ShardWriter<'a> {
+    arena: &'a Arena,
+    shard: usize,
+    pages: Range<u64>,
+}
+
+// SAFETY: the writer only refers to its own shard's pages (exclusive by the
+// constructor's contract) and to atomics; moving it to another thread is fine.
+unsafe impl Send for ShardWriter<'_> {}
+
+impl ShardWriter<'_> {
+    pub fn shard(&self) -> usize {
+        self.shard
+    }
+
+    /// Number of data pages in the shard.
+    pub fn pages(&self) -> u64 {
+        self.pages.end - self.pages.start
+    }
+
+    pub fn slot(&self) -> &ThreadSlot {
+        &self.arena.header().slots[self.shard]
+    }
+
+    /// Writes the shard-relative data pages `picks` (bumping their generation),
+    /// then stores the thread's new `state` and `carry` in its header slot.
+    ///
+    /// If `addrs` is given, it is extended with the address of every page
+    /// written: the data pages, the generation-table pages and the header page.
+    pub fn write_tick(
+        &mut self,
+        picks: &[u64],
+        state: PickState,
+        carry: f64,
+        addrs: Option<&mut Vec<usize>>,
+    ) -> TickTimes {
+        let table = self.arena.table();
+        let slot = self.slot();
+        let start_ns = crate::sys::monotonic_ns();
+        for &pick in picks {
+            let index = self.pages.start + pick;
+            assert!(
+                index < self.pages.end,
+                "page {pick} outside shard {}",
+                self.shard
+            );
+            let generation = table[index as usize]
+                .load(Ordering::Relaxed)
+                .wrapping_add(1);
+            // SAFETY: the page is in this writer's shard, which it owns exclusively.
+            page::fill_page(
+                unsafe { self.arena.data_page_mut(index) },
+                index,
+                generation,
+            );
+            table[index as usize].store(generation, Ordering::Release);
+        }
+        slot.rng.store(state.rng.0, Ordering::Relaxed);
+        slot.cursor.store(state.cursor, Ordering::Relaxed);
+        slot.carry.store(carry.to_bits(), Ordering::Relaxed);
+        slot.ticks.fetch_add(1, Ordering::Relaxed);
+        slot.pages_written
+            .fetch_add(picks.len() as u64, Ordering::Relaxed);
+        let end_ns = crate::sys::monotonic_ns();
+
+        if let Some(addrs) = addrs {
+            addrs.extend(
+                picks
+                    .iter()
+                    .map(|&p| self.arena.data_page_addr(self.pages.start + p)),
+            );
+            let mut tables: Vec<usize> = picks
+                .iter()
+                .map(|&p| self.arena.table_page_addr(self.pages.start + p))
+                .collect();
+            tables.sort_unstable();
+            tables.dedup();
+            addrs.extend(tables);
+            addrs.push(self.arena.start());
+        }
+        TickTimes { start_ns, end_ns }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A test-only arena address; each test uses its own slot.
+    fn test_addr(slot: usize) -> usize {
+        0x6100_0000_0000 + slot * 0x1000_0000
+    }
+
+    #[test]
+    fn layout_fits_and_shards_cover_the_data() {
+        for (size, threads) in [(1 << 20, 1), (1 << 20, 3), (64 << 20, 7), (16 << 20, 62)] {
+            let l = Layout::new(size, 4096, threads).expect("layout");
+            assert_eq!(l.size(), size);
+            assert!(1 + l.table_pages + l.data_pages <= l.total_pages);
+            // Not wasteful: one more data page would not fit.
+            let d = l.data_pages + 1;
+            assert!(1 + (d * 4).div_ceil(4096) + d > l.total_pages);
+            assert!(l.table_pages * 4096 >= l.data_pages * 4);
+            let mut next = 0;
+            for t in 0..threads {
+                let shard = l.shard(t);
+                assert_eq!(shard.start, next);
+                assert!(shard.end > shard.start);
+                next = shard.end;
+            }
+            assert_eq!(next, l.data_pages);
+        }
+        assert!(matches!(
+            Layout::new(8192, 4096, 1),
+            Err(ArenaError::TooSmall { .. })
+        ));
+        assert!(matches!(
+            Layout::new(1 << 20, 4096, 0),
+            Err(ArenaError::Threads { .. })
+        ));
+        assert!(matches!(
+            Layout::new(1 << 20, 4096, 63),
+            Err(ArenaError::Threads { .. })
+        ));
+        assert!(matches!(
+            Layout::new(1 << 20, 1000, 1),
+            Err(ArenaError::PageSize { .. })
+        ));
+    }
+
+    #[test]
+    fn writes_bump_generations_and_report_every_page() {
+        let ps = crate::sys::page_size();
+        let layout = Layout::new(1 << 20, ps, 2).expect("layout");
+        let arena = Arena::create(test_addr(0), layout, 9, Pattern::Seq).expect("create");
+        assert_eq!(arena.start(), test_addr(0));
+        assert_eq!(arena.end() - arena.start(), 1 << 20);
+        arena.check_invariants().expect("fresh arena");
+
+        let shard = layout.shard(1);
+        let mut addrs = Vec::new();
+        {
+            // SAFETY: the only writer of shard 1; no check runs while it lives.
+            let mut writer = unsafe { arena.shard_writer(1) };
+            let mut state = writer.slot().pick_state();
+            state.cursor = 3;
+            let times = writer.write_tick(&[0, 2, 1], state, 0.25, Some(&mut addrs));
+            writer.write_tick(&[2], state, 0.5, None);
+            assert!(times.start_ns <= times.end_ns);
+        }
+
+        let data: Vec<usize> = [0, 2, 1]
+            .iter()
+            .map(|&p| arena.data_page_addr(shard.start + p))
+            .collect();
+        assert_eq!(addrs[..3], data[..]);
+        assert_eq!(addrs[3], arena.table_page_addr(shard.start));
+        assert_eq!(addrs[4..], [arena.start()]);
+        assert_eq!(arena.generation(shard.start), 1);
+        assert_eq!(arena.generation(shard.start + 2), 2);
+        assert_eq!(arena.generation(0), 0);
+        assert_eq!(arena.pages_written(), 4);
+        let slot = &arena.header().slots[1];
+        assert_eq!((slot.pick_state().cursor, slot.carry()), (3, 0.5));
+        assert_eq!(slot.ticks.load(Ordering::Relaxed), 2);
+        arena.check_invariants().expect("after writes");
+    }
+
+    #[test]
+    fn refuses_a_taken_address() {
+        let layout = Layout::new(1 << 20, crate::sys::page_size(), 1).expect("layout");
+        let _arena = Arena::create(test_addr(1), layout, 1, Pattern::Uniform).expect("create");
+        let err = Arena::create(test_addr(1), layout, 1, Pattern::Uniform).expect_err("taken");
+        assert!(matches!(err, ArenaError::AddressTaken { .. }), "{err}");
+    }
+}

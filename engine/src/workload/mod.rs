@@ -1,0 +1,132 @@
+//! The built-in workload (`pagehop-workload`) used by tests, demos and
+//! benchmarks: writer threads dirty the pages of one [`Arena`] at a set rate
+//! and [`Pattern`], and can log exactly which pages they wrote and when (the
+//! ground truth that dirty-page trackers are checked against).
+//!
+//! - [`arena`]: the arena, which holds all of the workload's state.
+//! - [`check`]: the arena's invariant check.
+//! - [`page`]: data-page content, a pure function of (index, generation).
+//! - [`pattern`]: page-choice patterns, write rate and per-tick budget.
+//! - [`ground_truth`]: the ground-truth file.
+//! - [`churn`]: short-lived mappings outside the arena.
+//! - `run`: the writer threads, the forked child and the main loop.
+//!
+//! Output on stdout, one flushed line each:
+//!
+//! ```text
+//! ready pid=<pid> arena=<hex start>-<hex end> pages=<arena pages>
+//! heartbeat t_ns=<monotonic ns> pages_total=<n> pages_per_sec=<n>
+//! exit pages_total=<n> [invariant=ok | invariant=bad page=<hex addr>]
+//! ```
+pub mod arena;
+pub mod check;
+pub mod churn;
+pub mod ground_truth;
+pub mod page;
+pub mod pattern;
+mod run;
+mod sys;
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use arena::{Arena, ArenaError, Layout, ShardWriter};
+pub use check::InvariantViolation;
+pub use ground_truth::GroundTruthError;
+pub use pattern::{Pattern, WriteRate};
+pub use run::run;
+
+/// Default arena address: far from the heap, the stacks and shared libraries.
+pub const DEFAULT_ARENA_ADDR: usize = 0x6000_0000_0000;
+
+/// What the workload does; mirrors the command line of `pagehop-workload`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadConfig {
+    /// Arena size in MiB.
+    pub size_mib: u64,
+    pub write_rate: WriteRate,
+    pub pattern: Pattern,
+    /// Writer threads, each owning a disjoint shard of the data pages.
+    pub threads: usize,
+    /// Pacing granularity.
+    pub tick_ms: u64,
+    /// Map, write and unmap short-lived regions every 200 ms.
+    pub churn: bool,
+    /// Fork once, this long after `ready`.
+    pub fork_after_ms: Option<u64>,
+    /// How long the forked child writes before exiting.
+    pub child_lifetime_ms: u64,
+    /// Ground-truth file (the child writes `<file>.child`).
+    pub ground_truth: Option<PathBuf>,
+    /// Run time; `None` runs until SIGTERM/SIGINT.
+    pub duration: Option<Duration>,
+    /// Fixed arena address.
+    pub arena_addr: usize,
+    /// Heartbeat period.
+    pub report_ms: u64,
+    pub seed: u64,
+    /// Check the arena's invariants before exiting.
+    pub check_on_exit: bool,
+}
+
+impl Default for WorkloadConfig {
+    fn default() -> Self {
+        Self {
+            size_mib: 64,
+            write_rate: WriteRate::default(),
+            pattern: Pattern::default(),
+            threads: 1,
+            tick_ms: 10,
+            churn: false,
+            fork_after_ms: None,
+            child_lifetime_ms: 2000,
+            ground_truth: None,
+            duration: None,
+            arena_addr: DEFAULT_ARENA_ADDR,
+            report_ms: 1000,
+            seed: 1,
+            check_on_exit: false,
+        }
+    }
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Data pages written by the writer threads (the child's not included).
+    pub pages_total: u64,
+    /// Result of the invariant check, if `check_on_exit` was set.
+    pub invariant: Option<Result<(), InvariantViolation>>,
+    /// Raw wait status of the forked child, if one was forked and reaped.
+    pub child_status: Option<i32>,
+}
+
+/// Errors of a workload run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Arena(#[from] ArenaError),
+    #[error(transparent)]
+    GroundTruth(#[from] GroundTruthError),
+    #[error(transparent)]
+    Churn(#[from] churn::ChurnError),
+    #[error("installing the SIGTERM/SIGINT handler")]
+    Signal(#[source] io::Error),
+    #[error("spawning writer thread {thread}")]
+    Spawn {
+        thread: usize,
+        #[source]
+        source: io::Error,
+    },
+    #[error("forking the child")]
+    Fork(#[source] io::Error),
+    #[error("waiting for child {pid}")]
+    Wait {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
+}
