@@ -248,7 +248,7 @@ mod tests {
                 let a = xorshift(&mut seed) % 256;
                 let len = xorshift(&mut seed) % 16;
                 let r = Range::new(a * PS, (a + len) * PS);
-                if xorshift(&mut seed) % 3 == 0 {
+                if xorshift(&mut seed).is_multiple_of(3) {
                     set.remove(r);
                     for p in a..a + len {
                         reference.remove(&(p * PS));

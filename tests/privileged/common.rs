@@ -188,7 +188,6 @@ pub fn read_ground_truth(path: &Path) -> Vec<Batch> {
 
 /// One interval of `pagehop track --dirty-log` for one pid.
 pub struct LoggedInterval {
-    pub interval: u64,
     pub start: u64,
     pub end: u64,
     pub pid: i32,
@@ -202,7 +201,7 @@ pub fn read_dirty_log(path: &Path) -> Vec<LoggedInterval> {
         .filter(|l| !l.is_empty())
         .map(|line| {
             let mut f = line.split_whitespace();
-            let interval = f.next().expect("interval").parse().expect("interval");
+            let _interval: u64 = f.next().expect("interval").parse().expect("interval");
             let start = f.next().expect("start").parse().expect("start");
             let end = f.next().expect("end").parse().expect("end");
             let pid = f.next().expect("pid").parse().expect("pid");
@@ -216,7 +215,6 @@ pub fn read_dirty_log(path: &Path) -> Vec<LoggedInterval> {
                 pages.extend((a..b).step_by(4096));
             }
             LoggedInterval {
-                interval,
                 start,
                 end,
                 pid,
