@@ -47,6 +47,7 @@ use std::os::unix::fs::FileExt;
 use crate::sys::pidfd;
 use crate::sys::ptrace::{self, PTRACE_EVENT_STOP, PTRACE_O_TRACESYSGOOD, Regs, WaitStatus};
 use crate::sys::uffd;
+use crate::target::{Target, TargetError};
 
 /// Features [`take_userfaultfd`] callers normally ask for: asynchronous
 /// write-protect tracking that also covers pages not yet populated.
@@ -59,57 +60,15 @@ const RED_ZONE: u64 = 128;
 pub const SCRATCH_MAX: u64 = 16 * 1024;
 /// Most bytes of one executable mapping searched for a `syscall` instruction.
 const GADGET_SEARCH_MAX: u64 = 16 << 20;
-/// `PF_*` task flags in /proc/PID/stat field 9.
-const PF_EXITING: u64 = 0x0000_0004;
-const PF_IO_WORKER: u64 = 0x0000_0010;
-const PF_USER_WORKER: u64 = 0x0000_4000;
-const PF_KTHREAD: u64 = 0x0020_0000;
 /// `cs` of 64-bit user code on x86-64 (`__USER_CS`).
 const USER64_CS: u64 = 0x33;
 
 /// Why injecting into, or taking a userfaultfd out of, a process failed.
 #[derive(Debug, thiserror::Error)]
 pub enum InjectError {
-    /// No such process.
-    #[error("process {pid} does not exist")]
-    NoSuchProcess {
-        /// The pid asked for.
-        pid: i32,
-    },
-    /// A kernel thread has no user address space.
-    #[error("process {pid} is a kernel thread")]
-    KernelThread {
-        /// The pid asked for.
-        pid: i32,
-    },
-    /// pagehop cannot trace itself.
-    #[error("process {pid} is pagehop itself")]
-    SelfTarget {
-        /// The pid asked for.
-        pid: i32,
-    },
-    /// All threads have exited; only the zombie is left.
-    #[error("process {pid} is a zombie")]
-    Zombie {
-        /// The pid asked for.
-        pid: i32,
-    },
-    /// The id is a thread of another process, not a process id.
-    #[error("{pid} is a thread of process {tgid}, not a process id")]
-    NotAProcess {
-        /// The id asked for.
-        pid: i32,
-        /// The process it belongs to.
-        tgid: i32,
-    },
-    /// Someone else (a debugger, strace, CRIU) is tracing the thread.
-    #[error("process {pid} is already traced by process {tracer}")]
-    AlreadyTraced {
-        /// The pid asked for.
-        pid: i32,
-        /// TracerPid from /proc.
-        tracer: i32,
-    },
+    /// The pid is not a process pagehop can trace.
+    #[error(transparent)]
+    Target(#[from] TargetError),
     /// `PTRACE_SEIZE` was refused.
     #[error("not permitted to trace process {pid}")]
     PermissionDenied {
@@ -135,12 +94,6 @@ pub enum InjectError {
         /// The read error.
         #[source]
         source: io::Error,
-    },
-    /// A /proc file did not have the expected format.
-    #[error("cannot parse {path}")]
-    ProcFormat {
-        /// The file.
-        path: String,
     },
     /// A ptrace or wait request failed.
     #[error("ptrace {op} of thread {tid}")]
@@ -294,14 +247,14 @@ impl std::fmt::Debug for Injector {
 }
 
 impl Injector {
-    /// Validates `pid`, seizes one of its threads (the leader, or the first
-    /// live user thread if the leader has exited), stops it with
+    /// Validates `pid` ([`Target::validate`]), seizes one of its threads (the
+    /// leader, or the first live user thread if the leader has exited), stops it with
     /// `PTRACE_INTERRUPT` and saves its registers. Blocks until the thread
     /// stops, which for a thread in uninterruptible sleep can take a while.
     pub fn seize(pid: i32) -> Result<Self> {
-        let tid = validate(pid)?;
+        let tid = Target::validate(pid)?.tid;
         let pidfd = pidfd::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
-            Some(libc::ESRCH) => InjectError::NoSuchProcess { pid },
+            Some(libc::ESRCH) => InjectError::Target(TargetError::NoSuchProcess { pid }),
             _ => InjectError::Pidfd {
                 op: "pidfd_open",
                 pid,
@@ -311,7 +264,7 @@ impl Injector {
         ptrace::seize(tid, PTRACE_O_TRACESYSGOOD).map_err(|source| {
             match source.raw_os_error() {
                 Some(libc::EPERM) => InjectError::PermissionDenied { pid, source },
-                Some(libc::ESRCH) => InjectError::NoSuchProcess { pid },
+                Some(libc::ESRCH) => InjectError::Target(TargetError::NoSuchProcess { pid }),
                 _ => InjectError::Ptrace {
                     op: "seize",
                     tid,
@@ -343,7 +296,7 @@ impl Injector {
         // The pid may have been reused between pidfd_open and seize: the pidfd
         // still names the process we validated, and fails once it is gone.
         if pidfd::pidfd_send_signal(self.pidfd.as_fd(), 0).is_err() {
-            return Err(InjectError::NoSuchProcess { pid });
+            return Err(InjectError::Target(TargetError::NoSuchProcess { pid }));
         }
         self.ptrace("interrupt", ptrace::interrupt(tid))?;
         self.wait_event_stop()?;
@@ -752,102 +705,6 @@ fn read_proc(path: String) -> Result<String> {
     std::fs::read_to_string(&path).map_err(|source| InjectError::Proc { path, source })
 }
 
-/// State (field 3) and flags (field 9) from a /proc/.../stat file.
-fn stat_state_flags(path: String) -> Result<(char, u64)> {
-    let text = read_proc(path.clone())?;
-    // The command name (field 2) may contain anything, so split after its ')'.
-    let rest = text.rfind(')').map(|i| &text[i + 1..]);
-    let mut fields = rest.into_iter().flat_map(str::split_whitespace);
-    let state = fields.next().and_then(|s| s.chars().next());
-    let flags = fields.nth(5).and_then(|f| f.parse().ok());
-    match (state, flags) {
-        (Some(state), Some(flags)) => Ok((state, flags)),
-        _ => Err(InjectError::ProcFormat { path }),
-    }
-}
-
-/// An integer field (`Tgid:`, `TracerPid:`) of a /proc/.../status file.
-fn status_field(path: String, key: &str) -> Result<i32> {
-    let text = read_proc(path.clone())?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key)?.strip_prefix(':')?.trim().parse().ok())
-        .ok_or(InjectError::ProcFormat { path })
-}
-
-/// A thread that can take a ptrace interrupt: alive, not exiting, and not an
-/// io_uring or other kernel-side worker (those never return to user mode).
-fn usable_thread(state: char, flags: u64) -> bool {
-    !matches!(state, 'Z' | 'X' | 'x')
-        && flags & (PF_EXITING | PF_IO_WORKER | PF_USER_WORKER | PF_KTHREAD) == 0
-}
-
-/// Checks that `pid` is a live user process other than ourselves that nobody
-/// traces, and picks the thread to seize.
-fn validate(pid: i32) -> Result<i32> {
-    let own = std::process::id() as i32;
-    if pid == own {
-        return Err(InjectError::SelfTarget { pid });
-    }
-    if pid <= 0 {
-        return Err(InjectError::NoSuchProcess { pid });
-    }
-    let gone = |e: InjectError| match e {
-        InjectError::Proc { ref source, .. } if source.raw_os_error() == Some(libc::ENOENT) => {
-            InjectError::NoSuchProcess { pid }
-        }
-        e => e,
-    };
-    let (state, flags) = stat_state_flags(format!("/proc/{pid}/stat")).map_err(gone)?;
-    if flags & PF_KTHREAD != 0 {
-        return Err(InjectError::KernelThread { pid });
-    }
-    let tgid = status_field(format!("/proc/{pid}/status"), "Tgid").map_err(gone)?;
-    if tgid == own {
-        return Err(InjectError::SelfTarget { pid });
-    }
-    if tgid != pid {
-        return Err(InjectError::NotAProcess { pid, tgid });
-    }
-
-    let tid = if usable_thread(state, flags) {
-        pid
-    } else {
-        let dir = format!("/proc/{pid}/task");
-        let entries = std::fs::read_dir(&dir)
-            .map_err(|source| InjectError::Proc { path: dir, source })
-            .map_err(gone)?;
-        let mut tids: Vec<i32> = entries
-            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-            .collect();
-        tids.sort_unstable();
-        tids.into_iter()
-            .find(|tid| {
-                stat_state_flags(format!("/proc/{pid}/task/{tid}/stat"))
-                    .is_ok_and(|(state, flags)| usable_thread(state, flags))
-            })
-            .ok_or(InjectError::Zombie { pid })?
-    };
-
-    // Kernel threads have no executable (no mm); PF_KTHREAD caught them above,
-    // this catches anything else without a user address space.
-    if let Err(e) = std::fs::read_link(format!("/proc/{pid}/task/{tid}/exe"))
-        && e.raw_os_error() == Some(libc::ENOENT)
-    {
-        let (state, _) = stat_state_flags(format!("/proc/{pid}/task/{tid}/stat")).map_err(gone)?;
-        return Err(if matches!(state, 'Z' | 'X' | 'x') {
-            InjectError::Zombie { pid }
-        } else {
-            InjectError::KernelThread { pid }
-        });
-    }
-    let tracer =
-        status_field(format!("/proc/{pid}/task/{tid}/status"), "TracerPid").map_err(gone)?;
-    if tracer != 0 {
-        return Err(InjectError::AlreadyTraced { pid, tracer });
-    }
-    Ok(tid)
-}
-
 /// An executable mapping from /proc/PID/maps.
 struct ExecMapping {
     start: u64,
@@ -921,15 +778,10 @@ mod tests {
     #[test]
     fn own_process_is_rejected() {
         let pid = std::process::id() as i32;
-        assert!(matches!(validate(pid), Err(InjectError::SelfTarget { .. })));
-    }
-
-    #[test]
-    fn usable_threads() {
-        assert!(usable_thread('S', 0x0040_0000));
-        assert!(usable_thread('R', 0));
-        assert!(!usable_thread('Z', 0));
-        assert!(!usable_thread('S', PF_IO_WORKER));
-        assert!(!usable_thread('I', PF_KTHREAD));
+        let got = take_userfaultfd(pid, DEFAULT_UFFD_FEATURES);
+        assert!(
+            matches!(got, Err(InjectError::Target(TargetError::IsSelf { .. }))),
+            "got {got:?}"
+        );
     }
 }

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use pagehop::inject::*;
 use pagehop::sys::uffd::*;
+use pagehop::target::TargetError;
 
 use crate::common::privileged;
 
@@ -583,12 +584,12 @@ fn rejects_nonexistent_process() {
         .unwrap();
     let err = take_userfaultfd(pid_max + 1, DEFAULT_UFFD_FEATURES).unwrap_err();
     assert!(
-        matches!(err, InjectError::NoSuchProcess { .. }),
+        matches!(err, InjectError::Target(TargetError::NoSuchProcess { .. })),
         "got {err:?}"
     );
     let err = take_userfaultfd(0, DEFAULT_UFFD_FEATURES).unwrap_err();
     assert!(
-        matches!(err, InjectError::NoSuchProcess { .. }),
+        matches!(err, InjectError::Target(TargetError::NoSuchProcess { .. })),
         "got {err:?}"
     );
 }
@@ -600,7 +601,10 @@ fn rejects_kernel_thread() {
     }
     let err = take_userfaultfd(2, DEFAULT_UFFD_FEATURES).unwrap_err();
     assert!(
-        matches!(err, InjectError::KernelThread { pid: 2 }),
+        matches!(
+            err,
+            InjectError::Target(TargetError::KernelThread { pid: 2, .. })
+        ),
         "got {err:?}"
     );
 }
@@ -612,11 +616,17 @@ fn rejects_own_process() {
     }
     let pid = std::process::id() as i32;
     let err = take_userfaultfd(pid, DEFAULT_UFFD_FEATURES).unwrap_err();
-    assert!(matches!(err, InjectError::SelfTarget { .. }), "got {err:?}");
+    assert!(
+        matches!(err, InjectError::Target(TargetError::IsSelf { .. })),
+        "got {err:?}"
+    );
     // SAFETY: gettid has no preconditions.
     let tid = unsafe { libc::gettid() };
     let err = take_userfaultfd(tid, DEFAULT_UFFD_FEATURES).unwrap_err();
-    assert!(matches!(err, InjectError::SelfTarget { .. }), "got {err:?}");
+    assert!(
+        matches!(err, InjectError::Target(TargetError::IsSelf { .. })),
+        "got {err:?}"
+    );
 }
 
 #[test]
@@ -627,7 +637,10 @@ fn rejects_zombie() {
     let t = Target::spawn(&mut Command::new("true"));
     wait_state(t.pid(), 'Z');
     let err = take_userfaultfd(t.pid(), DEFAULT_UFFD_FEATURES).unwrap_err();
-    assert!(matches!(err, InjectError::Zombie { .. }), "got {err:?}");
+    assert!(
+        matches!(err, InjectError::Target(TargetError::Zombie { .. })),
+        "got {err:?}"
+    );
 }
 
 #[test]
@@ -643,7 +656,7 @@ fn rejects_thread_id() {
         .expect("python target has threads");
     let err = take_userfaultfd(tid, DEFAULT_UFFD_FEATURES).unwrap_err();
     assert!(
-        matches!(err, InjectError::NotAProcess { tgid, .. } if tgid == t.pid()),
+        matches!(err, InjectError::Target(TargetError::NotAProcess { tgid, .. }) if tgid == t.pid()),
         "got {err:?}"
     );
 }
@@ -660,7 +673,7 @@ fn rejects_already_traced() {
     // SAFETY: gettid has no preconditions.
     let me = unsafe { libc::gettid() };
     assert!(
-        matches!(err, InjectError::AlreadyTraced { tracer, .. } if tracer == me),
+        matches!(err, InjectError::Target(TargetError::AlreadyTraced { tracer, .. }) if tracer == me),
         "got {err:?}"
     );
     drop(inj);
@@ -671,18 +684,36 @@ fn rejects_already_traced() {
 
 #[test]
 fn error_messages_are_distinct() {
-    let msgs = [
-        InjectError::NoSuchProcess { pid: 7 }.to_string(),
-        InjectError::KernelThread { pid: 7 }.to_string(),
-        InjectError::SelfTarget { pid: 7 }.to_string(),
-        InjectError::Zombie { pid: 7 }.to_string(),
-        InjectError::AlreadyTraced { pid: 7, tracer: 8 }.to_string(),
-        InjectError::PermissionDenied {
+    let comm = || "sleep".to_string();
+    let target_errors = [
+        TargetError::NoSuchProcess { pid: 7 },
+        TargetError::IsSelf { pid: 7 },
+        TargetError::KernelThread {
             pid: 7,
-            source: std::io::Error::from_raw_os_error(libc::EPERM),
-        }
-        .to_string(),
+            comm: comm(),
+        },
+        TargetError::Zombie {
+            pid: 7,
+            comm: comm(),
+        },
+        TargetError::LeaderExited {
+            pid: 7,
+            comm: comm(),
+        },
+        TargetError::NotAProcess { pid: 7, tgid: 8 },
+        TargetError::AlreadyTraced { pid: 7, tracer: 8 },
+        TargetError::PermissionDenied { pid: 7 },
     ];
+    let seize_refused = InjectError::PermissionDenied {
+        pid: 7,
+        source: std::io::Error::from_raw_os_error(libc::EPERM),
+    };
+    let msgs: Vec<String> = target_errors
+        .into_iter()
+        .map(InjectError::from)
+        .chain([seize_refused])
+        .map(|e| e.to_string())
+        .collect();
     for (i, a) in msgs.iter().enumerate() {
         assert!(
             msgs[i + 1..].iter().all(|b| a != b),

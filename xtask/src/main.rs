@@ -110,11 +110,10 @@ fn demo(seconds: u32) -> anyhow::Result<()> {
     run(cargo().args(["build", "--release", "--package", "pagehop", "--bins"]))?;
     let bin = root().join("target/release");
     println!(
-        "\n== pagehop demo: a 256 MiB workload writing 50 MB/s (skewed: 90% of writes hit 10% of pages),"
+        "\n== pagehop demo: a 256 MiB workload writing 50 MB/s of pages, 90% of them into a hot 10%"
     );
-    println!(
-        "   with mmap/munmap churn, tracked by `pagehop track --backend ebpf` for {seconds} s\n"
-    );
+    println!("   (so fewer distinct pages are dirty per interval), with mmap/munmap churn,");
+    println!("   tracked by `pagehop track --backend ebpf` for {seconds} s\n");
     let mut workload = Command::new(bin.join("pagehop-workload"))
         .args([
             "--size-mib",

@@ -15,7 +15,7 @@ struct Args {
     /// Arena size in MiB.
     #[arg(long, default_value_t = 64)]
     size_mib: u64,
-    /// Write rate in MiB/s of distinct data pages (fractional allowed, 0 = idle), or "max".
+    /// Write rate in MB/s (10^6 bytes) of distinct data pages per tick (fractional allowed, 0 = idle), or "max".
     #[arg(long, default_value_t = WriteRate::default())]
     write_mbps: WriteRate,
     /// Page choice: uniform, skew (90% of writes to the first 10% of a shard) or seq.

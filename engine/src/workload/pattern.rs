@@ -53,16 +53,16 @@ impl fmt::Display for Pattern {
 /// How fast the workload dirties data pages.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum WriteRate {
-    /// Distinct pages per second times the page size, in MiB/s (1 MiB = 2^20
-    /// bytes); 0 means idle.
-    MibPerSec(f64),
+    /// Distinct pages per second times the page size, in MB/s (10^6 bytes,
+    /// the unit pagehop reports rates in); 0 means idle.
+    MbPerSec(f64),
     /// Unthrottled: as fast as possible.
     Max,
 }
 
 impl Default for WriteRate {
     fn default() -> Self {
-        Self::MibPerSec(20.0)
+        Self::MbPerSec(20.0)
     }
 }
 
@@ -70,7 +70,7 @@ impl WriteRate {
     /// Pages per second over all threads, or `None` when unthrottled.
     pub fn pages_per_sec(self, page_size: usize) -> Option<f64> {
         match self {
-            Self::MibPerSec(mib) => Some(mib * (1u64 << 20) as f64 / page_size as f64),
+            Self::MbPerSec(mb) => Some(mb * 1e6 / page_size as f64),
             Self::Max => None,
         }
     }
@@ -84,7 +84,7 @@ impl FromStr for WriteRate {
             return Ok(Self::Max);
         }
         match s.parse::<f64>() {
-            Ok(mib) if mib.is_finite() && mib >= 0.0 => Ok(Self::MibPerSec(mib)),
+            Ok(mb) if mb.is_finite() && mb >= 0.0 => Ok(Self::MbPerSec(mb)),
             _ => Err(ParseError::Rate(s.to_owned())),
         }
     }
@@ -93,7 +93,7 @@ impl FromStr for WriteRate {
 impl fmt::Display for WriteRate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::MibPerSec(mib) => write!(f, "{mib}"),
+            Self::MbPerSec(mb) => write!(f, "{mb}"),
             Self::Max => f.write_str("max"),
         }
     }
@@ -239,13 +239,13 @@ mod tests {
         assert_eq!("max".parse::<WriteRate>().unwrap(), WriteRate::Max);
         assert_eq!(
             "0.5".parse::<WriteRate>().unwrap(),
-            WriteRate::MibPerSec(0.5)
+            WriteRate::MbPerSec(0.5)
         );
-        assert_eq!("0".parse::<WriteRate>().unwrap(), WriteRate::MibPerSec(0.0));
+        assert_eq!("0".parse::<WriteRate>().unwrap(), WriteRate::MbPerSec(0.0));
         for bad in ["-1", "NaN", "inf", "fast", ""] {
             assert!(bad.parse::<WriteRate>().is_err(), "{bad} accepted");
         }
-        assert_eq!(WriteRate::MibPerSec(20.0).pages_per_sec(4096), Some(5120.0));
+        assert_eq!(WriteRate::MbPerSec(4.096).pages_per_sec(4096), Some(1000.0));
     }
 
     #[test]

@@ -499,11 +499,12 @@ mod tests {
         let config = WorkloadConfig {
             threads: 2,
             tick_ms: 10,
+            write_rate: super::super::WriteRate::MbPerSec(20.48),
             ..WorkloadConfig::default()
         };
         let pacing = Pacing::new(&config, &layout);
-        // 20 MiB/s = 5120 pages/s, over 2 threads and 100 ticks per second.
-        assert_eq!(pacing.share, Some(25.6));
+        // 20.48 MB/s = 5000 pages/s, over 2 threads and 100 ticks per second.
+        assert_eq!(pacing.share, Some(25.0));
         assert_eq!(pacing.tick_ns, 10 * MS);
         let config = WorkloadConfig {
             write_rate: super::super::WriteRate::Max,
