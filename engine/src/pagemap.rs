@@ -50,11 +50,14 @@ impl Pagemap {
         &self.file
     }
 
+    /// Runs PAGEMAP_SCAN over `range` until the walk is complete, appending
+    /// the regions whose categories intersect `wanted`.
     fn scan(
         &mut self,
         range: Range,
         flags: u64,
-        category: u64,
+        category_mask: u64,
+        wanted: u64,
         out: &mut Vec<Range>,
     ) -> Result<(), PagemapError> {
         let mut start = range.start;
@@ -64,8 +67,8 @@ impl Pagemap {
                 start,
                 range.end,
                 flags,
-                category,
-                category,
+                category_mask,
+                wanted,
                 &mut self.buf,
             )
             .map_err(|source| PagemapError::Scan {
@@ -73,7 +76,12 @@ impl Pagemap {
                 range,
                 source,
             })?;
-            out.extend(self.buf[..n].iter().map(|r| Range::new(r.start, r.end)));
+            out.extend(
+                self.buf[..n]
+                    .iter()
+                    .filter(|r| r.categories & wanted != 0)
+                    .map(|r| Range::new(r.start, r.end)),
+            );
             if walk_end <= start {
                 break; // no progress: nothing more to report
             }
@@ -90,6 +98,7 @@ impl Pagemap {
             range,
             raw::PM_SCAN_WP_MATCHING | raw::PM_SCAN_CHECK_WPASYNC,
             raw::PAGE_IS_WRITTEN,
+            raw::PAGE_IS_WRITTEN,
             out,
         )
     }
@@ -98,34 +107,7 @@ impl Pagemap {
     /// reports the uffd-wp markers of never-populated pages as swap entries too,
     /// so the two cannot be told apart here.
     pub fn present(&mut self, range: Range, out: &mut Vec<Range>) -> Result<(), PagemapError> {
-        let mut start = range.start;
-        while start < range.end {
-            let (n, walk_end) = raw::scan(
-                &self.file,
-                start,
-                range.end,
-                0,
-                0,
-                raw::PAGE_IS_PRESENT,
-                &mut self.buf,
-            )
-            .map_err(|source| PagemapError::Scan {
-                pid: self.pid,
-                range,
-                source,
-            })?;
-            out.extend(
-                self.buf[..n]
-                    .iter()
-                    .filter(|r| r.categories & raw::PAGE_IS_PRESENT != 0)
-                    .map(|r| Range::new(r.start, r.end)),
-            );
-            if walk_end <= start {
-                break;
-            }
-            start = walk_end;
-        }
-        Ok(())
+        self.scan(range, 0, raw::PAGE_IS_PRESENT, raw::PAGE_IS_PRESENT, out)
     }
 
     /// Present pages in all of `ranges`.

@@ -1,4 +1,5 @@
 //! `pagehop track`.
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufWriter, IsTerminal, Write};
 use std::path::PathBuf;
@@ -134,15 +135,10 @@ fn print_interval(
         serde_json::to_writer(&mut *out, r)?;
         writeln!(out)?;
     } else {
-        let mut counts: std::collections::BTreeMap<&str, usize> = Default::default();
+        let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
         for e in &r.events {
             *counts.entry(e.kind).or_default() += 1;
         }
-        let events = counts
-            .iter()
-            .map(|(k, n)| format!("{k} {n}"))
-            .collect::<Vec<_>>()
-            .join(", ");
         writeln!(
             out,
             "{:>7.2}s  {:>11}  {:>12}  {:>9}  {:>10}  {}",
@@ -151,11 +147,7 @@ fn print_interval(
             format_rate(r.dirty_bytes_per_sec),
             r.hot_pages,
             r.resident_pages,
-            if events.is_empty() {
-                "-".to_string()
-            } else {
-                events
-            },
+            format_counts(&counts, "-"),
         )?;
         if std::io::stdout().is_terminal() {
             out.flush()?;
@@ -190,20 +182,10 @@ fn print_summary(out: &mut impl Write, s: &Summary, json: bool) -> anyhow::Resul
         "  memory       {} resident pages, {} write-hot at the end",
         s.resident_pages, s.hot_pages
     )?;
-    let events = s
-        .events
-        .iter()
-        .map(|(k, n)| format!("{k} {n}"))
-        .collect::<Vec<_>>()
-        .join(", ");
     writeln!(
         out,
         "  events       {}   processes tracked: {}",
-        if events.is_empty() {
-            "none".into()
-        } else {
-            events
-        },
+        format_counts(&s.events, "none"),
         s.processes_tracked
     )?;
     writeln!(
@@ -212,6 +194,18 @@ fn print_summary(out: &mut impl Write, s: &Summary, json: bool) -> anyhow::Resul
         s.cpu_ms, s.cpu_ns_per_dirty_page, s.fault_events, s.fault_events_dropped
     )?;
     Ok(())
+}
+
+/// `mmap 2, munmap 1`, or `empty` when there is nothing.
+fn format_counts(counts: &BTreeMap<&str, u64>, empty: &str) -> String {
+    if counts.is_empty() {
+        return empty.to_string();
+    }
+    counts
+        .iter()
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn format_rate(bytes_per_sec: f64) -> String {
