@@ -2,22 +2,36 @@
 //! throughput untracked vs tracked by `ebpf` vs `pagemap-scan`, and the CPU
 //! time pagehop spends per dirty page it reports.
 //!
-//! The workload writes as fast as it can (`--write-mbps max`), so every
-//! write fault tracking adds shows up as lost throughput. Configurations are
-//! interleaved round-robin so that the shared machine's noise hits all of
-//! them alike; medians and ratios are reported.
+//! Scenarios:
+//! - `uniform-max`, `skew-max`: a 256 MiB workload writing as fast as it can
+//!   (`--write-mbps max`), so every write fault tracking adds shows up as
+//!   lost throughput (the worst case);
+//! - `sparse-1g`: a 1 GiB workload writing 40 MB/s, where throughput is set
+//!   by the workload and what differs is pagehop's own cost: `pagemap-scan`
+//!   walks all of memory each interval, `ebpf` only the pages that faulted.
+//!
+//! Configurations are interleaved round-robin so that the shared machine's
+//! noise hits all of them alike; medians and ratios are reported.
 //!
 //! `cargo bench --bench tracking_overhead` (needs root).
 //! Environment: PAGEHOP_BENCH_ROUNDS (default 3), PAGEHOP_BENCH_SECS (per run, default 3),
-//! PAGEHOP_BENCH_PATTERNS (default "uniform,skew").
+//! PAGEHOP_BENCH_SCENARIOS (default "uniform-max,skew-max,sparse-1g").
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_pagehop-workload");
 const PAGEHOP: &str = env!("CARGO_BIN_EXE_pagehop");
-const ARENA_MIB: &str = "256";
 const INTERVAL_MS: &str = "100";
+
+/// (name, arena MiB, write rate, pattern)
+type Scenario = (&'static str, &'static str, &'static str, &'static str);
+
+const SCENARIOS: [Scenario; 3] = [
+    ("uniform-max", "256", "max", "uniform"),
+    ("skew-max", "256", "max", "skew"),
+    ("sparse-1g", "1024", "40", "uniform"),
+];
 
 struct Run {
     pages_per_sec: f64,
@@ -42,13 +56,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 /// One run: start the workload, optionally track it, measure its rate.
-fn run(backend: Option<&str>, pattern: &str, secs: f64) -> Run {
+fn run(backend: Option<&str>, scenario: Scenario, secs: f64) -> Run {
+    let (_, size_mib, rate, pattern) = scenario;
     let mut workload = Command::new(WORKLOAD)
         .args([
             "--size-mib",
-            ARENA_MIB,
+            size_mib,
             "--write-mbps",
-            "max",
+            rate,
             "--pattern",
             pattern,
             "--report-ms",
@@ -132,31 +147,38 @@ fn main() {
     }
     let rounds: usize = env_or("PAGEHOP_BENCH_ROUNDS", 3);
     let secs: f64 = env_or("PAGEHOP_BENCH_SECS", 3.0);
-    let patterns: String = env_or("PAGEHOP_BENCH_PATTERNS", "uniform,skew".to_string());
+    let wanted: String = env_or(
+        "PAGEHOP_BENCH_SCENARIOS",
+        "uniform-max,skew-max,sparse-1g".to_string(),
+    );
     let configs: [(&str, Option<&str>); 3] = [
         ("untracked", None),
         ("ebpf", Some("ebpf")),
         ("pagemap-scan", Some("pagemap-scan")),
     ];
     println!(
-        "tracking overhead: {ARENA_MIB} MiB arena written as fast as possible, {INTERVAL_MS} ms intervals,"
+        "tracking overhead: workload write throughput untracked and tracked, {INTERVAL_MS} ms intervals,"
     );
     println!(
         "{rounds} interleaved rounds of {secs} s per configuration; medians; 2 shared cores, so read the ratios\n"
     );
     println!(
-        "{:<8} {:<13} {:>14} {:>10} {:>16} {:>12}",
-        "pattern", "tracking", "pages/s", "vs untracked", "pagehop ns/page", "collect µs"
+        "{:<12} {:<13} {:>14} {:>10} {:>16} {:>12}",
+        "scenario", "tracking", "pages/s", "vs untracked", "pagehop ns/page", "collect µs"
     );
-    for pattern in patterns.split(',') {
+    for scenario in SCENARIOS
+        .into_iter()
+        .filter(|s| wanted.split(',').any(|w| w == s.0))
+    {
+        let name = scenario.0;
         let mut results: Vec<Vec<Run>> = configs.iter().map(|_| Vec::new()).collect();
         for _ in 0..rounds {
             for (i, (_, backend)) in configs.iter().enumerate() {
-                results[i].push(run(*backend, pattern, secs));
+                results[i].push(run(*backend, scenario, secs));
             }
         }
         let base = median(results[0].iter().map(|r| r.pages_per_sec).collect());
-        for ((name, _), runs) in configs.iter().zip(&results) {
+        for ((tracking, _), runs) in configs.iter().zip(&results) {
             let rate = median(runs.iter().map(|r| r.pages_per_sec).collect());
             let cpu = median(runs.iter().filter_map(|r| r.cpu_ns_per_page).collect());
             let collect = median(runs.iter().filter_map(|r| r.collect_us).collect());
@@ -168,7 +190,7 @@ fn main() {
                 }
             };
             println!(
-                "{pattern:<8} {name:<13} {rate:>14.0} {:>10.2}x {:>16} {:>12}",
+                "{name:<12} {tracking:<13} {rate:>14.0} {:>10.2}x {:>16} {:>12}",
                 rate / base,
                 show(cpu),
                 show(collect)

@@ -25,7 +25,9 @@ if ! rustup component list --toolchain "$NIGHTLY" --installed 2>/dev/null | grep
     rustup component add rust-src --toolchain "$NIGHTLY"
 fi
 
-if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linker" ]; then
+export PATH="$HOME/.cargo/bin:$PATH"
+# A bpf-linker that no longer runs (its nightly's libLLVM was replaced) is rebuilt.
+if ! bpf-linker --version >/dev/null 2>&1; then
     sysroot="$(rustc +"$NIGHTLY" --print sysroot)"
     llvm_major="$(rustc +"$NIGHTLY" -vV | sed -n 's/^LLVM version: \([0-9]*\).*/\1/p')"
     libllvm="$(ls "$sysroot"/lib/libLLVM.so.* 2>/dev/null | head -n1 || true)"
@@ -33,12 +35,12 @@ if ! command -v bpf-linker >/dev/null 2>&1 && [ ! -x "$HOME/.cargo/bin/bpf-linke
         say "cannot find the $NIGHTLY toolchain's libLLVM (looked in $sysroot/lib)"
         exit 1
     fi
-    prefix="${CARGO_TARGET_DIR:-$HOME/.cache}/pagehop-llvm-prefix"
+    prefix="$HOME/.cache/pagehop/llvm-prefix"
     mkdir -p "$prefix/lib"
     ln -sf "$libllvm" "$prefix/lib/libLLVM.so"
     say "building bpf-linker against $(basename "$libllvm") (LLVM $llvm_major); this takes about 2 minutes"
     LLVM_PREFIX="$prefix" RUSTFLAGS="-C link-arg=-Wl,-rpath,$sysroot/lib" \
-        cargo +"$NIGHTLY" install --locked bpf-linker --no-default-features --features "llvm-$llvm_major"
+        cargo +"$NIGHTLY" install --force --locked bpf-linker --no-default-features --features "llvm-$llvm_major"
 fi
 
 if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then

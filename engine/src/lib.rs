@@ -7,11 +7,13 @@
 //! - [`layout`]: the target's address space (VMAs from /proc/PID/maps) and which ranges are tracked.
 //! - [`bpf`]: loads the eBPF programs and drains their fault and address-space event rings.
 //! - [`tracker`]: the dirty-page tracking backends behind one trait.
-//! - [`track`]: the `pagehop track` loop: intervals, write heat, reports.
+//! - [`track`]: the `pagehop track` loop: intervals, events, reports.
+//! - [`heat`]: per-page write heat (consecutive and total dirty intervals).
 //! - [`pages`]: page sets and their conversion to merged ranges.
 //! - [`workload`]: the built-in workload used by tests, demos and benchmarks.
 //! - [`sys`]: raw syscalls and ioctls with their `#[repr(C)]` structs.
 pub mod bpf;
+pub mod heat;
 pub mod inject;
 pub mod layout;
 pub mod pagemap;

@@ -142,10 +142,32 @@ impl RangeSet {
         self.ranges.splice(lo..hi, keep);
     }
 
+    /// Adds every range of `other` (linear merge; `insert` per range would
+    /// be quadratic for large, fragmented sets).
     pub fn union(&mut self, other: &RangeSet) {
-        for r in &other.ranges {
-            self.insert(*r);
+        if other.ranges.is_empty() {
+            return;
         }
+        let mut merged: Vec<Range> = Vec::with_capacity(self.ranges.len() + other.ranges.len());
+        let (mut a, mut b) = (
+            self.ranges.iter().peekable(),
+            other.ranges.iter().peekable(),
+        );
+        loop {
+            let next = match (a.peek(), b.peek()) {
+                (Some(x), Some(y)) if x.start <= y.start => a.next(),
+                (Some(_), Some(_)) => b.next(),
+                (Some(_), None) => a.next(),
+                (None, Some(_)) => b.next(),
+                (None, None) => break,
+            };
+            let r = *next.expect("peeked");
+            match merged.last_mut() {
+                Some(last) if r.start <= last.end => last.end = last.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        self.ranges = merged;
     }
 
     /// The parts of `self` inside `other`.
@@ -166,13 +188,30 @@ impl RangeSet {
         RangeSet { ranges: out }
     }
 
-    /// The parts of `self` not in `other`.
+    /// The parts of `self` not in `other` (linear sweep).
     pub fn difference(&self, other: &RangeSet) -> RangeSet {
-        let mut out = self.clone();
-        for r in &other.ranges {
-            out.remove(*r);
+        let mut out = Vec::with_capacity(self.ranges.len());
+        let mut j = 0;
+        for &r in &self.ranges {
+            let mut start = r.start;
+            // Skip the ranges of `other` that end before this one starts.
+            while j < other.ranges.len() && other.ranges[j].end <= start {
+                j += 1;
+            }
+            let mut k = j;
+            while k < other.ranges.len() && other.ranges[k].start < r.end {
+                let cut = other.ranges[k];
+                if cut.start > start {
+                    out.push(Range::new(start, cut.start));
+                }
+                start = start.max(cut.end);
+                k += 1;
+            }
+            if start < r.end {
+                out.push(Range::new(start, r.end));
+            }
         }
-        out
+        RangeSet { ranges: out }
     }
 
     /// Ranges grown to swallow gaps of at most `max_gap` bytes; for batching
@@ -277,6 +316,16 @@ mod tests {
             let diff: BTreeSet<u64> = pa.difference(&pb).copied().collect();
             assert_eq!(pages_of(&sa.intersection(&sb)), inter);
             assert_eq!(pages_of(&sa.difference(&sb)), diff);
+            let mut su = sa.clone();
+            su.union(&sb);
+            let union: BTreeSet<u64> = pa.union(&pb).copied().collect();
+            assert_eq!(su.ranges(), naive(&union).as_slice());
+            assert!(
+                sa.difference(&sb)
+                    .ranges()
+                    .windows(2)
+                    .all(|w| w[0].end < w[1].start)
+            );
             assert!(
                 sa.intersection(&sb)
                     .ranges()

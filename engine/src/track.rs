@@ -9,12 +9,13 @@
 //! 2. drain write-fault events and hand them to the per-process trackers;
 //! 3. collect each tracker's dirty set, which re-arms it;
 //! 4. update write heat and resident counts, and report.
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use pagehop_common::{MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MmEvent, MmEventKind};
 
 use crate::bpf::{BpfError, ProbeStats, Probes};
+use crate::heat::WriteHeat;
 use crate::layout::{Layout, LayoutError};
 use crate::pagemap::{Pagemap, PagemapError};
 use crate::pages::{Range, RangeSet};
@@ -108,8 +109,22 @@ pub struct Summary {
     /// CPU time pagehop itself used (user + system) while tracking.
     pub cpu_ms: f64,
     pub cpu_ns_per_dirty_page: f64,
+    /// The pages dirty in the most intervals (a write-heat ranking).
+    pub hottest_pages: Vec<HotPage>,
     pub end_reason: String,
 }
+
+/// One entry of the write-heat ranking.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct HotPage {
+    pub pid: i32,
+    /// Page address, hex.
+    pub addr: String,
+    pub dirty_intervals: u32,
+}
+
+/// How many pages the summary ranks.
+const HOTTEST_LISTED: usize = 10;
 
 pub struct TrackOptions {
     pub pid: i32,
@@ -126,8 +141,7 @@ struct Tracked {
     tracker: Box<dyn DirtyTracker>,
     pagemap: Pagemap,
     layout: Layout,
-    /// Consecutive intervals each page has been dirty in.
-    heat: HashMap<u64, u32>,
+    heat: WriteHeat,
     /// Pages found resident when tracking began or a mapping appeared.
     carried: RangeSet,
     /// Ranges replaced since the last layout sync.
@@ -230,7 +244,7 @@ impl Session {
                 tracker,
                 pagemap,
                 layout,
-                heat: HashMap::new(),
+                heat: WriteHeat::new(),
                 carried: if count_resident_as_dirty {
                     carried
                 } else {
@@ -419,7 +433,9 @@ impl Session {
             dirty.union(&std::mem::take(&mut p.carried));
             // Unmapped since: not memory any more.
             let dirty = dirty.intersection(&p.layout.mapped());
-            p.hot_pages = update_heat(&mut p.heat, &dirty, self.page_size, self.opts.hot_intervals);
+            p.hot_pages = p
+                .heat
+                .record(&dirty, self.page_size, self.opts.hot_intervals);
             let writable = p.layout.writable_ranges();
             let resident = p
                 .pagemap
@@ -468,6 +484,17 @@ impl Session {
 
     /// Stops tracking: every process is left as it was.
     pub fn finish(mut self, end_reason: &str) -> Result<Summary, TrackError> {
+        let mut hottest: Vec<(u32, i32, u64)> = Vec::new();
+        for (&pid, p) in &self.procs {
+            hottest.extend(
+                p.heat
+                    .hottest(HOTTEST_LISTED)
+                    .into_iter()
+                    .map(|(page, n)| (n, pid, page)),
+            );
+        }
+        hottest.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.2.cmp(&b.2)));
+        hottest.truncate(HOTTEST_LISTED);
         let mut first_error = None;
         for (pid, p) in std::mem::take(&mut self.procs) {
             if let Err(source) = p.tracker.release() {
@@ -508,6 +535,14 @@ impl Session {
             } else {
                 0.0
             },
+            hottest_pages: hottest
+                .into_iter()
+                .map(|(n, pid, page)| HotPage {
+                    pid,
+                    addr: format!("{page:x}"),
+                    dirty_intervals: n,
+                })
+                .collect(),
             end_reason: end_reason.to_string(),
         };
         match first_error {
@@ -540,26 +575,6 @@ fn kind_name(kind: MmEventKind) -> &'static str {
     }
 }
 
-/// Updates consecutive-dirty counts; returns how many pages are hot.
-fn update_heat(
-    heat: &mut HashMap<u64, u32>,
-    dirty: &RangeSet,
-    page_size: u64,
-    hot_after: u32,
-) -> u64 {
-    let mut next = HashMap::with_capacity(dirty.pages(page_size) as usize);
-    let mut hot = 0;
-    for page in dirty.iter_pages(page_size) {
-        let streak = heat.get(&page).copied().unwrap_or(0) + 1;
-        if streak >= hot_after {
-            hot += 1;
-        }
-        next.insert(page, streak);
-    }
-    *heat = next;
-    hot
-}
-
 /// An error and its sources on one line.
 pub fn error_chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
@@ -570,22 +585,4 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn heat_counts_consecutive_intervals() {
-        let ps = 4096;
-        let mut heat = HashMap::new();
-        let a = RangeSet::from_ranges(vec![Range::new(0, 2 * ps)]);
-        let b = RangeSet::from_ranges(vec![Range::new(ps, 3 * ps)]);
-        assert_eq!(update_heat(&mut heat, &a, ps, 2), 0);
-        assert_eq!(update_heat(&mut heat, &b, ps, 2), 1); // page 1 dirty twice in a row
-        assert_eq!(update_heat(&mut heat, &a, ps, 2), 1); // page 1 again; page 0 restarts
-        assert_eq!(heat.get(&ps), Some(&3));
-        assert_eq!(heat.get(&0), Some(&1));
-    }
 }

@@ -25,8 +25,13 @@ use crate::pages::{Range, RangeSet};
 use crate::wp::WpSession;
 
 /// Clean gaps up to this many pages are scanned rather than split into
-/// separate PAGEMAP_SCAN calls.
-const COALESCE_GAP_PAGES: u64 = 16;
+/// separate PAGEMAP_SCAN calls: walking a clean page costs a few
+/// nanoseconds, a call about a microsecond.
+const COALESCE_GAP_PAGES: u64 = 64;
+
+/// When the pages to look at cover more than this share of the tracked
+/// memory, one scan of everything is cheaper than many small ones.
+const FULL_SCAN_SHARE: f64 = 0.5;
 
 pub struct UffdWpTracker {
     backend: Backend,

@@ -188,6 +188,19 @@ fn print_summary(out: &mut impl Write, s: &Summary, json: bool) -> anyhow::Resul
         format_counts(&s.events, "none"),
         s.processes_tracked
     )?;
+    if !s.hottest_pages.is_empty() {
+        let top: Vec<String> = s
+            .hottest_pages
+            .iter()
+            .take(3)
+            .map(|h| format!("{} ({}/{})", h.addr, h.dirty_intervals, s.intervals))
+            .collect();
+        writeln!(
+            out,
+            "  hottest      {} (page: dirty intervals)",
+            top.join(", ")
+        )?;
+    }
     writeln!(
         out,
         "  pagehop cost {:.1} ms CPU, {:.0} ns per dirty page; {} fault events ({} dropped)",
