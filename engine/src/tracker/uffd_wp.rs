@@ -113,8 +113,13 @@ impl DirtyTracker for UffdWpTracker {
         } else {
             let mut c = faulted.clone();
             c.union(&self.pending);
-            RangeSet::from_ranges(c.coalesced(COALESCE_GAP_PAGES * self.page_size))
-                .intersection(&registered)
+            let c = RangeSet::from_ranges(c.coalesced(COALESCE_GAP_PAGES * self.page_size))
+                .intersection(&registered);
+            if c.bytes() as f64 > FULL_SCAN_SHARE * registered.bytes() as f64 {
+                registered.clone()
+            } else {
+                c
+            }
         };
         self.scratch.clear();
         for &range in candidates.ranges() {
