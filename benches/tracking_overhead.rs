@@ -8,14 +8,17 @@
 //!   lost throughput (the worst case);
 //! - `sparse-1g`: a 1 GiB workload writing 40 MB/s, where throughput is set
 //!   by the workload and what differs is pagehop's own cost: `pagemap-scan`
-//!   walks all of memory each interval, `ebpf` only the pages that faulted.
+//!   walks all of memory each interval, `ebpf` only the pages that faulted
+//!   (or everything, when they are too scattered to be worth it);
+//! - `seq-1g`: the same with sequential writes, where the faulted pages form
+//!   a few runs and `ebpf` scans megabytes instead of the whole gigabyte.
 //!
 //! Configurations are interleaved round-robin so that the shared machine's
 //! noise hits all of them alike; medians and ratios are reported.
 //!
 //! `cargo bench --bench tracking_overhead` (needs root).
 //! Environment: PAGEHOP_BENCH_ROUNDS (default 3), PAGEHOP_BENCH_SECS (per run, default 3),
-//! PAGEHOP_BENCH_SCENARIOS (default "uniform-max,skew-max,sparse-1g").
+//! PAGEHOP_BENCH_SCENARIOS (default "uniform-max,skew-max,sparse-1g,seq-1g").
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -27,10 +30,11 @@ const INTERVAL_MS: &str = "100";
 /// (name, arena MiB, write rate, pattern)
 type Scenario = (&'static str, &'static str, &'static str, &'static str);
 
-const SCENARIOS: [Scenario; 3] = [
+const SCENARIOS: [Scenario; 4] = [
     ("uniform-max", "256", "max", "uniform"),
     ("skew-max", "256", "max", "skew"),
     ("sparse-1g", "1024", "40", "uniform"),
+    ("seq-1g", "1024", "40", "seq"),
 ];
 
 struct Run {
@@ -149,7 +153,7 @@ fn main() {
     let secs: f64 = env_or("PAGEHOP_BENCH_SECS", 3.0);
     let wanted: String = env_or(
         "PAGEHOP_BENCH_SCENARIOS",
-        "uniform-max,skew-max,sparse-1g".to_string(),
+        "uniform-max,skew-max,sparse-1g,seq-1g".to_string(),
     );
     let configs: [(&str, Option<&str>); 3] = [
         ("untracked", None),

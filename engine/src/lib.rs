@@ -5,6 +5,7 @@
 //! - [`inject`]: runs syscalls inside a target with ptrace; takes a userfaultfd out of it.
 //! - [`wp`]: the write-protect session on a target's userfaultfd (register, protect, unregister).
 //! - [`layout`]: the target's address space (VMAs from /proc/PID/maps) and which ranges are tracked.
+//! - [`pagemap`]: PAGEMAP_SCAN queries on a target (written-and-re-protect, present).
 //! - [`bpf`]: loads the eBPF programs and drains their fault and address-space event rings.
 //! - [`tracker`]: the dirty-page tracking backends behind one trait.
 //! - [`track`]: the `pagehop track` loop: intervals, events, reports.

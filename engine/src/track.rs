@@ -17,7 +17,7 @@ use pagehop_common::{MADV_DONTNEED, MADV_FREE, MADV_REMOVE, MmEvent, MmEventKind
 use crate::bpf::{BpfError, ProbeStats, Probes};
 use crate::heat::WriteHeat;
 use crate::layout::{Layout, LayoutError};
-use crate::pagemap::{Pagemap, PagemapError};
+use crate::pagemap::PagemapError;
 use crate::pages::{Range, RangeSet};
 use crate::target::{Target, TargetError};
 use crate::tracker::{self, Backend, DirtyTracker, TrackerError};
@@ -139,7 +139,6 @@ pub struct TrackOptions {
 /// One tracked process.
 struct Tracked {
     tracker: Box<dyn DirtyTracker>,
-    pagemap: Pagemap,
     layout: Layout,
     heat: WriteHeat,
     /// Pages found resident when tracking began or a mapping appeared.
@@ -237,12 +236,10 @@ impl Session {
         let layout = Layout::read(pid)?;
         let (tracker, carried) = tracker::open(self.opts.backend, pid, &layout)
             .map_err(|source| TrackError::Tracker { pid, source })?;
-        let pagemap = Pagemap::open(pid)?;
         self.procs.insert(
             pid,
             Tracked {
                 tracker,
-                pagemap,
                 layout,
                 heat: WriteHeat::new(),
                 carried: if count_resident_as_dirty {
@@ -436,12 +433,7 @@ impl Session {
             p.hot_pages = p
                 .heat
                 .record(&dirty, self.page_size, self.opts.hot_intervals);
-            let writable = p.layout.writable_ranges();
-            let resident = p
-                .pagemap
-                .present_in(&writable)
-                .map(|r| r.pages(self.page_size))
-                .unwrap_or(0);
+            let resident = resident_private_pages(pid, self.page_size);
             processes.push(ProcessReport {
                 pid,
                 dirty_pages: dirty.pages(self.page_size),
@@ -573,6 +565,24 @@ fn kind_name(kind: MmEventKind) -> &'static str {
         MmEventKind::Exit => "exit",
         MmEventKind::Invalid => "invalid",
     }
+}
+
+/// Resident anonymous and shared-memory pages (`RssAnon` + `RssShmem` of
+/// /proc/PID/status): the memory a migration has to move. Read in O(1), where
+/// walking the page tables would cost as much as tracking itself.
+fn resident_private_pages(pid: i32, page_size: u64) -> u64 {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return 0;
+    };
+    let kib: u64 = status
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("RssAnon:")
+                .or_else(|| l.strip_prefix("RssShmem:"))
+        })
+        .filter_map(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .sum();
+    kib * 1024 / page_size
 }
 
 /// An error and its sources on one line.
