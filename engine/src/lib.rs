@@ -6,22 +6,35 @@
 //! - [`wp`]: the write-protect session on a target's userfaultfd (register, protect, unregister).
 //! - [`layout`]: the target's address space (VMAs from /proc/PID/maps) and which ranges are tracked.
 //! - [`pagemap`]: PAGEMAP_SCAN queries on a target (written-and-re-protect, present).
+//! - [`freeze`]: stops a source (ptrace every thread, or a cgroup v2 freeze) and lets it go.
 //! - [`bpf`]: loads the eBPF programs and drains their fault and address-space event rings.
 //! - [`tracker`]: the dirty-page tracking backends behind one trait.
 //! - [`track`]: the `pagehop track` loop: intervals, events, reports.
 //! - [`heat`]: per-page write heat (consecutive and total dirty intervals).
 //! - [`pages`]: page sets and their conversion to merged ranges.
 //! - [`workload`]: the built-in workload used by tests, demos and benchmarks.
+//! - [`netns`]: two network namespaces joined by veth, for tests, demo and benchmarks.
+//! - [`migrate`]: `pagehop send` / `recv`: connections, rounds, switchover, verification.
+//! - [`store`]: the destination's page store (memfd-backed, following the source layout).
 //! - [`sys`]: raw syscalls and ioctls with their `#[repr(C)]` structs.
 pub mod bpf;
+pub mod freeze;
+pub mod handoff;
 pub mod heat;
 pub mod inject;
+pub mod install;
 pub mod layout;
+pub mod migrate;
+pub mod netns;
 pub mod pagemap;
 pub mod pages;
+pub mod reader;
+pub mod store;
 pub mod sys;
 pub mod target;
 pub mod track;
 pub mod tracker;
+pub mod uring;
+pub mod wire;
 pub mod workload;
 pub mod wp;

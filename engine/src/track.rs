@@ -86,6 +86,11 @@ pub struct IntervalReport {
     /// Dirty ranges per pid (not printed; for `--dirty-log` and library users).
     #[serde(skip)]
     pub dirty: BTreeMap<i32, RangeSet>,
+    /// Ranges whose contents changed without writes (new or moved mappings,
+    /// zapped pages): a migration resends them whole (untouched pages go as
+    /// zero holes).
+    #[serde(skip)]
+    pub changed: BTreeMap<i32, RangeSet>,
 }
 
 /// The end of a run.
@@ -256,6 +261,21 @@ impl Session {
         Ok(())
     }
 
+    /// Makes the next [`step`](Self::step) look at all tracked memory rather
+    /// than trust the fault events (the final round of a migration: it also
+    /// catches writes made into the process by others, which do not fault in
+    /// its context).
+    pub fn force_full_scan(&mut self) {
+        for p in self.procs.values_mut() {
+            p.tracker.note_lost_faults();
+        }
+    }
+
+    /// The address space of `pid` as of the last step.
+    pub fn layout(&self, pid: i32) -> Option<&Layout> {
+        self.procs.get(&pid).map(|p| &p.layout)
+    }
+
     /// Pids tracked right now.
     pub fn pids(&self) -> Vec<i32> {
         self.procs.keys().copied().collect()
@@ -271,7 +291,11 @@ impl Session {
     }
 
     /// Applies queued address-space and process events; returns them as reported.
-    fn apply_mm_events(&mut self, zapped: &mut BTreeMap<i32, RangeSet>) -> Vec<Event> {
+    fn apply_mm_events(
+        &mut self,
+        zapped: &mut BTreeMap<i32, RangeSet>,
+        changed: &mut BTreeMap<i32, RangeSet>,
+    ) -> Vec<Event> {
         let mut raw: Vec<MmEvent> = Vec::new();
         if let Some(probes) = self.probes.as_mut() {
             probes.drain_mm_events(|e| raw.push(e));
@@ -295,6 +319,9 @@ impl Session {
                         if kind != MmEventKind::Mprotect {
                             p.replaced.push(range);
                         }
+                        if kind == MmEventKind::Mmap {
+                            changed.entry(pid).or_default().insert(range);
+                        }
                         p.layout_changed = true;
                     }
                 }
@@ -307,6 +334,7 @@ impl Session {
                     report.detail = Some(format!("to {new}"));
                     if let Some(p) = self.procs.get_mut(&pid) {
                         p.replaced.extend([range, new]);
+                        changed.entry(pid).or_default().insert(new);
                         p.layout_changed = true;
                     }
                 }
@@ -316,8 +344,9 @@ impl Session {
                         // The heap grew or shrank between its old end and the new break.
                         let new_end = page_align_up(e.addr, self.page_size);
                         if let Some(heap) = p.layout.heap() {
-                            p.replaced
-                                .push(Range::new(heap.end.min(new_end), heap.end.max(new_end)));
+                            let delta = Range::new(heap.end.min(new_end), heap.end.max(new_end));
+                            p.replaced.push(delta);
+                            changed.entry(pid).or_default().insert(delta);
                         }
                         p.layout_changed = true;
                     }
@@ -332,6 +361,7 @@ impl Session {
                     ));
                     if zaps && self.procs.contains_key(&pid) {
                         zapped.entry(pid).or_default().insert(range);
+                        changed.entry(pid).or_default().insert(range);
                     }
                 }
                 MmEventKind::Fork => {
@@ -377,7 +407,8 @@ impl Session {
         let elapsed = self.last_collect.elapsed().max(Duration::from_micros(1));
 
         let mut zapped: BTreeMap<i32, RangeSet> = BTreeMap::new();
-        let events = self.apply_mm_events(&mut zapped);
+        let mut changed: BTreeMap<i32, RangeSet> = BTreeMap::new();
+        let events = self.apply_mm_events(&mut zapped, &mut changed);
         // Processes that vanished without an exit event (probes lost it, or
         // the process was reaped between intervals).
         self.procs
@@ -466,6 +497,7 @@ impl Session {
             hot_pages,
             resident_pages,
             zapped_pages: zapped.values().map(|z| z.pages(self.page_size)).sum(),
+            changed,
             fault_events,
             collect_us: collect_started.elapsed().as_micros() as u64,
             events,

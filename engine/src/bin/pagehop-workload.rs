@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use pagehop::handoff;
 use pagehop::workload::{self, Pattern, WorkloadConfig, WriteRate};
 
 /// Dirties the pages of one memory arena at a set rate and pattern, and can
@@ -54,6 +55,14 @@ struct Args {
     /// Check the arena's invariants before exiting; exit non-zero if they fail.
     #[arg(long)]
     check_on_exit: bool,
+    /// Resume a migrated arena: map it empty at --arena-addr, hand a
+    /// userfaultfd for it to pagehop over the socket named by
+    /// $PAGEHOP_UFFD_SOCKET, check every page once pagehop has filled it
+    /// (exit 1 if one is wrong), then carry on writing. --size-mib,
+    /// --threads, --arena-addr, --seed and --pattern must be the source
+    /// run's (checked against the arena header); pacing options may differ.
+    #[arg(long)]
+    resume: bool,
 }
 
 fn parse_hex(s: &str) -> Result<usize, String> {
@@ -73,6 +82,17 @@ impl Args {
                     .context("--duration-secs must be a non-negative number")
             })
             .transpose()?;
+        let resume = if self.resume {
+            let socket = std::env::var_os(handoff::SOCKET_ENV).with_context(|| {
+                format!(
+                    "--resume needs the handoff socket path in ${}",
+                    handoff::SOCKET_ENV
+                )
+            })?;
+            Some(PathBuf::from(socket))
+        } else {
+            None
+        };
         Ok(WorkloadConfig {
             size_mib: self.size_mib,
             write_rate: self.write_mbps,
@@ -88,6 +108,7 @@ impl Args {
             report_ms: self.report_ms,
             seed: self.seed,
             check_on_exit: self.check_on_exit,
+            resume,
         })
     }
 }

@@ -56,3 +56,15 @@ pub fn mount_tracefs(target: &std::path::Path) -> io::Result<()> {
     };
     cvt(ret).map(drop)
 }
+
+/// An anonymous memory file (`memfd_create`, close-on-exec) of `len` bytes;
+/// its pages are allocated only when written.
+pub fn memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::fs::File> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
+    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
+    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(len)?;
+    Ok(file)
+}

@@ -11,12 +11,18 @@
 //! ```
 //!
 //! The header holds the layout (versioned) and one cache-line slot per writer
-//! thread with its generator state, sequential cursor, counters and rate carry.
-//! Data page `i` always holds [`page::fill_page`]`(i, table[i])`.
+//! thread with its generator state, sequential cursor, counters, rate carry
+//! and the data page it is writing right now.
+//! Data page `i` always holds [`page::fill_page`]`(i, table[i])`, except the
+//! one page each writer may be in the middle of. A copy taken while the
+//! process is frozen at any instant (a migration) is made whole again by
+//! [`Arena::finish_interrupted_writes`]: every page in flight is rewritten
+//! from its table entry, and a partly done tick is simply done again (the
+//! slot's generator state is only stored at the end of a tick).
 use std::io;
 use std::ops::Range;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, compiler_fence};
 
 use super::page;
 use super::pattern::{Pattern, PickState, Rng};
@@ -25,7 +31,7 @@ use super::sys;
 /// `PGHOPWKL`, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PGHOPWKL");
 /// Version of the arena layout; bump on any change to [`Header`] or the page map.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 /// Most writer threads the header has slots for.
 pub const MAX_THREADS: usize = 62;
 /// Smallest supported page size: the header must fit in one page.
@@ -71,7 +77,9 @@ pub struct ThreadSlot {
     pub ticks: AtomicU64,
     /// Fractional page budget carried to the next tick (`f64` bits).
     pub carry: AtomicU64,
-    _reserved: [u64; 3],
+    /// 1 + the data page being written (content, then table entry), 0 when none.
+    pub in_flight: AtomicU64,
+    _reserved: [u64; 2],
 }
 
 const _: () = assert!(size_of::<ThreadSlot>() == 64);
@@ -84,7 +92,8 @@ impl ThreadSlot {
             pages_written: AtomicU64::new(0),
             ticks: AtomicU64::new(0),
             carry: AtomicU64::new(0),
-            _reserved: [0; 3],
+            in_flight: AtomicU64::new(0),
+            _reserved: [0; 2],
         }
     }
 
@@ -99,6 +108,11 @@ impl ThreadSlot {
     /// The fractional page budget carried over.
     pub fn carry(&self) -> f64 {
         f64::from_bits(self.carry.load(Ordering::Relaxed))
+    }
+
+    /// The data page whose write was under way, if any.
+    pub fn in_flight(&self) -> Option<u64> {
+        self.in_flight.load(Ordering::Relaxed).checked_sub(1)
     }
 }
 
@@ -214,17 +228,8 @@ impl Arena {
         seed: u64,
         pattern: Pattern,
     ) -> Result<Self, ArenaError> {
-        let len = layout.size();
-        if !addr.is_multiple_of(layout.page_size) {
-            return Err(ArenaError::Unaligned { addr });
-        }
-        let base = sys::map_fixed_noreplace(addr, len).map_err(|source| match source.kind() {
-            io::ErrorKind::AlreadyExists => ArenaError::AddressTaken { addr, len },
-            _ => ArenaError::Map { addr, len, source },
-        })?;
-        let arena = Self { base, layout };
-        sys::no_huge_pages(base, len).map_err(ArenaError::NoHugePages)?;
-
+        let arena = Self::map_empty(addr, layout)?;
+        let (base, len) = (arena.base, layout.size());
         let header = Header {
             magic: MAGIC,
             version: LAYOUT_VERSION,
@@ -253,6 +258,25 @@ impl Arena {
         Ok(arena)
     }
 
+    /// Maps an arena at `addr` (`MAP_FIXED_NOREPLACE`, no huge pages) without
+    /// touching any of its pages, for a resume: the content is the source's
+    /// and arrives later, through a userfaultfd registered on the range.
+    /// Until it has, reading a page blocks in its page fault (or, with no
+    /// userfaultfd, reads zeros: [`Arena::check_invariants`] reports that).
+    pub fn map_empty(addr: usize, layout: Layout) -> Result<Self, ArenaError> {
+        let len = layout.size();
+        if !addr.is_multiple_of(layout.page_size) {
+            return Err(ArenaError::Unaligned { addr });
+        }
+        let base = sys::map_fixed_noreplace(addr, len).map_err(|source| match source.kind() {
+            io::ErrorKind::AlreadyExists => ArenaError::AddressTaken { addr, len },
+            _ => ArenaError::Map { addr, len, source },
+        })?;
+        let arena = Self { base, layout };
+        sys::no_huge_pages(base, len).map_err(ArenaError::NoHugePages)?;
+        Ok(arena)
+    }
+
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
@@ -268,16 +292,19 @@ impl Arena {
     }
 
     pub fn header(&self) -> &Header {
-        // SAFETY: page 0 holds a Header written in `create`; its plain fields
-        // are never written again and its slots are atomics.
+        // SAFETY: page 0 holds a Header, written in `create` or installed
+        // from the source's arena on resume (every bit pattern is a valid
+        // Header: integers and atomics only); its plain fields are never
+        // written again and its slots are atomics.
         unsafe { self.base.cast::<Header>().as_ref() }
     }
 
     /// The generation table, one entry per data page.
     pub fn table(&self) -> &[AtomicU32] {
-        // SAFETY: the table is mapped, initialised (zeroed in `create`),
-        // 4-byte aligned (page-aligned start) and `data_pages` entries long;
-        // AtomicU32 has the layout of u32 and every access to it is atomic.
+        // SAFETY: the table is mapped, initialised (zeroed in `create`, or the
+        // source's on resume), 4-byte aligned (page-aligned start) and
+        // `data_pages` entries long; AtomicU32 has the layout of u32 and every
+        // access to it is atomic.
         unsafe {
             let ptr = self
                 .base
@@ -291,6 +318,39 @@ impl Arena {
     /// Generation of data page `index`.
     pub fn generation(&self, index: u64) -> u32 {
         self.table()[index as usize].load(Ordering::Relaxed)
+    }
+
+    /// Completes the page writes that were under way when this arena's
+    /// content was copied out of a frozen process: each page recorded in
+    /// flight in a thread slot is rewritten from its generation-table entry
+    /// (the content of a write interrupted before its table entry is stored
+    /// is rolled back; after, rolled forward). Returns how many pages it
+    /// rewrote, or the first slot whose record lies outside its shard.
+    ///
+    /// Must not run while a `ShardWriter` of this arena is alive.
+    pub fn finish_interrupted_writes(&self) -> Result<usize, usize> {
+        let mut rewritten = 0;
+        for (t, slot) in self.header().slots[..self.layout.threads]
+            .iter()
+            .enumerate()
+        {
+            let Some(index) = slot.in_flight() else {
+                continue;
+            };
+            if !self.layout.shard(t).contains(&index) {
+                return Err(t);
+            }
+            // SAFETY: by this method's contract no writer is alive, so this is
+            // the only reference to the page.
+            page::fill_page(
+                unsafe { self.data_page_mut(index) },
+                index,
+                self.generation(index),
+            );
+            slot.in_flight.store(0, Ordering::Relaxed);
+            rewritten += 1;
+        }
+        Ok(rewritten)
     }
 
     /// Data pages written so far by all writer threads.
@@ -426,6 +486,10 @@ impl ShardWriter<'_> {
             let generation = table[index as usize]
                 .load(Ordering::Relaxed)
                 .wrapping_add(1);
+            // The intent record comes before any byte of the page, in program
+            // order, which is what a copy of a frozen process sees.
+            slot.in_flight.store(index + 1, Ordering::Relaxed);
+            compiler_fence(Ordering::SeqCst);
             // SAFETY: the page is in this writer's shard, which it owns exclusively.
             page::fill_page(
                 unsafe { self.arena.data_page_mut(index) },
@@ -433,6 +497,7 @@ impl ShardWriter<'_> {
                 generation,
             );
             table[index as usize].store(generation, Ordering::Release);
+            slot.in_flight.store(0, Ordering::Release);
         }
         slot.rng.store(state.rng.0, Ordering::Relaxed);
         slot.cursor.store(state.cursor, Ordering::Relaxed);

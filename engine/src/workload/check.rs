@@ -60,6 +60,9 @@ pub fn check_header(header: &Header, layout: &Layout) -> Result<(), &'static str
         if !(0.0..1.0).contains(&slot.carry()) {
             return Err("slot carry");
         }
+        if slot.in_flight().is_some_and(|page| !shard.contains(&page)) {
+            return Err("slot in_flight");
+        }
     }
     Ok(())
 }

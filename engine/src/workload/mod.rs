@@ -10,6 +10,7 @@
 //! - [`ground_truth`]: the ground-truth file.
 //! - [`churn`]: short-lived mappings outside the arena.
 //! - `run`: the writer threads, the forked child and the main loop.
+//! - `resume`: resume mode, which carries on a migrated arena.
 //!
 //! Output on stdout, one flushed line each:
 //!
@@ -18,12 +19,28 @@
 //! heartbeat t_ns=<monotonic ns> pages_total=<n> pages_per_sec=<n>
 //! exit pages_total=<n> [invariant=ok | invariant=bad page=<hex addr>]
 //! ```
+//!
+//! In resume mode `ready` is replaced by
+//!
+//! ```text
+//! resume pid=<pid> arena=<hex start>-<hex end>      (uffd handed over)
+//! resumed invariant=ok pages=<arena pages>          (all pages checked; or:)
+//! resumed invariant=bad page=<hex addr>             (then exit status 1)
+//! ```
+//!
+//! after which heartbeats follow, the first within one report period.
+//! `pages_total` counts the source's writes too (the counters live in the
+//! arena); `pages_per_sec` only covers this process's own writes. `t_ns` is
+//! CLOCK_MONOTONIC, so on one host the gap between the source's last and the
+//! destination's first heartbeat is the downtime plus at most two report
+//! periods.
 pub mod arena;
 pub mod check;
 pub mod churn;
 pub mod ground_truth;
 pub mod page;
 pub mod pattern;
+mod resume;
 mod run;
 mod sys;
 
@@ -35,6 +52,7 @@ pub use arena::{Arena, ArenaError, Layout, ShardWriter};
 pub use check::InvariantViolation;
 pub use ground_truth::GroundTruthError;
 pub use pattern::{Pattern, WriteRate};
+pub use resume::ResumeError;
 pub use run::run;
 
 /// Default arena address: far from the heap, the stacks and shared libraries.
@@ -68,6 +86,11 @@ pub struct WorkloadConfig {
     pub seed: u64,
     /// Check the arena's invariants before exiting.
     pub check_on_exit: bool,
+    /// Resume a migrated arena instead of creating one: the arena is mapped
+    /// empty, and its userfaultfd is handed to pagehop over this socket (see
+    /// `resume`). `size_mib`, `threads`, `arena_addr`, `seed` and `pattern`
+    /// must be the source run's; the arena header is checked against them.
+    pub resume: Option<PathBuf>,
 }
 
 impl Default for WorkloadConfig {
@@ -87,6 +110,7 @@ impl Default for WorkloadConfig {
             report_ms: 1000,
             seed: 1,
             check_on_exit: false,
+            resume: None,
         }
     }
 }
@@ -96,7 +120,8 @@ impl Default for WorkloadConfig {
 pub struct RunSummary {
     /// Data pages written by the writer threads (the child's not included).
     pub pages_total: u64,
-    /// Result of the invariant check, if `check_on_exit` was set.
+    /// Result of the invariant check, if `check_on_exit` was set, or of the
+    /// check after a resume if it failed (the run then stops there).
     pub invariant: Option<Result<(), InvariantViolation>>,
     /// Raw wait status of the forked child, if one was forked and reaped.
     pub child_status: Option<i32>,
@@ -113,6 +138,8 @@ pub enum WorkloadError {
     GroundTruth(#[from] GroundTruthError),
     #[error(transparent)]
     Churn(#[from] churn::ChurnError),
+    #[error("resuming the migrated arena")]
+    Resume(#[from] ResumeError),
     #[error("installing the SIGTERM/SIGINT handler")]
     Signal(#[source] io::Error),
     #[error("spawning writer thread {thread}")]

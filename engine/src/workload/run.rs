@@ -8,10 +8,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::arena::{Arena, Layout, ShardWriter};
+use super::check::InvariantViolation;
 use super::churn::Churn;
 use super::ground_truth::GroundTruth;
 use super::pattern::{Pattern, PickState, TickPicker, tick_quota};
-use super::{RunSummary, WorkloadConfig, WorkloadError, sys};
+use super::{RunSummary, WorkloadConfig, WorkloadError, resume, resume::ResumeError, sys};
+use crate::handoff;
 use crate::sys::monotonic_ns;
 
 const MS: u64 = 1_000_000;
@@ -46,14 +48,23 @@ pub fn run(config: &WorkloadConfig) -> Result<RunSummary, WorkloadError> {
         .map(GroundTruth::create)
         .transpose()?;
     sys::install_stop_handler().map_err(WorkloadError::Signal)?;
-    let arena = Arena::create(config.arena_addr, layout, config.seed, config.pattern)?;
     let pid = sys::getpid();
-    emit(format_args!(
-        "ready pid={pid} arena={:x}-{:x} pages={}",
-        arena.start(),
-        arena.end(),
-        layout.total_pages
-    ));
+    let arena = match &config.resume {
+        None => {
+            let arena = Arena::create(config.arena_addr, layout, config.seed, config.pattern)?;
+            emit(format_args!(
+                "ready pid={pid} arena={:x}-{:x} pages={}",
+                arena.start(),
+                arena.end(),
+                layout.total_pages
+            ));
+            arena
+        }
+        Some(socket) => match resume_arena(config, layout, socket)? {
+            Ok(arena) => arena,
+            Err(failed) => return Ok(failed),
+        },
+    };
 
     let control = Control::default();
     let mut child = Child::default();
@@ -107,6 +118,44 @@ pub fn run(config: &WorkloadConfig) -> Result<RunSummary, WorkloadError> {
         invariant,
         child_status,
     })
+}
+
+/// Resume mode: maps the arena empty, hands its userfaultfd over, and checks
+/// it once pagehop has filled it (printing `resume` and `resumed`). Returns
+/// the arena ready for the writers, or the summary of a failed check.
+fn resume_arena(
+    config: &WorkloadConfig,
+    layout: Layout,
+    socket: &Path,
+) -> Result<Result<Arena, RunSummary>, WorkloadError> {
+    let arena = Arena::map_empty(config.arena_addr, layout)?;
+    let mut stream = resume::hand_over(&arena, socket)?;
+    emit(format_args!(
+        "resume pid={} arena={:x}-{:x}",
+        sys::getpid(),
+        arena.start(),
+        arena.end()
+    ));
+    // Blocks in page faults until pagehop has installed the pages.
+    if let Err(bad) = resume::check(&arena, config)? {
+        emit(format_args!("resumed invariant=bad page={:x}", bad.addr()));
+        // A bad header's counters are garbage; a bad page's header is sound.
+        let pages_total = match bad {
+            InvariantViolation::Page { .. } => arena.pages_written(),
+            InvariantViolation::Header { .. } => 0,
+        };
+        return Ok(Err(RunSummary {
+            pages_total,
+            invariant: Some(Err(bad)),
+            child_status: None,
+        }));
+    }
+    emit(format_args!(
+        "resumed invariant=ok pages={}",
+        layout.total_pages
+    ));
+    handoff::send_restore_finished(&mut stream).map_err(ResumeError::from)?;
+    Ok(Ok(arena))
 }
 
 /// Prints one protocol line on stdout and flushes it. A closed stdout is
@@ -294,7 +343,9 @@ fn main_loop(ctx: &Context<'_>, child: &mut Child) -> Result<(), WorkloadError> 
         .churn
         .then(|| Churn::new(config.seed, ctx.arena.layout().page_size));
     let mut churn_addrs = Vec::new();
-    let (mut last_report, mut last_total) = (start, 0);
+    // After a resume the arena's counters include the source's writes: rates
+    // are measured from what they were when this loop started.
+    let (mut last_report, mut last_total) = (start, ctx.arena.pages_written());
     let mut next_report = start + report_ns;
     let mut next_churn = start + CHURN_PERIOD_NS;
     let mut next_flush = start + FLUSH_PERIOD_NS;

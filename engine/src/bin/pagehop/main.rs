@@ -1,4 +1,5 @@
 //! The `pagehop` command line.
+mod migrate_cmd;
 mod track_cmd;
 
 use clap::{Parser, Subcommand};
@@ -18,12 +19,18 @@ struct Cli {
 enum Command {
     /// Watch a running process's writes and address space: dirty rate, hot pages, events.
     Track(track_cmd::TrackArgs),
+    /// Live-migrate a running process's memory to a `pagehop recv` (pre-copy).
+    Send(migrate_cmd::SendArgs),
+    /// Receive a migration and start the destination process (or write an image).
+    Recv(migrate_cmd::RecvArgs),
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Track(args) => track_cmd::run(args),
+        Command::Send(args) => migrate_cmd::run_send(args),
+        Command::Recv(args) => migrate_cmd::run_recv(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -1,0 +1,226 @@
+//! `pagehop send` and `pagehop recv`.
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use pagehop::freeze::FreezeMethod;
+use pagehop::migrate::dest::{RecvOptions, RecvReport, recv};
+use pagehop::migrate::source::{SendOptions, send};
+use pagehop::migrate::{Progress, Quiet, Report, RoundReport, ZeroCopy};
+use pagehop::tracker::Backend;
+use pagehop::wire::auth::{TOKEN_ENV, Token};
+use pagehop::wire::batch::Compress;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum CompressArg {
+    Auto,
+    Lz4,
+    Off,
+}
+
+/// Where the shared token comes from: `--token-file`, else $PAGEHOP_TOKEN.
+fn load_token(file: &Option<PathBuf>) -> anyhow::Result<Option<Token>> {
+    Ok(match file {
+        Some(path) => Some(Token::from_file(path)?),
+        None => Token::from_env(TOKEN_ENV)?,
+    })
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    /// Process to migrate.
+    #[arg(long)]
+    pid: i32,
+    /// Destination `pagehop recv` address (HOST:PORT).
+    #[arg(long)]
+    to: SocketAddr,
+    /// File holding the token shared with the destination (default: $PAGEHOP_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = Backend::Ebpf)]
+    backend: Backend,
+    /// lz4-compress page batches: auto skips batches that do not shrink.
+    #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
+    compress: CompressArg,
+    /// Zero-copy sends: auto starts with them and drops them when the kernel copies anyway.
+    #[arg(long, value_enum, default_value_t = ZeroCopy::Auto)]
+    zerocopy: ZeroCopy,
+    /// Parallel data connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    streams: u16,
+    /// Switch over once the rest would go within this many milliseconds.
+    #[arg(long, default_value_t = 50)]
+    downtime_target: u64,
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    max_rounds: u32,
+    /// Freeze the processes of this cgroup v2 directory (a container) instead of ptrace-stopping the process.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// After a successful migration, leave the source stopped instead of killing it.
+    #[arg(long)]
+    leave_stopped: bool,
+    /// Compare every page of the frozen source with the destination by hash.
+    #[arg(long)]
+    verify: bool,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+struct TerminalProgress;
+
+impl Progress for TerminalProgress {
+    fn round(&mut self, r: &RoundReport) {
+        eprintln!(
+            "round {:>3}: {:>8} pages ({:>6} zero) in {:>8.1} ms, {:>8.1} MB/s; {:>8} pages dirtied meanwhile",
+            r.round,
+            r.pages,
+            r.zero_pages,
+            r.ms,
+            r.bandwidth_bytes_per_sec / 1e6,
+            r.dirty_pages_after
+        );
+    }
+}
+
+pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
+    let opts = SendOptions {
+        pid: args.pid,
+        to: args.to,
+        token: load_token(&args.token_file)?,
+        backend: args.backend,
+        compress: match args.compress {
+            CompressArg::Auto => Compress::Auto,
+            CompressArg::Lz4 => Compress::Lz4,
+            CompressArg::Off => Compress::Off,
+        },
+        zerocopy: args.zerocopy,
+        streams: args.streams as usize,
+        downtime_target: Duration::from_millis(args.downtime_target),
+        max_rounds: args.max_rounds,
+        freeze: args
+            .cgroup
+            .map_or(FreezeMethod::Ptrace, FreezeMethod::Cgroup),
+        leave_stopped: args.leave_stopped,
+        verify: args.verify,
+        connect_timeout: Duration::from_secs(10),
+    };
+    let mut progress: Box<dyn Progress> = if !args.json && std::io::stderr().is_terminal() {
+        Box::new(TerminalProgress)
+    } else {
+        Box::new(Quiet)
+    };
+    let report = send(opts, progress.as_mut())?;
+    print_send_report(&report, args.json)?;
+    if report.verify.starts_with("mismatch") {
+        anyhow::bail!("verification failed: {}", report.verify);
+    }
+    Ok(())
+}
+
+fn print_send_report(r: &Report, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "migrated ({}) in {:.1} ms: downtime {:.1} ms, {} rounds",
+        r.mode, r.total_ms, r.downtime_ms, r.rounds
+    )?;
+    writeln!(out, "  switch       {}", r.switch_reason)?;
+    writeln!(
+        out,
+        "  sent         {} pages ({} zero), {:.1} MiB raw, {:.1} MiB on the wire (x{:.2}), {:.0} MB/s, {} stream(s), {} sends",
+        r.pages_sent,
+        r.zero_pages,
+        r.bytes_raw as f64 / (1 << 20) as f64,
+        r.bytes_wire as f64 / (1 << 20) as f64,
+        r.compression_ratio,
+        r.throughput_bytes_per_sec / 1e6,
+        r.streams,
+        r.send_mode
+    )?;
+    writeln!(
+        out,
+        "  final round  {} pages; {} installed at the destination",
+        r.final_round_pages, r.installed_pages
+    )?;
+    writeln!(out, "  verify       {}", r.verify)?;
+    writeln!(
+        out,
+        "  pagehop cost {:.1} ms CPU (setup {:.1} ms)",
+        r.engine_cpu_ms, r.setup_ms
+    )?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RecvArgs {
+    /// Address to listen on (HOST:PORT). Non-loopback addresses need a token.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// File holding the token shared with the source (default: $PAGEHOP_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Command that starts the destination process at switchover (run with sh -c;
+    /// it finds the userfaultfd handoff socket in $PAGEHOP_UFFD_SOCKET).
+    #[arg(long, value_name = "CMD", conflicts_with = "image_dir")]
+    restore_cmd: Option<String>,
+    /// Write the received memory to DIR instead (format: see pagehop::migrate::image).
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
+    /// Path of the handoff socket (default: a fresh path under /run or /tmp).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run_recv(args: RecvArgs) -> anyhow::Result<()> {
+    let socket_path = args.socket.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("pagehop-uffd-{}.sock", std::process::id()))
+    });
+    let opts = RecvOptions {
+        listen: args.listen,
+        token: load_token(&args.token_file)?,
+        restore_cmd: args.restore_cmd,
+        image_dir: args.image_dir,
+        socket_path,
+        handshake_timeout: Duration::from_secs(10),
+        restore_timeout: Duration::from_secs(30),
+    };
+    let json = args.json;
+    let mut log = |line: &str| eprintln!("pagehop recv: {line}");
+    let report = recv(opts, &mut log)?;
+    print_recv_report(&report, json)
+}
+
+fn print_recv_report(r: &RecvReport, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        serde_json::to_writer(&mut out, r)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "received {} pages ({} zero) in {} rounds from {}; installed {} in {:.1} ms{}; verify {}",
+        r.pages_received,
+        r.zero_pages_received,
+        r.rounds,
+        r.source,
+        r.pages_installed,
+        r.install_ms,
+        r.restored_pid
+            .map(|p| format!(" into pid {p}"))
+            .unwrap_or_default(),
+        r.verify
+    )?;
+    Ok(())
+}

@@ -1,0 +1,503 @@
+//! `pagehop recv`: pre-copy live migration, destination side.
+//!
+//! Received pages go into the [`PageStore`] until switchover; nothing is
+//! installed anywhere before that. At switchover the destination process is
+//! started (`--restore-cmd`), hands its userfaultfd over the handoff socket
+//! (CRIU's lazy-pages convention, see [`crate::handoff`]), and every stored
+//! page inside its registered ranges is installed with UFFDIO_COPY or
+//! UFFDIO_ZEROPAGE; or the memory is written to `--image-dir` instead.
+//!
+//! If the source goes away before switchover, recv reports a failed
+//! migration: no process was started, nothing was installed.
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use super::conn::{Conn, ConnError, codes};
+use super::{MigrateError, image};
+use crate::handoff::{self, HandoffListener};
+use crate::install::Installer;
+use crate::pages::{Range, RangeSet};
+use crate::store::{PageState, PageStore, page_digest};
+use crate::wire::auth::Token;
+use crate::wire::batch::decode_batch;
+use crate::wire::msg::{
+    self, Done, EndOfRound, Layout, Role, Switchover, VerifyDigests, VerifyResult,
+};
+use crate::wire::{FrameError, FrameKind, FrameReader};
+
+pub struct RecvOptions {
+    pub listen: SocketAddr,
+    pub token: Option<Token>,
+    pub restore_cmd: Option<String>,
+    pub image_dir: Option<PathBuf>,
+    /// Where the restored process finds the handoff socket.
+    pub socket_path: PathBuf,
+    pub handshake_timeout: Duration,
+    pub restore_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DestError {
+    #[error(
+        "refusing to listen on {addr} without a token: only loopback addresses may go unauthenticated"
+    )]
+    NeedToken { addr: SocketAddr },
+    #[error("nothing to restore into: give --restore-cmd or --image-dir")]
+    NoTarget,
+    #[error("listening on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the source went away during round {round} before switchover; nothing was installed")]
+    SourceLost {
+        round: u32,
+        #[source]
+        source: ConnError,
+    },
+    #[error("a data stream failed: {0}")]
+    DataStream(String),
+    #[error("round {round}: {got} of {want} pages arrived within {timeout:?}")]
+    RoundTimeout {
+        round: u32,
+        got: u64,
+        want: u64,
+        timeout: Duration,
+    },
+    #[error("starting the restore command {cmd:?}")]
+    Spawn {
+        cmd: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the restored process did not hand over its userfaultfd")]
+    Handoff(#[source] handoff::HandoffError),
+    #[error("installing pages into the restored process")]
+    Install(#[source] crate::install::InstallError),
+    #[error("writing the image")]
+    Image(#[source] image::ImageError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+impl From<DestError> for MigrateError {
+    fn from(e: DestError) -> Self {
+        MigrateError::Protocol(crate::track::error_chain(&e))
+    }
+}
+
+/// What recv reports.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RecvReport {
+    pub source: String,
+    pub rounds: u32,
+    pub pages_received: u64,
+    pub zero_pages_received: u64,
+    pub pages_installed: u64,
+    pub pages_outside_registered_ranges: u64,
+    pub restored_pid: Option<i32>,
+    pub image_dir: Option<String>,
+    pub install_ms: f64,
+    pub verify: String,
+    pub total_ms: f64,
+}
+
+/// State shared by the control loop and the data-stream threads.
+struct Shared {
+    store: Mutex<PageStore>,
+    /// Pages received per round.
+    counts: Mutex<HashMap<u32, u64>>,
+    arrived: Condvar,
+    failure: Mutex<Option<String>>,
+}
+
+impl Shared {
+    fn fail(&self, why: String) {
+        self.failure.lock().expect("lock").get_or_insert(why);
+        self.arrived.notify_all();
+    }
+}
+
+/// How long a round's pages may take to arrive after its end was announced.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
+
+fn data_stream(stream: TcpStream, shared: Arc<Shared>, page_size: usize) {
+    let mut reader = FrameReader::new(stream);
+    let mut scratch = Vec::new();
+    loop {
+        let (kind, payload) = match reader.read_frame() {
+            Ok(frame) => frame,
+            Err(FrameError::Closed) => return,
+            Err(e) => {
+                return shared.fail(format!("data stream: {}", crate::track::error_chain(&e)));
+            }
+        };
+        if kind != FrameKind::Pages {
+            return shared.fail(format!("data stream: unexpected {} frame", kind.name()));
+        }
+        let batch = match decode_batch(payload, page_size, &mut scratch) {
+            Ok(b) => b,
+            Err(e) => {
+                return shared.fail(format!("data stream: {}", crate::track::error_chain(&e)));
+            }
+        };
+        let round = batch.round;
+        let count = batch.len() as u64;
+        {
+            let mut store = shared.store.lock().expect("lock");
+            for (addr, page) in batch.iter() {
+                if let Err(e) = store.put(addr, page) {
+                    drop(store);
+                    return shared.fail(crate::track::error_chain(&e));
+                }
+            }
+        }
+        *shared
+            .counts
+            .lock()
+            .expect("lock")
+            .entry(round)
+            .or_default() += count;
+        shared.arrived.notify_all();
+    }
+}
+
+pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, MigrateError> {
+    if !opts.listen.ip().is_loopback() && opts.token.is_none() {
+        return Err(DestError::NeedToken { addr: opts.listen }.into());
+    }
+    if opts.restore_cmd.is_none() && opts.image_dir.is_none() {
+        return Err(DestError::NoTarget.into());
+    }
+    let page_size = crate::sys::page_size();
+    let listener = TcpListener::bind(opts.listen).map_err(|source| DestError::Listen {
+        addr: opts.listen,
+        source,
+    })?;
+    log(&format!(
+        "listening on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    ));
+    let caps = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
+    let handshake = |stream: TcpStream| {
+        Conn::handshake(
+            stream,
+            Role::Destination,
+            opts.token.as_ref(),
+            page_size as u32,
+            caps,
+            opts.handshake_timeout,
+        )
+    };
+    // The control connection: keep listening past refused peers (wrong token,
+    // other version), logging each.
+    let mut control = loop {
+        let (stream, peer) = listener.accept().map_err(|source| DestError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+        match handshake(stream) {
+            Ok(conn) => break conn,
+            Err(e) => log(&format!(
+                "refused {peer}: {}",
+                crate::track::error_chain(&e)
+            )),
+        }
+    };
+    let started = Instant::now();
+    let peer = control
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    log(&format!("source {peer} connected"));
+    let shared = Arc::new(Shared {
+        store: Mutex::new(PageStore::new(page_size)),
+        counts: Mutex::new(HashMap::new()),
+        arrived: Condvar::new(),
+        failure: Mutex::new(None),
+    });
+    // Data streams: accepted and authenticated in the background.
+    {
+        let listener = listener.try_clone().map_err(|source| DestError::Listen {
+            addr: opts.listen,
+            source,
+        })?;
+        let shared = Arc::clone(&shared);
+        let token = opts.token.clone();
+        let timeout = opts.handshake_timeout;
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { break };
+                let peer = stream.peer_addr().ok();
+                match Conn::handshake(
+                    stream,
+                    Role::Destination,
+                    token.as_ref(),
+                    page_size as u32,
+                    caps,
+                    timeout,
+                ) {
+                    Ok(conn) => {
+                        let shared = Arc::clone(&shared);
+                        let stream = conn.into_stream();
+                        std::thread::spawn(move || data_stream(stream, shared, page_size));
+                    }
+                    Err(e) => eprintln!(
+                        "pagehop recv: refused data stream from {peer:?}: {}",
+                        crate::track::error_chain(&e)
+                    ),
+                }
+            }
+        });
+    }
+
+    let mut report = RecvReport {
+        source: peer,
+        verify: "skipped".to_string(),
+        ..RecvReport::default()
+    };
+    let mut round = 0u32;
+    let mut child: Option<Child> = None;
+    let mut switched = false;
+    let mut verify = Verification::default();
+    loop {
+        let frame = control.recv();
+        let (kind, payload) = match frame {
+            Ok(f) => f,
+            Err(source) if !switched => return Err(DestError::SourceLost { round, source }.into()),
+            // After switchover the process runs; a source that leaves without
+            // verification is no failure.
+            Err(_) => break,
+        };
+        match kind {
+            FrameKind::Layout => {
+                let layout = Layout::decode(payload).map_err(ConnError::from)?;
+                let ranges: Vec<Range> = layout
+                    .vmas
+                    .iter()
+                    .map(|v| Range::new(v.start, v.end))
+                    .collect();
+                shared
+                    .store
+                    .lock()
+                    .expect("lock")
+                    .set_layout(&ranges)
+                    .map_err(DestError::from)?;
+            }
+            FrameKind::EndOfRound => {
+                let end = EndOfRound::decode(payload).map_err(ConnError::from)?;
+                round = end.round;
+                wait_for_round(&shared, end.round, end.pages)?;
+                report.rounds = end.round + 1;
+                control.send(&end)?;
+            }
+            FrameKind::Switchover => {
+                let _ = Switchover::decode(payload).map_err(ConnError::from)?;
+                switched = true;
+                let install_started = Instant::now();
+                let store = shared.store.lock().expect("lock");
+                let (data, zero) = store.received();
+                report.pages_received = data;
+                report.zero_pages_received = zero;
+                let installed = if let Some(dir) = &opts.image_dir {
+                    let n = image::write(dir, &store).map_err(DestError::Image)?;
+                    report.image_dir = Some(dir.display().to_string());
+                    n
+                } else {
+                    let cmd = opts.restore_cmd.as_deref().expect("checked above");
+                    let (c, installed, outside, pid) = restore(cmd, &opts, &store)?;
+                    child = Some(c);
+                    report.pages_outside_registered_ranges = outside;
+                    report.restored_pid = Some(pid);
+                    installed
+                };
+                report.pages_installed = installed;
+                report.install_ms = install_started.elapsed().as_secs_f64() * 1e3;
+                drop(store);
+                control.send(&Done {
+                    pages_sent: installed,
+                })?;
+                log(&format!(
+                    "switched over: {installed} pages installed in {:.1} ms",
+                    report.install_ms
+                ));
+            }
+            FrameKind::VerifyDigests => {
+                let digests = VerifyDigests::decode(payload).map_err(ConnError::from)?;
+                verify.check(&shared.store.lock().expect("lock"), &digests);
+            }
+            FrameKind::Done => {
+                let result = VerifyResult {
+                    mismatch: verify.mismatch,
+                    pages_checked: verify.checked,
+                };
+                control.send(&result)?;
+                report.verify = match verify.mismatch {
+                    None => "ok".to_string(),
+                    Some(a) => format!("mismatch at page {a:#x}"),
+                };
+                break;
+            }
+            other => {
+                control.send_error(
+                    codes::PROTOCOL,
+                    &format!("unexpected {} frame", other.name()),
+                );
+                return Err(MigrateError::Protocol(format!(
+                    "unexpected {} frame on the control connection",
+                    other.name()
+                )));
+            }
+        }
+    }
+    report.total_ms = started.elapsed().as_secs_f64() * 1e3;
+    // The restored process runs on its own; recv does not wait for it.
+    drop(child);
+    Ok(report)
+}
+
+fn wait_for_round(shared: &Shared, round: u32, want: u64) -> Result<(), MigrateError> {
+    let deadline = Instant::now() + ROUND_TIMEOUT;
+    let mut counts = shared.counts.lock().expect("lock");
+    loop {
+        if let Some(why) = shared.failure.lock().expect("lock").clone() {
+            return Err(DestError::DataStream(why).into());
+        }
+        let got = counts.get(&round).copied().unwrap_or(0);
+        if got >= want {
+            return Ok(());
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(DestError::RoundTimeout {
+                round,
+                got,
+                want,
+                timeout: ROUND_TIMEOUT,
+            }
+            .into());
+        }
+        counts = shared
+            .arrived
+            .wait_timeout(counts, left.min(Duration::from_millis(100)))
+            .expect("lock")
+            .0;
+    }
+}
+
+/// Starts the restore command, takes its userfaultfd, installs the store.
+/// Returns the child, pages installed, pages outside its registered ranges, its pid.
+fn restore(
+    cmd: &str,
+    opts: &RecvOptions,
+    store: &PageStore,
+) -> Result<(Child, u64, u64, i32), MigrateError> {
+    let listener = HandoffListener::bind(&opts.socket_path).map_err(DestError::Handoff)?;
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .env(handoff::SOCKET_ENV, &opts.socket_path)
+        .spawn()
+        .map_err(|source| DestError::Spawn {
+            cmd: cmd.to_string(),
+            source,
+        })?;
+    let handoff = match listener.accept_uffd(opts.restore_timeout) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(DestError::Handoff(e).into());
+        }
+    };
+    let handoff::Handoff {
+        pid,
+        uffd,
+        mut stream,
+    } = handoff;
+    let registered = registered_ranges(child.id() as i32).unwrap_or_default();
+    // Pre-copy installs everything before the installer (the only holder of
+    // the userfaultfd) goes away; the kernel zero-fills whatever was never sent.
+    let installer = Installer::with_page_size(uffd, store.page_size());
+    let mut batch: Vec<(u64, Option<&[u8]>)> = Vec::with_capacity(256);
+    let mut outside = 0u64;
+    let install = |batch: &mut Vec<(u64, Option<&[u8]>)>| -> Result<(), MigrateError> {
+        if !batch.is_empty() {
+            installer.copy_batch(batch).map_err(DestError::Install)?;
+            batch.clear();
+        }
+        Ok(())
+    };
+    for (addr, page) in store.iter() {
+        if !registered.contains(addr) {
+            outside += 1;
+            continue;
+        }
+        batch.push((addr, page));
+        if batch.len() == 256 {
+            install(&mut batch)?;
+        }
+    }
+    install(&mut batch)?;
+    let installed = installer.installed().pages();
+    // The handoff connection stays open until the process reports the end of
+    // its restore (the 4-byte marker), as CRIU's restorer expects.
+    std::thread::spawn(move || {
+        let mut marker = [0u8; 4];
+        let _ = std::io::Read::read_exact(&mut stream, &mut marker);
+    });
+    Ok((child, installed, outside, pid))
+}
+
+/// Ranges of `pid` registered with a userfaultfd in missing mode (smaps `um`).
+fn registered_ranges(pid: i32) -> std::io::Result<RangeSet> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut current: Option<Range> = None;
+    let mut out = Vec::new();
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = first.split_once('-')
+            && let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16))
+        {
+            current = Some(Range::new(a, b));
+        } else if let Some(flags) = line.strip_prefix("VmFlags:")
+            && flags.split_whitespace().any(|f| f == "um")
+            && let Some(r) = current
+        {
+            out.push(r);
+        }
+    }
+    Ok(RangeSet::from_ranges(out))
+}
+
+/// `--verify` on this side: digests of the stored pages against the source's.
+#[derive(Default)]
+struct Verification {
+    mismatch: Option<u64>,
+    checked: u64,
+}
+
+impl Verification {
+    fn check(&mut self, store: &PageStore, digests: &VerifyDigests) {
+        let ps = store.page_size();
+        for (i, &want) in digests.hashes.iter().enumerate() {
+            let addr = digests.start + (i * ps) as u64;
+            let got = match store.get(addr) {
+                PageState::Data(d) => page_digest(Some(d), ps),
+                PageState::Zero | PageState::Absent => page_digest(None, ps),
+            };
+            self.checked += 1;
+            if got != want && self.mismatch.is_none_or(|m| addr < m) {
+                self.mismatch = Some(addr);
+            }
+        }
+    }
+}

@@ -1,0 +1,97 @@
+//! Live migration between hosts: `pagehop send` ([`source`]) and
+//! `pagehop recv` ([`dest`]) over the wire protocol of [`crate::wire`].
+//!
+//! Connections: one control connection (layout, round ends and their
+//! acknowledgements, switchover, verification) and `--streams` data
+//! connections carrying only `Pages` frames, sent through io_uring
+//! ([`stream`]). Every connection is authenticated ([`conn`]).
+pub mod conn;
+pub mod dest;
+pub mod image;
+pub mod source;
+pub mod stream;
+
+use std::net::SocketAddr;
+
+pub use conn::ConnError;
+pub use stream::{StreamError, ZeroCopy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    #[error(transparent)]
+    Target(#[from] crate::target::TargetError),
+    #[error(transparent)]
+    Track(#[from] crate::track::TrackError),
+    #[error(transparent)]
+    Layout(#[from] crate::layout::LayoutError),
+    #[error(transparent)]
+    Pagemap(#[from] crate::pagemap::PagemapError),
+    #[error("connecting to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Conn(ConnError),
+    #[error(transparent)]
+    Stream(StreamError),
+    #[error("freezing the source")]
+    Freeze(#[from] crate::freeze::FreezeError),
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// One round, as the report lists it.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct RoundReport {
+    pub round: u32,
+    pub pages: u64,
+    pub zero_pages: u64,
+    pub bytes_raw: u64,
+    pub bytes_wire: u64,
+    pub ms: f64,
+    /// Pages the tracker saw written while this round was sent.
+    pub dirty_pages_after: u64,
+    pub dirty_bytes_per_sec: f64,
+    pub bandwidth_bytes_per_sec: f64,
+}
+
+/// The source's report of a migration (`pagehop send --json`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Report {
+    pub mode: &'static str,
+    pub total_ms: f64,
+    pub setup_ms: f64,
+    /// Source frozen → destination running.
+    pub downtime_ms: f64,
+    pub rounds: u32,
+    pub pages_sent: u64,
+    pub zero_pages: u64,
+    pub bytes_raw: u64,
+    pub bytes_wire: u64,
+    pub compression_ratio: f64,
+    pub throughput_bytes_per_sec: f64,
+    pub final_round_pages: u64,
+    pub installed_pages: u64,
+    pub switch_reason: String,
+    pub verify: String,
+    pub send_mode: &'static str,
+    pub streams: usize,
+    pub page_size: u64,
+    /// CPU time pagehop itself used (user + system).
+    pub engine_cpu_ms: f64,
+    pub per_round: Vec<RoundReport>,
+}
+
+/// Receives progress as the migration goes (a terminal display, or nothing).
+pub trait Progress {
+    fn round(&mut self, round: &RoundReport);
+}
+
+/// No progress display.
+pub struct Quiet;
+
+impl Progress for Quiet {
+    fn round(&mut self, _: &RoundReport) {}
+}

@@ -1,0 +1,254 @@
+//! The source's page pipeline: read pages of the target with
+//! `process_vm_readv` straight into a registered io_uring buffer, turn zero
+//! pages into holes, compress where it pays, and send the buffer as one
+//! `Pages` frame.
+//!
+//! Buffer layout of one batch (the frame is built in place, so a page is
+//! copied once, by the kernel, into the buffer; compacting out zero pages
+//! moves only the pages behind a hole, and lz4 writes its output back over
+//! the raw data):
+//!
+//! ```text
+//! | frame header 16 | batch header 24 | entries n×8 | page data (raw or lz4) |
+//! ```
+use std::net::TcpStream;
+
+use crate::pages::RangeSet;
+use crate::reader::{PageReader, ReadError};
+use crate::uring::{SendMode, UringError, UringSender};
+use crate::wire::FrameKind;
+use crate::wire::batch::{self, Compress};
+use crate::wire::frame::{HEADER_LEN, frame_header};
+
+/// Pages per batch: 1 MiB of data, the size at which process_vm_readv
+/// reaches its best throughput here.
+pub const BATCH_PAGES: usize = 256;
+const BATCH_HEADER_LEN: usize = 24;
+/// Registered buffers (batches in flight plus the one being filled).
+const BUFFERS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Uring(#[from] UringError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// `--zerocopy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroCopy {
+    /// Start with zero-copy sends; fall back to copying sends when the kernel
+    /// reports that it copies the data anyway (loopback, veth).
+    Auto,
+    On,
+    Off,
+}
+
+/// What one round moved.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct RoundStats {
+    pub pages: u64,
+    pub zero_pages: u64,
+    pub bytes_raw: u64,
+    pub bytes_wire: u64,
+    /// Pages that vanished (unmapped) before they could be read.
+    pub vanished_pages: u64,
+}
+
+pub struct PageStreamer {
+    sender: UringSender,
+    reader: PageReader,
+    compress: Compress,
+    zerocopy: ZeroCopy,
+    page_size: usize,
+    entries: Vec<u64>,
+    prefix: Vec<u8>,
+    scratch: Vec<u8>,
+    runs: Vec<(u64, usize)>,
+    next_stream: usize,
+    pub totals: RoundStats,
+}
+
+impl PageStreamer {
+    pub fn new(
+        pid: i32,
+        streams: Vec<TcpStream>,
+        compress: Compress,
+        zerocopy: ZeroCopy,
+    ) -> Result<Self, StreamError> {
+        let page_size = crate::sys::page_size();
+        let mode = match zerocopy {
+            ZeroCopy::Off => SendMode::Copy,
+            ZeroCopy::On | ZeroCopy::Auto => SendMode::ZeroCopy,
+        };
+        let buffer_size = HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + page_size);
+        let sender = UringSender::new(streams, BUFFERS, buffer_size, mode)?;
+        Ok(Self {
+            sender,
+            reader: PageReader::with_page_size(pid, page_size),
+            compress,
+            zerocopy,
+            page_size,
+            entries: Vec::with_capacity(BATCH_PAGES),
+            prefix: Vec::with_capacity(BATCH_HEADER_LEN + BATCH_PAGES * 8),
+            scratch: Vec::new(),
+            runs: Vec::new(),
+            next_stream: 0,
+            totals: RoundStats::default(),
+        })
+    }
+
+    /// The send mode in use now.
+    pub fn mode(&self) -> SendMode {
+        self.sender.mode()
+    }
+
+    /// Sends every page of `pages` as round `round`; returns when all of it is
+    /// handed to the kernel.
+    pub fn send_round(&mut self, round: u32, pages: &RangeSet) -> Result<RoundStats, StreamError> {
+        let mut stats = RoundStats::default();
+        let ps = self.page_size as u64;
+        let mut batch: Vec<u64> = Vec::with_capacity(BATCH_PAGES);
+        for page in pages.iter_pages(ps) {
+            batch.push(page);
+            if batch.len() == BATCH_PAGES {
+                self.send_batch(round, &batch, &mut stats)?;
+                batch.clear();
+            }
+        }
+        if !batch.is_empty() {
+            self.send_batch(round, &batch, &mut stats)?;
+        }
+        self.sender.flush()?;
+        self.adapt_zerocopy();
+        self.totals.pages += stats.pages;
+        self.totals.zero_pages += stats.zero_pages;
+        self.totals.bytes_raw += stats.bytes_raw;
+        self.totals.bytes_wire += stats.bytes_wire;
+        self.totals.vanished_pages += stats.vanished_pages;
+        Ok(stats)
+    }
+
+    /// `--zerocopy auto`: once the kernel has said, for most sends, that it
+    /// copied the zero-copy data anyway, plain sends are cheaper.
+    fn adapt_zerocopy(&mut self) {
+        let s = self.sender.stats();
+        if self.zerocopy == ZeroCopy::Auto
+            && self.sender.mode() == SendMode::ZeroCopy
+            && s.zc_notifs >= 16
+            && s.zc_copied * 2 >= s.zc_notifs
+        {
+            self.sender.set_mode(SendMode::Copy);
+        }
+    }
+
+    fn send_batch(
+        &mut self,
+        round: u32,
+        pages: &[u64],
+        stats: &mut RoundStats,
+    ) -> Result<(), StreamError> {
+        let ps = self.page_size;
+        let n = pages.len();
+        let data_at = HEADER_LEN + BATCH_HEADER_LEN + n * 8;
+        // Runs of contiguous pages: one remote iovec each.
+        self.runs.clear();
+        for &p in pages {
+            match self.runs.last_mut() {
+                Some((start, count)) if *start + (*count * ps) as u64 == p => *count += 1,
+                _ => self.runs.push((p, 1)),
+            }
+        }
+        let id = self.sender.acquire()?;
+        let buf = self.sender.buffer_mut(id);
+        let mut present: Vec<bool> = vec![true; n];
+        if let Err(e) = self
+            .reader
+            .read(&self.runs, &mut buf[data_at..data_at + n * ps])
+        {
+            match e {
+                // Part of the batch was unmapped meanwhile: read what is left page by page.
+                ReadError::Unmapped { .. } => {
+                    for (i, &p) in pages.iter().enumerate() {
+                        let at = data_at + i * ps;
+                        if self.reader.read(&[(p, 1)], &mut buf[at..at + ps]).is_err() {
+                            present[i] = false;
+                        }
+                    }
+                }
+                other => {
+                    let _ = self.sender.release(id);
+                    return Err(other.into());
+                }
+            }
+        }
+        // Zero pages become holes; the other pages move down over them.
+        self.entries.clear();
+        let mut kept = 0usize;
+        for (i, &addr) in pages.iter().enumerate() {
+            if !present[i] {
+                stats.vanished_pages += 1;
+                continue;
+            }
+            let at = data_at + i * ps;
+            if batch::is_zero_page(&buf[at..at + ps]) {
+                self.entries.push(batch::entry(addr, true));
+                stats.zero_pages += 1;
+                continue;
+            }
+            if kept != i {
+                buf.copy_within(at..at + ps, data_at + kept * ps);
+            }
+            self.entries.push(batch::entry(addr, false));
+            kept += 1;
+        }
+        stats.pages += self.entries.len() as u64;
+        if self.entries.is_empty() {
+            self.sender.release(id)?;
+            return Ok(());
+        }
+        // The entries shrank if pages vanished: the data must follow them directly.
+        let entries_at = HEADER_LEN + BATCH_HEADER_LEN;
+        let real_data_at = entries_at + self.entries.len() * 8;
+        let raw_len = kept * ps;
+        if real_data_at != data_at {
+            buf.copy_within(data_at..data_at + raw_len, real_data_at);
+        }
+        let lz4 = raw_len > 0
+            && batch::compress_pages(
+                &buf[real_data_at..real_data_at + raw_len],
+                self.compress,
+                &mut self.scratch,
+            );
+        let data_len = if lz4 {
+            buf[real_data_at..real_data_at + self.scratch.len()].copy_from_slice(&self.scratch);
+            self.scratch.len()
+        } else {
+            raw_len
+        };
+        self.prefix.clear();
+        batch::batch_prefix(
+            round,
+            lz4,
+            &self.entries,
+            data_len as u32,
+            raw_len as u32,
+            &mut self.prefix,
+        );
+        buf[HEADER_LEN..real_data_at].copy_from_slice(&self.prefix);
+        let header = frame_header(
+            FrameKind::Pages,
+            &[&buf[HEADER_LEN..real_data_at + data_len]],
+        );
+        buf[..HEADER_LEN].copy_from_slice(&header);
+        let frame_len = real_data_at + data_len;
+        stats.bytes_raw += raw_len as u64;
+        stats.bytes_wire += frame_len as u64;
+        let stream = self.next_stream;
+        self.next_stream = (self.next_stream + 1) % self.sender.stream_count();
+        self.sender.send(id, frame_len, stream)?;
+        Ok(())
+    }
+}

@@ -1,0 +1,116 @@
+//! Two network namespaces joined by a veth pair: the "two hosts" that tests,
+//! the demo and the benchmark harness migrate between.
+//!
+//! Created with iproute2 (`ip netns`, `ip link`), torn down on drop, so that
+//! an interrupted run leaves nothing behind. Addresses are in a /30 of the
+//! namespaces' own; nothing outside them is ever addressed.
+use std::io;
+use std::process::Command;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    #[error("`{command}` failed: {stderr}")]
+    Command { command: String, stderr: String },
+    #[error("running `{command}` (is iproute2 installed? scripts/setup.sh installs it)")]
+    Spawn {
+        command: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Two namespaces `<prefix>-a` and `<prefix>-b` joined by a veth pair.
+pub struct NetnsPair {
+    pub a: String,
+    pub b: String,
+    pub addr_a: String,
+    pub addr_b: String,
+    pub dev_a: String,
+    pub dev_b: String,
+}
+
+fn ip(args: &[&str]) -> Result<(), NetnsError> {
+    let command = format!("ip {}", args.join(" "));
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .map_err(|source| NetnsError::Spawn {
+            command: command.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        return Err(NetnsError::Command {
+            command,
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
+    }
+    Ok(())
+}
+
+impl NetnsPair {
+    /// Creates the pair; `index` (0..=63) picks the subnet so that several
+    /// pairs can coexist.
+    pub fn create(prefix: &str, index: u8) -> Result<Self, NetnsError> {
+        let pair = Self {
+            a: format!("{prefix}-a"),
+            b: format!("{prefix}-b"),
+            addr_a: format!("10.213.{index}.1"),
+            addr_b: format!("10.213.{index}.2"),
+            dev_a: format!("{prefix}-va"),
+            dev_b: format!("{prefix}-vb"),
+        };
+        // Leftovers of an interrupted run go first.
+        pair.destroy();
+        let build = || -> Result<(), NetnsError> {
+            ip(&["netns", "add", &pair.a])?;
+            ip(&["netns", "add", &pair.b])?;
+            ip(&[
+                "link",
+                "add",
+                &pair.dev_a,
+                "netns",
+                &pair.a,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &pair.dev_b,
+                "netns",
+                &pair.b,
+            ])?;
+            for (ns, dev, addr) in [
+                (&pair.a, &pair.dev_a, &pair.addr_a),
+                (&pair.b, &pair.dev_b, &pair.addr_b),
+            ] {
+                ip(&["-n", ns, "addr", "add", &format!("{addr}/30"), "dev", dev])?;
+                ip(&["-n", ns, "link", "set", dev, "up"])?;
+                ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            }
+            Ok(())
+        };
+        if let Err(e) = build() {
+            pair.destroy();
+            return Err(e);
+        }
+        Ok(pair)
+    }
+
+    /// A command that runs `program` inside namespace `ns`.
+    pub fn command(ns: &str, program: &str) -> Command {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns, program]);
+        cmd
+    }
+
+    fn destroy(&self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+impl Drop for NetnsPair {
+    fn drop(&mut self) {
+        self.destroy();
+    }
+}
