@@ -226,14 +226,22 @@ pub fn is_zero_page(page: &[u8]) -> bool {
 /// The raw `process_vm_readv` call.
 mod sys {
     use std::io;
+    use std::mem::{align_of, offset_of, size_of};
 
-    /// One remote range. Converted to `libc::iovec` right before the call so
-    /// no raw pointers into another address space float around.
+    /// One remote range, laid out like `struct iovec` so a slice of them is
+    /// passed to the kernel as is, without raw pointers into another address
+    /// space floating around the safe code.
     #[derive(Debug, Clone, Copy)]
+    #[repr(C)]
     pub(super) struct RemoteIov {
         pub addr: u64,
         pub len: usize,
     }
+
+    const _: () = assert!(size_of::<RemoteIov>() == size_of::<libc::iovec>());
+    const _: () = assert!(align_of::<RemoteIov>() == align_of::<libc::iovec>());
+    const _: () = assert!(offset_of!(RemoteIov, addr) == offset_of!(libc::iovec, iov_base));
+    const _: () = assert!(offset_of!(RemoteIov, len) == offset_of!(libc::iovec, iov_len));
 
     /// Reads the remote ranges of `pid` into `local`, in order. Returns the
     /// bytes read, which is less than `local.len()` if a remote page could not
@@ -249,26 +257,19 @@ mod sys {
             iov_base: local.as_mut_ptr().cast(),
             iov_len: local.len(),
         };
-        let remote_iov: Vec<libc::iovec> = remote
-            .iter()
-            .map(|r| libc::iovec {
-                iov_base: r.addr as usize as *mut libc::c_void,
-                iov_len: r.len,
-            })
-            .collect();
-        // SAFETY: `local_iov` describes `local`, which is a live, exclusively
-        // borrowed buffer for the whole call, so the kernel may write up to
-        // `local.len()` bytes into it. The remote iovecs only name addresses in
-        // the other process; the kernel checks them and never dereferences
-        // them in ours. Both iovec arrays outlive the call and their counts
-        // match their lengths (remote count is at most IOV_MAX).
+        // SAFETY: `local_iov` describes `local`, which is live and exclusively
+        // borrowed for the whole call, so the kernel may write up to
+        // `local.len()` bytes into it. `RemoteIov` has the layout of
+        // `struct iovec` (checked above), so `remote` is a valid iovec array
+        // of `remote.len()` entries; those only name addresses in the other
+        // process, which the kernel checks and never dereferences in ours.
         let ret = unsafe {
             libc::process_vm_readv(
                 pid,
                 &local_iov,
                 1,
-                remote_iov.as_ptr(),
-                remote_iov.len() as libc::c_ulong,
+                remote.as_ptr().cast::<libc::iovec>(),
+                remote.len() as libc::c_ulong,
                 0,
             )
         };

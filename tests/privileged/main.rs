@@ -7,4 +7,5 @@
 //! (`--test-threads=1`): they share kernel state.
 mod common;
 mod inject;
+mod migrate;
 mod track;

@@ -160,6 +160,11 @@ impl Conn {
         self.reader.into_inner()
     }
 
+    /// Another handle to the underlying socket (to shut it down from elsewhere).
+    pub fn try_clone_stream(&self) -> std::io::Result<TcpStream> {
+        self.writer.try_clone()
+    }
+
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
         self.writer.peer_addr().ok()
     }

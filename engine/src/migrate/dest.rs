@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
@@ -60,7 +61,7 @@ pub enum DestError {
         #[source]
         source: ConnError,
     },
-    #[error("a data stream failed: {0}")]
+    #[error("a data stream delivered bad data: {0}")]
     DataStream(String),
     #[error("round {round}: {got} of {want} pages arrived within {timeout:?}")]
     RoundTimeout {
@@ -113,14 +114,46 @@ struct Shared {
     /// Pages received per round.
     counts: Mutex<HashMap<u32, u64>>,
     arrived: Condvar,
-    failure: Mutex<Option<String>>,
+    failure: Mutex<Option<Failure>>,
+    /// The control connection, to wake the control loop when a data stream fails.
+    control: TcpStream,
+    /// Switchover happened: data streams may close.
+    switched: AtomicBool,
 }
 
 impl Shared {
-    fn fail(&self, why: String) {
+    /// Records why a data stream failed and stops the control loop's read, so
+    /// that it tells the source and ends the migration instead of waiting.
+    fn fail(&self, why: Failure) {
         self.failure.lock().expect("lock").get_or_insert(why);
         self.arrived.notify_all();
+        let _ = self.control.shutdown(std::net::Shutdown::Read);
     }
+
+    fn failure(&self) -> Option<Failure> {
+        self.failure.lock().expect("lock").clone()
+    }
+
+    /// The error a recorded failure becomes.
+    fn error(&self, round: u32, failure: Failure) -> MigrateError {
+        match failure {
+            Failure::SourceGone => DestError::SourceLost {
+                round,
+                source: ConnError::Frame(FrameError::Closed),
+            }
+            .into(),
+            Failure::Stream(why) => DestError::DataStream(why).into(),
+        }
+    }
+}
+
+/// Why a data stream ended the migration.
+#[derive(Clone, Debug)]
+enum Failure {
+    /// It closed before switchover: the source went away.
+    SourceGone,
+    /// It delivered something wrong.
+    Stream(String),
 }
 
 /// How long a round's pages may take to arrive after its end was announced.
@@ -132,19 +165,16 @@ fn data_stream(stream: TcpStream, shared: Arc<Shared>, page_size: usize) {
     loop {
         let (kind, payload) = match reader.read_frame() {
             Ok(frame) => frame,
-            Err(FrameError::Closed) => return,
-            Err(e) => {
-                return shared.fail(format!("data stream: {}", crate::track::error_chain(&e)));
-            }
+            Err(FrameError::Closed) if shared.switched.load(Ordering::Acquire) => return,
+            Err(FrameError::Closed) => return shared.fail(Failure::SourceGone),
+            Err(e) => return shared.fail(Failure::Stream(crate::track::error_chain(&e))),
         };
         if kind != FrameKind::Pages {
-            return shared.fail(format!("data stream: unexpected {} frame", kind.name()));
+            return shared.fail(Failure::Stream(format!("unexpected {} frame", kind.name())));
         }
         let batch = match decode_batch(payload, page_size, &mut scratch) {
             Ok(b) => b,
-            Err(e) => {
-                return shared.fail(format!("data stream: {}", crate::track::error_chain(&e)));
-            }
+            Err(e) => return shared.fail(Failure::Stream(crate::track::error_chain(&e))),
         };
         let round = batch.round;
         let count = batch.len() as u64;
@@ -153,7 +183,7 @@ fn data_stream(stream: TcpStream, shared: Arc<Shared>, page_size: usize) {
             for (addr, page) in batch.iter() {
                 if let Err(e) = store.put(addr, page) {
                     drop(store);
-                    return shared.fail(crate::track::error_chain(&e));
+                    return shared.fail(Failure::Stream(crate::track::error_chain(&e)));
                 }
             }
         }
@@ -223,6 +253,8 @@ pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, 
         counts: Mutex::new(HashMap::new()),
         arrived: Condvar::new(),
         failure: Mutex::new(None),
+        control: control.try_clone_stream().map_err(ConnError::from)?,
+        switched: AtomicBool::new(false),
     });
     // Data streams: accepted and authenticated in the background.
     {
@@ -272,7 +304,17 @@ pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, 
         let frame = control.recv();
         let (kind, payload) = match frame {
             Ok(f) => f,
-            Err(source) if !switched => return Err(DestError::SourceLost { round, source }.into()),
+            Err(source) if !switched => {
+                return Err(match shared.failure() {
+                    Some(failure) => {
+                        if let Failure::Stream(why) = &failure {
+                            control.send_error(codes::DESTINATION, why);
+                        }
+                        shared.error(round, failure)
+                    }
+                    None => DestError::SourceLost { round, source }.into(),
+                });
+            }
             // After switchover the process runs; a source that leaves without
             // verification is no failure.
             Err(_) => break,
@@ -302,6 +344,7 @@ pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, 
             FrameKind::Switchover => {
                 let _ = Switchover::decode(payload).map_err(ConnError::from)?;
                 switched = true;
+                shared.switched.store(true, Ordering::Release);
                 let install_started = Instant::now();
                 let store = shared.store.lock().expect("lock");
                 let (data, zero) = store.received();
@@ -368,8 +411,8 @@ fn wait_for_round(shared: &Shared, round: u32, want: u64) -> Result<(), MigrateE
     let deadline = Instant::now() + ROUND_TIMEOUT;
     let mut counts = shared.counts.lock().expect("lock");
     loop {
-        if let Some(why) = shared.failure.lock().expect("lock").clone() {
-            return Err(DestError::DataStream(why).into());
+        if let Some(failure) = shared.failure() {
+            return Err(shared.error(round, failure));
         }
         let got = counts.get(&round).copied().unwrap_or(0);
         if got >= want {

@@ -67,6 +67,10 @@
 //!   (`buf_index`), with `IORING_SEND_ZC_REPORT_USAGE`, so each notification
 //!   says whether the kernel copied the data after all. DESIGN.md: loopback
 //!   and veth always copy; [`Stats::zc_copied`] counts those notifications.
+//!   Measured here on loopback (one stream, 16 x 1 MiB buffers, busy shared
+//!   machine): copy 1.8-2.6 GB/s, zero-copy 0.9-1.7 GB/s with every
+//!   notification flagged ZC_COPIED. [`UringSender::set_mode`] switches
+//!   between sends.
 //!   If the kernel lacks `SEND_ZC`, the sender falls back to copy mode;
 //!   [`UringSender::mode`] reports the mode in use.
 //!
@@ -210,5 +214,3 @@ pub fn probe() -> Result<Support, UringError> {
     let ring = IoUring::new(2).map_err(|source| UringError::Setup { entries: 2, source })?;
     Support::of(&ring)
 }
-#[cfg(test)]
-mod tmp_bench;

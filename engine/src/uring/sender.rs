@@ -410,9 +410,6 @@ impl UringSender {
         let ptr = unsafe { self.pool.ptr(index as usize).add(done) };
         let rest = (len - done) as u32;
         let entry = match self.mode {
-            SendMode::Copy if std::env::var_os("TMP_WF").is_some() => {
-                opcode::WriteFixed::new(fd, ptr, rest, index).build()
-            }
             SendMode::Copy => opcode::Send::new(fd, ptr, rest).flags(SEND_FLAGS).build(),
             SendMode::ZeroCopy => opcode::SendZc::new(fd, ptr, rest)
                 .buf_index(Some(index))

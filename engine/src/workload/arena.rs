@@ -607,7 +607,59 @@ mod tests {
         let slot = &arena.header().slots[1];
         assert_eq!((slot.pick_state().cursor, slot.carry()), (3, 0.5));
         assert_eq!(slot.ticks.load(Ordering::Relaxed), 2);
+        assert_eq!(slot.in_flight(), None, "no write left in flight");
         arena.check_invariants().expect("after writes");
+    }
+
+    #[test]
+    fn interrupted_writes_are_finished_from_the_table() {
+        let layout = Layout::new(1 << 20, crate::sys::page_size(), 2).expect("layout");
+        let arena = Arena::create(test_addr(2), layout, 3, Pattern::Uniform).expect("create");
+        let shard = layout.shard(1);
+        let (rolled_back, rolled_forward) = (shard.start + 1, shard.start + 2);
+        // A write stopped half-way before its table entry was stored: the
+        // page is half new content, the table still says generation 0.
+        // SAFETY: no writer exists; the pages are ours alone.
+        let page = unsafe { arena.data_page_mut(rolled_back) };
+        let mut next = vec![0u64; page.len()];
+        page::fill_page(&mut next, rolled_back, 1);
+        page[..10].copy_from_slice(&next[..10]);
+        arena.header().slots[1]
+            .in_flight
+            .store(rolled_back + 1, Ordering::Relaxed);
+        assert!(arena.check_invariants().is_err(), "half-written page");
+        assert_eq!(arena.finish_interrupted_writes(), Ok(1));
+        arena.check_invariants().expect("rolled back");
+        assert_eq!(arena.header().slots[1].in_flight(), None);
+
+        // Stopped after the table entry: the page is completed.
+        // SAFETY: as above.
+        let page = unsafe { arena.data_page_mut(rolled_forward) };
+        page::fill_page(&mut page[..5], rolled_forward, 1);
+        arena.table()[rolled_forward as usize].store(1, Ordering::Relaxed);
+        arena.header().slots[1]
+            .in_flight
+            .store(rolled_forward + 1, Ordering::Relaxed);
+        assert_eq!(arena.finish_interrupted_writes(), Ok(1));
+        arena.check_invariants().expect("rolled forward");
+        assert_eq!(arena.generation(rolled_forward), 1);
+
+        // A record outside the writer's own shard is corruption.
+        arena.header().slots[0]
+            .in_flight
+            .store(shard.start + 1, Ordering::Relaxed);
+        assert_eq!(arena.finish_interrupted_writes(), Err(0));
+        let bad = arena.check_invariants().expect_err("bad record");
+        assert!(
+            matches!(
+                bad,
+                crate::workload::InvariantViolation::Header {
+                    field: "slot in_flight",
+                    ..
+                }
+            ),
+            "{bad}"
+        );
     }
 
     #[test]

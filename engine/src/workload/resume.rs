@@ -124,3 +124,64 @@ pub(super) fn check(
     }
     Ok(arena.check_invariants())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workload::{Layout, Pattern};
+
+    #[test]
+    fn checks_the_header_against_the_command_line() {
+        let layout = Layout::new(1 << 20, crate::sys::page_size(), 2).expect("layout");
+        let arena =
+            Arena::create(0x6300_0000_0000, layout, 5, Pattern::Skew).expect("create arena");
+        let config = WorkloadConfig {
+            seed: 5,
+            pattern: Pattern::Skew,
+            threads: 2,
+            ..WorkloadConfig::default()
+        };
+        assert_eq!(check(&arena, &config).expect("matching options"), Ok(()));
+
+        let other_seed = WorkloadConfig {
+            seed: 6,
+            ..config.clone()
+        };
+        let err = check(&arena, &other_seed).expect_err("seed differs");
+        assert!(
+            matches!(
+                err,
+                ResumeError::Mismatch {
+                    field: "seed",
+                    source_value: 5,
+                    ours: 6
+                }
+            ),
+            "{err}"
+        );
+        let other_pattern = WorkloadConfig {
+            pattern: Pattern::Seq,
+            ..config.clone()
+        };
+        let err = check(&arena, &other_pattern).expect_err("pattern differs");
+        assert!(
+            matches!(
+                err,
+                ResumeError::Mismatch {
+                    field: "pattern",
+                    ..
+                }
+            ),
+            "{err}"
+        );
+
+        // A header that is not an arena's is a bad page, not a mismatch.
+        // SAFETY: the magic is a plain u64 of our own header; no writer exists.
+        unsafe { (arena.start() as *mut u64).write_volatile(0) };
+        let bad = check(&arena, &config).expect("no mismatch to report");
+        assert!(
+            matches!(bad, Err(InvariantViolation::Header { field: "magic", .. })),
+            "{bad:?}"
+        );
+    }
+}

@@ -1,0 +1,523 @@
+//! `pagehop send` / `pagehop recv` end to end: the running workload migrated
+//! between two network namespaces joined by a veth pair, and the failure
+//! cases: corrupted frames, wrong tokens and versions, either side killed.
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use pagehop::netns::NetnsPair;
+
+use crate::common::*;
+
+const TOKEN: &str = "pagehop-test-token-0123456789abcdef";
+
+fn token_file(dir: &TempDir) -> PathBuf {
+    let path = dir.path("token");
+    std::fs::write(&path, TOKEN).expect("write token");
+    path
+}
+
+/// A `pagehop recv` running (in a namespace or not), with its output captured.
+struct Recv {
+    child: Child,
+}
+
+impl Recv {
+    fn start(ns: Option<&str>, args: &[&str]) -> Self {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = NetnsPair::command(ns, PAGEHOP);
+                c.arg("recv");
+                c
+            }
+            None => {
+                let mut c = Command::new(PAGEHOP);
+                c.arg("recv");
+                c
+            }
+        };
+        let child = cmd
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pagehop recv");
+        Self { child }
+    }
+
+    /// Waits for recv to end; returns (success, stdout, stderr).
+    fn finish(mut self, timeout: Duration) -> (bool, String, String) {
+        let deadline = Instant::now() + timeout;
+        while self.child.try_wait().expect("try_wait").is_none() {
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let out = std::mem::replace(&mut self.child, Command::new("true").spawn().expect("true"))
+            .wait_with_output()
+            .expect("recv output");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+}
+
+impl Drop for Recv {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until something listens on `port` in namespace `ns` (or here).
+fn wait_listening(ns: Option<&str>, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut cmd = match ns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "ss", "-ltnH"]);
+                c
+            }
+            None => {
+                let mut c = Command::new("ss");
+                c.arg("-ltnH");
+                c
+            }
+        };
+        let out = cmd.output().expect("ss");
+        if String::from_utf8_lossy(&out.stdout).contains(&format!(":{port} ")) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn send_cmd(ns: Option<&str>) -> Command {
+    match ns {
+        Some(ns) => {
+            let mut c = NetnsPair::command(ns, PAGEHOP);
+            c.arg("send");
+            c
+        }
+        None => {
+            let mut c = Command::new(PAGEHOP);
+            c.arg("send");
+            c
+        }
+    }
+}
+
+/// The last heartbeat timestamp of a source workload's remaining output.
+fn last_heartbeat_ns(lines: &[String]) -> Option<u64> {
+    lines.iter().rev().find_map(|l| {
+        l.strip_prefix("heartbeat t_ns=")?
+            .split_whitespace()
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never showed {needle:?}; it has:\n{text}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn migrate_between_namespaces(name: &str, index: u8, compress: &str) {
+    let dir = TempDir::new(name);
+    let token = token_file(&dir);
+    let pair = NetnsPair::create(&format!("ph{index}"), index).expect("network namespaces");
+    let log = dir.path("resumed.log");
+    let workload_args = "--size-mib 64 --threads 2 --report-ms 100";
+    let restore = format!(
+        "exec {WORKLOAD} --resume {workload_args} > {} 2>&1",
+        log.display()
+    );
+    let listen = format!("{}:7000", pair.addr_b);
+    let recv = Recv::start(
+        Some(&pair.b),
+        &[
+            "--listen",
+            &listen,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--restore-cmd",
+            &restore,
+            "--json",
+        ],
+    );
+    wait_listening(Some(&pair.b), 7000);
+    let source = Workload::spawn(&[
+        "--size-mib",
+        "64",
+        "--threads",
+        "2",
+        "--report-ms",
+        "100",
+        "--write-mbps",
+        "20",
+    ]);
+    std::thread::sleep(Duration::from_millis(300));
+    let out = send_cmd(Some(&pair.a))
+        .args([
+            "--pid",
+            &source.pid.to_string(),
+            "--to",
+            &listen,
+            "--token-file",
+            token.to_str().unwrap(),
+        ])
+        .args(["--verify", "--json", "--compress", compress])
+        .output()
+        .expect("run pagehop send");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pagehop send failed: {stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("send report is JSON");
+    println!("{name}: {report}");
+    for field in [
+        "mode",
+        "total_ms",
+        "downtime_ms",
+        "rounds",
+        "pages_sent",
+        "zero_pages",
+        "bytes_raw",
+        "bytes_wire",
+        "throughput_bytes_per_sec",
+        "verify",
+    ] {
+        assert!(report.get(field).is_some(), "report lacks {field}");
+    }
+    assert_eq!(report["verify"], "ok", "verification: {report}");
+    assert_eq!(report["mode"], "precopy");
+    let (ok, recv_out, recv_err) = recv.finish(Duration::from_secs(30));
+    assert!(ok, "pagehop recv failed: {recv_err}");
+    let recv_report: serde_json::Value =
+        serde_json::from_str(recv_out.trim()).expect("recv report is JSON");
+    let restored = recv_report["restored_pid"].as_i64().expect("restored pid") as i32;
+    // The source was killed after the switch; the destination carries on.
+    let mut source = source;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while source.is_running() {
+        assert!(
+            Instant::now() < deadline,
+            "the source still runs after a successful migration"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let source_lines: Vec<String> = source.lines.try_iter().collect();
+    let text = wait_for_line(&log, "resumed invariant=ok", Duration::from_secs(20));
+    assert!(
+        !text.contains("invariant=bad"),
+        "the resumed workload found bad pages:\n{text}"
+    );
+    // Downtime as a client of the workload sees it: its last heartbeat on the
+    // source to its first on the destination.
+    let text = wait_for_line(&log, "heartbeat", Duration::from_secs(5));
+    let first_dest = text.lines().find_map(|l| {
+        l.strip_prefix("heartbeat t_ns=")?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+    });
+    if let (Some(a), Some(b)) = (last_heartbeat_ns(&source_lines), first_dest) {
+        println!(
+            "{name}: heartbeat gap {:.1} ms (report downtime {} ms)",
+            (b.saturating_sub(a)) as f64 / 1e6,
+            report["downtime_ms"]
+        );
+    }
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(restored, libc::SIGTERM) };
+    drop(pair);
+}
+
+#[test]
+fn precopy_between_namespaces_with_compression() {
+    if privileged("precopy_between_namespaces_with_compression") {
+        migrate_between_namespaces("precopy-lz4", 1, "lz4");
+    }
+}
+
+#[test]
+fn precopy_between_namespaces_without_compression() {
+    if privileged("precopy_between_namespaces_without_compression") {
+        migrate_between_namespaces("precopy-raw", 2, "off");
+    }
+}
+
+/// Forwards one TCP connection after another to `to`, flipping one byte at
+/// offset `flip_at` of the `nth` connection's client-to-server bytes.
+fn corrupting_proxy(listener: TcpListener, to: String, nth: usize, flip_at: usize) {
+    std::thread::spawn(move || {
+        for (i, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { break };
+            let Ok(server) = TcpStream::connect(&to) else {
+                break;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_read, mut c_write) = (server, client);
+            std::thread::spawn(move || {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = 0usize;
+                while let Ok(n) = c_read.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    if i == nth && (seen..seen + n).contains(&flip_at) {
+                        buf[flip_at - seen] ^= 0x40;
+                    }
+                    seen += n;
+                    if s_write.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+                let _ = s_write.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+            });
+        }
+    });
+}
+
+#[test]
+fn corrupted_frame_is_caught_and_nothing_installed() {
+    if !privileged("corrupted_frame_is_caught_and_nothing_installed") {
+        return;
+    }
+    let dir = TempDir::new("corrupt");
+    let marker = dir.path("restored");
+    let restore = format!("touch {}; sleep 30", marker.display());
+    let recv = Recv::start(
+        None,
+        &["--listen", "127.0.0.1:7101", "--restore-cmd", &restore],
+    );
+    wait_listening(None, 7101);
+    let proxy = TcpListener::bind("127.0.0.1:7102").expect("proxy listen");
+    // Connection 1 is the first data stream: flip a byte deep inside its first Pages frame.
+    corrupting_proxy(proxy, "127.0.0.1:7101".to_string(), 1, 200_000);
+    let source = Workload::spawn(&["--size-mib", "16", "--write-mbps", "5"]);
+    let out = send_cmd(None)
+        .args(["--pid", &source.pid.to_string(), "--to", "127.0.0.1:7102"])
+        .output()
+        .expect("run pagehop send");
+    let send_err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "send should fail when a frame is corrupted"
+    );
+    let (ok, _, recv_err) = recv.finish(Duration::from_secs(20));
+    println!("send: {send_err}\nrecv: {recv_err}");
+    assert!(!ok, "recv should report a failed migration");
+    assert!(
+        recv_err.contains("crc") || recv_err.contains("checksum"),
+        "recv should name the checksum: {recv_err}"
+    );
+    assert!(
+        !marker.exists(),
+        "a restore was started from corrupted data"
+    );
+    assert_source_untouched(source);
+}
+
+/// The source keeps running with no userfaultfd and no write protection.
+fn assert_source_untouched(mut source: Workload) {
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(source.is_running(), "the source process died");
+    assert_eq!(
+        userfaultfds_of(source.pid),
+        Vec::<String>::new(),
+        "a userfaultfd was left in the source"
+    );
+    assert_eq!(
+        uffd_registered_vmas(source.pid),
+        Vec::<String>::new(),
+        "write protection was left in the source"
+    );
+    let status = std::fs::read_to_string(format!("/proc/{}/status", source.pid)).expect("status");
+    assert!(
+        status.lines().any(|l| l == "TracerPid:\t0"),
+        "the source is still traced:\n{status}"
+    );
+    let state = status
+        .lines()
+        .find(|l| l.starts_with("State:"))
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        !state.contains("stopped") && !state.contains("tracing stop"),
+        "the source is stopped: {state}"
+    );
+    let rates = source.heartbeat_rates(Duration::from_millis(1500));
+    assert!(
+        rates.iter().any(|r| *r > 0.0),
+        "the source stopped writing: {rates:?}"
+    );
+    let lines = source.stop();
+    assert!(
+        lines.iter().any(|l| l.starts_with("exit ")),
+        "the source did not exit cleanly"
+    );
+}
+
+#[test]
+fn wrong_token_and_protocol_version_are_refused() {
+    if !privileged("wrong_token_and_protocol_version_are_refused") {
+        return;
+    }
+    let dir = TempDir::new("refuse");
+    let token = token_file(&dir);
+    let other = dir.path("other-token");
+    std::fs::write(&other, "a-completely-different-token-42").unwrap();
+    let marker = dir.path("restored");
+    let restore = format!("touch {}", marker.display());
+    let recv = Recv::start(
+        None,
+        &[
+            "--listen",
+            "127.0.0.1:7201",
+            "--token-file",
+            token.to_str().unwrap(),
+            "--restore-cmd",
+            &restore,
+        ],
+    );
+    wait_listening(None, 7201);
+    let source = Workload::spawn(&["--size-mib", "8", "--write-mbps", "2"]);
+    let out = send_cmd(None)
+        .args([
+            "--pid",
+            &source.pid.to_string(),
+            "--to",
+            "127.0.0.1:7201",
+            "--token-file",
+            other.to_str().unwrap(),
+        ])
+        .output()
+        .expect("run pagehop send");
+    let send_err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a wrong token must be refused");
+    assert!(
+        send_err.contains("token"),
+        "send should say the token is wrong: {send_err}"
+    );
+    // A peer speaking protocol version 2: a frame header with version 2.
+    let mut raw = TcpStream::connect("127.0.0.1:7201").expect("connect");
+    let mut header = [0u8; 16];
+    header[..4].copy_from_slice(b"PHOP");
+    header[4..6].copy_from_slice(&2u16.to_le_bytes());
+    header[6..8].copy_from_slice(&1u16.to_le_bytes());
+    raw.write_all(&header).unwrap();
+    let mut reply = Vec::new();
+    let _ = raw.read_to_end(&mut reply);
+    // recv keeps listening after refusals; stop it and read its log.
+    std::thread::sleep(Duration::from_millis(300));
+    let mut recv = recv;
+    let _ = recv.child.kill();
+    let (_, _, recv_err) = recv.finish(Duration::from_secs(5));
+    println!("recv: {recv_err}");
+    assert!(
+        recv_err.contains("refused") && recv_err.contains("wrong token"),
+        "recv should log the bad token: {recv_err}"
+    );
+    assert!(
+        recv_err.contains("version 2"),
+        "recv should log the version mismatch: {recv_err}"
+    );
+    assert!(!marker.exists(), "something was restored");
+    assert_source_untouched(source);
+}
+
+/// A migration caught in its first round (1 GiB to copy) when a side is killed.
+fn endless_migration(port: u16, restore: &str) -> (Recv, Workload, Child) {
+    let listen = format!("127.0.0.1:{port}");
+    let recv = Recv::start(None, &["--listen", &listen, "--restore-cmd", restore]);
+    wait_listening(None, port);
+    let source = Workload::spawn(&[
+        "--size-mib",
+        "1024",
+        "--write-mbps",
+        "20",
+        "--report-ms",
+        "200",
+    ]);
+    let send = send_cmd(None)
+        .args([
+            "--pid",
+            &source.pid.to_string(),
+            "--to",
+            &listen,
+            "--downtime-target",
+            "0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pagehop send");
+    // Let it get into round 0 (tracking armed, pages flowing).
+    std::thread::sleep(Duration::from_millis(700));
+    (recv, source, send)
+}
+
+#[test]
+fn killing_recv_leaves_the_source_untouched() {
+    if !privileged("killing_recv_leaves_the_source_untouched") {
+        return;
+    }
+    let (mut recv, source, send) = endless_migration(7301, "sleep 30");
+    assert!(
+        !uffd_registered_vmas(source.pid).is_empty(),
+        "the migration should be tracking the source"
+    );
+    recv.child.kill().expect("kill recv");
+    let out = send.wait_with_output().expect("send output");
+    let send_err = String::from_utf8_lossy(&out.stderr);
+    println!("send: {send_err}");
+    assert!(!out.status.success(), "send should fail when recv dies");
+    assert_source_untouched(source);
+}
+
+#[test]
+fn killing_send_fails_the_migration_at_recv() {
+    if !privileged("killing_send_fails_the_migration_at_recv") {
+        return;
+    }
+    let dir = TempDir::new("killsend");
+    let marker = dir.path("restored");
+    let (recv, source, mut send) =
+        endless_migration(7401, &format!("touch {}; sleep 30", marker.display()));
+    send.kill().expect("kill send");
+    let _ = send.wait();
+    let (ok, _, recv_err) = recv.finish(Duration::from_secs(20));
+    println!("recv: {recv_err}");
+    assert!(!ok, "recv should report a failed migration");
+    assert!(
+        recv_err.contains("nothing was installed"),
+        "recv should say nothing was installed: {recv_err}"
+    );
+    assert!(!marker.exists(), "a half-migrated process was started");
+    assert_source_untouched(source);
+}
