@@ -43,9 +43,12 @@ if ! bpf-linker --version >/dev/null 2>&1; then
         cargo +"$NIGHTLY" install --force --locked bpf-linker --no-default-features --features "llvm-$llvm_major"
 fi
 
-if ! command -v ip >/dev/null 2>&1 || ! command -v tc >/dev/null 2>&1; then
-    say "installing iproute2 (ip, tc) for the network-namespace tests"
-    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iproute2 >/dev/null
+missing_pkgs=""
+command -v ip >/dev/null 2>&1 && command -v tc >/dev/null 2>&1 || missing_pkgs="$missing_pkgs iproute2"
+command -v iperf3 >/dev/null 2>&1 || missing_pkgs="$missing_pkgs iperf3"
+if [ -n "$missing_pkgs" ]; then
+    say "installing$missing_pkgs (network namespaces and the iperf3 baseline)"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing_pkgs >/dev/null
 fi
 
 say "toolchain ready"

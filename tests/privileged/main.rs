@@ -8,4 +8,5 @@
 mod common;
 mod inject;
 mod migrate;
+mod resume;
 mod track;

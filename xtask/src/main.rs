@@ -3,8 +3,7 @@
 //! Every task first runs `scripts/setup.sh`, which installs what is missing
 //! (nightly rust-src, bpf-linker, iproute2) and does nothing otherwise.
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::Command;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
@@ -19,12 +18,8 @@ struct Cli {
 enum Task {
     /// Install the toolchain pieces pagehop needs (idempotent).
     Setup,
-    /// Start the built-in workload and track it with `pagehop track`.
-    Demo {
-        /// Seconds to track.
-        #[arg(long, default_value_t = 5)]
-        seconds: u32,
-    },
+    /// Live-migrate the built-in workload between two network namespaces (`pagehop demo`).
+    Demo,
     /// Run the whole test suite, privileged tests included (needs root).
     Test,
     /// Run the benchmarks.
@@ -105,59 +100,11 @@ fn test() -> anyhow::Result<()> {
         .env("PAGEHOP_REQUIRE_PRIVILEGED", "1"))
 }
 
-fn demo(seconds: u32) -> anyhow::Result<()> {
+fn demo() -> anyhow::Result<()> {
     setup()?;
     run(cargo().args(["build", "--release", "--package", "pagehop", "--bins"]))?;
     let bin = root().join("target/release");
-    println!(
-        "\n== pagehop demo: a 256 MiB workload writing 50 MB/s of pages, 90% of them into a hot 10%"
-    );
-    println!("   (so fewer distinct pages are dirty per interval), with mmap/munmap churn,");
-    println!("   tracked by `pagehop track --backend ebpf` for {seconds} s\n");
-    let mut workload = Command::new(bin.join("pagehop-workload"))
-        .args([
-            "--size-mib",
-            "256",
-            "--write-mbps",
-            "50",
-            "--pattern",
-            "skew",
-            "--threads",
-            "2",
-            "--churn",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .context("starting pagehop-workload")?;
-    let result = demo_track(&bin, &mut workload, seconds);
-    // The workload exits cleanly on SIGTERM.
-    let _ = Command::new("kill")
-        .args(["-TERM", &workload.id().to_string()])
-        .status();
-    let _ = workload.wait();
-    result
-}
-
-fn demo_track(bin: &Path, workload: &mut Child, seconds: u32) -> anyhow::Result<()> {
-    use std::io::{BufRead, BufReader};
-    let stdout = workload.stdout.take().context("workload stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let ready = lines
-        .next()
-        .context("workload exited before it was ready")??;
-    println!("workload: {ready}");
-    // Keep draining the workload's heartbeat so that it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    std::thread::sleep(Duration::from_millis(300));
-    run(Command::new(bin.join("pagehop")).args([
-        "track",
-        "--pid",
-        &workload.id().to_string(),
-        "--duration",
-        &seconds.to_string(),
-        "--interval",
-        "1000",
-    ]))
+    run(Command::new(bin.join("pagehop")).args(["demo", "--size-mib", "512", "--write-mbps", "50"]))
 }
 
 fn bench() -> anyhow::Result<()> {
@@ -168,7 +115,7 @@ fn bench() -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
-        Task::Demo { seconds } => demo(seconds),
+        Task::Demo => demo(),
         Task::Test => test(),
         Task::Bench => bench(),
     }

@@ -1,4 +1,5 @@
 //! The `pagehop` command line.
+mod demo_cmd;
 mod migrate_cmd;
 mod track_cmd;
 
@@ -23,6 +24,8 @@ enum Command {
     Send(migrate_cmd::SendArgs),
     /// Receive a migration and start the destination process (or write an image).
     Recv(migrate_cmd::RecvArgs),
+    /// Live-migrate the built-in workload between two network namespaces here.
+    Demo(demo_cmd::DemoArgs),
 }
 
 fn main() -> std::process::ExitCode {
@@ -31,6 +34,7 @@ fn main() -> std::process::ExitCode {
         Command::Track(args) => track_cmd::run(args),
         Command::Send(args) => migrate_cmd::run_send(args),
         Command::Recv(args) => migrate_cmd::run_recv(args),
+        Command::Demo(args) => demo_cmd::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
