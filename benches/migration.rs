@@ -87,7 +87,7 @@ fn migrate(
     let restore = format!("exec {WORKLOAD} --resume {common} > /dev/null 2>&1");
     let token = dir.join("token");
     std::fs::write(&token, "pagehop-benchmark-token-0123456789").unwrap();
-    let mut recv = NetnsPair::command(&pair.b, PAGEHOP)
+    let recv = NetnsPair::command(&pair.b, PAGEHOP)
         .args([
             "recv",
             "--listen",
