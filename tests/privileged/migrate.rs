@@ -142,19 +142,69 @@ fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> String {
     }
 }
 
-fn migrate_between_namespaces(name: &str, index: u8, compress: &str) {
+/// The cgroup v2 hierarchy's mount point (pure v2, or `unified` in hybrid mode).
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
+        })
+        .expect("this machine kind mounts a cgroup v2 hierarchy")
+}
+
+/// A cgroup v2 directory holding one process, removed on drop.
+struct Cgroup(PathBuf);
+
+impl Cgroup {
+    fn with_process(name: &str, pid: i32) -> Self {
+        let path = cgroup2_root().join(name);
+        let _ = std::fs::create_dir(&path);
+        std::fs::write(path.join("cgroup.procs"), pid.to_string())
+            .expect("move the process into the cgroup");
+        Self(path)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+        let _ = std::fs::write(self.0.join("cgroup.kill"), "1");
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// Migrates the running workload and checks the result. Between two network
+/// namespaces, or, with `cgroup` (a freeze through the source's cgroup v2
+/// directory, which `ip netns exec`'s private /sys cannot see), over loopback.
+fn migrate_workload(name: &str, index: u8, compress: &str, streams: &str, cgroup: bool) {
     let dir = TempDir::new(name);
     let token = token_file(&dir);
-    let pair = NetnsPair::create(&format!("ph{index}"), index).expect("network namespaces");
+    let pair = (!cgroup)
+        .then(|| NetnsPair::create(&format!("ph{index}"), index).expect("network namespaces"));
+    let (ns_a, ns_b) = match &pair {
+        Some(p) => (Some(p.a.as_str()), Some(p.b.as_str())),
+        None => (None, None),
+    };
+    let port = 7000 + index as u16;
+    let host = pair
+        .as_ref()
+        .map_or("127.0.0.1".to_string(), |p| p.addr_b.clone());
     let log = dir.path("resumed.log");
     let workload_args = "--size-mib 64 --threads 2 --report-ms 100";
     let restore = format!(
         "exec {WORKLOAD} --resume {workload_args} > {} 2>&1",
         log.display()
     );
-    let listen = format!("{}:7000", pair.addr_b);
+    let listen = format!("{host}:{port}");
     let recv = Recv::start(
-        Some(&pair.b),
+        ns_b,
         &[
             "--listen",
             &listen,
@@ -165,7 +215,7 @@ fn migrate_between_namespaces(name: &str, index: u8, compress: &str) {
             "--json",
         ],
     );
-    wait_listening(Some(&pair.b), 7000);
+    wait_listening(ns_b, port);
     let source = Workload::spawn(&[
         "--size-mib",
         "64",
@@ -176,19 +226,21 @@ fn migrate_between_namespaces(name: &str, index: u8, compress: &str) {
         "--write-mbps",
         "20",
     ]);
+    let group = cgroup.then(|| Cgroup::with_process(&format!("pagehop-test-{name}"), source.pid));
     std::thread::sleep(Duration::from_millis(300));
-    let out = send_cmd(Some(&pair.a))
+    let mut send = send_cmd(ns_a);
+    send.args(["--pid", &source.pid.to_string(), "--to", &listen])
         .args([
-            "--pid",
-            &source.pid.to_string(),
-            "--to",
-            &listen,
             "--token-file",
             token.to_str().unwrap(),
+            "--verify",
+            "--json",
         ])
-        .args(["--verify", "--json", "--compress", compress])
-        .output()
-        .expect("run pagehop send");
+        .args(["--compress", compress, "--streams", streams]);
+    if let Some(group) = &group {
+        send.arg("--cgroup").arg(&group.0);
+    }
+    let out = send.output().expect("run pagehop send");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "pagehop send failed: {stderr}");
     let report: serde_json::Value =
@@ -210,6 +262,8 @@ fn migrate_between_namespaces(name: &str, index: u8, compress: &str) {
     }
     assert_eq!(report["verify"], "ok", "verification: {report}");
     assert_eq!(report["mode"], "precopy");
+    assert_eq!(report["streams"].as_u64(), streams.parse().ok());
+    assert_eq!(report["streams"].as_u64(), streams.parse().ok());
     let (ok, recv_out, recv_err) = recv.finish(Duration::from_secs(30));
     assert!(ok, "pagehop recv failed: {recv_err}");
     let recv_report: serde_json::Value =
@@ -250,20 +304,31 @@ fn migrate_between_namespaces(name: &str, index: u8, compress: &str) {
     }
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(restored, libc::SIGTERM) };
+    drop(group);
     drop(pair);
 }
 
+/// lz4, one stream, the source frozen with ptrace.
 #[test]
 fn precopy_between_namespaces_with_compression() {
     if privileged("precopy_between_namespaces_with_compression") {
-        migrate_between_namespaces("precopy-lz4", 1, "lz4");
+        migrate_workload("precopy-lz4", 1, "lz4", "1", false);
     }
 }
 
+/// No compression, three streams.
 #[test]
 fn precopy_between_namespaces_without_compression() {
     if privileged("precopy_between_namespaces_without_compression") {
-        migrate_between_namespaces("precopy-raw", 2, "off");
+        migrate_workload("precopy-raw", 2, "off", "3", false);
+    }
+}
+
+/// The source frozen through its cgroup v2 directory (`--cgroup`), as for a container.
+#[test]
+fn precopy_with_cgroup_freeze() {
+    if privileged("precopy_with_cgroup_freeze") {
+        migrate_workload("precopy-cgroup", 3, "auto", "2", true);
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use pagehop::handoff;
-use pagehop::workload::{self, Pattern, WorkloadConfig, WriteRate};
+use pagehop::workload::{self, Fill, Pattern, WorkloadConfig, WriteRate};
 
 /// Dirties the pages of one memory arena at a set rate and pattern, and can
 /// log exactly which pages it wrote and when.
@@ -22,6 +22,10 @@ struct Args {
     /// Page choice: uniform, skew (90% of writes to the first 10% of a shard) or seq.
     #[arg(long, default_value_t = Pattern::default())]
     pattern: Pattern,
+    /// Page content: random (incompressible) or compressible (after its
+    /// first KiB, each page repeats a 64-byte block; lz4 shrinks it ~3.7x).
+    #[arg(long, default_value_t = Fill::default())]
+    fill: Fill,
     /// Writer threads, each owning a disjoint shard of the data pages.
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -59,8 +63,9 @@ struct Args {
     /// userfaultfd for it to pagehop over the socket named by
     /// $PAGEHOP_UFFD_SOCKET, check every page once pagehop has filled it
     /// (exit 1 if one is wrong), then carry on writing. --size-mib,
-    /// --threads, --arena-addr, --seed and --pattern must be the source
-    /// run's (checked against the arena header); pacing options may differ.
+    /// --threads, --arena-addr, --seed, --pattern and --fill must be the
+    /// source run's (checked against the arena header); pacing options may
+    /// differ.
     #[arg(long)]
     resume: bool,
 }
@@ -97,6 +102,7 @@ impl Args {
             size_mib: self.size_mib,
             write_rate: self.write_mbps,
             pattern: self.pattern,
+            fill: self.fill,
             threads: self.threads,
             tick_ms: self.tick_ms,
             churn: self.churn,

@@ -13,7 +13,8 @@
 //! The header holds the layout (versioned) and one cache-line slot per writer
 //! thread with its generator state, sequential cursor, counters, rate carry
 //! and the data page it is writing right now.
-//! Data page `i` always holds [`page::fill_page`]`(i, table[i])`, except the
+//! Data page `i` always holds [`page::fill_page`]`(i, table[i], fill)`, with
+//! the arena's one [`Fill`] (recorded in the header), except the
 //! one page each writer may be in the middle of. A copy taken while the
 //! process is frozen at any instant (a migration) is made whole again by
 //! [`Arena::finish_interrupted_writes`]: every page in flight is rewritten
@@ -24,14 +25,14 @@ use std::ops::Range;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, compiler_fence};
 
-use super::page;
+use super::page::{self, Fill};
 use super::pattern::{Pattern, PickState, Rng};
 use super::sys;
 
 /// `PGHOPWKL`, little-endian.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PGHOPWKL");
 /// Version of the arena layout; bump on any change to [`Header`] or the page map.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 /// Most writer threads the header has slots for.
 pub const MAX_THREADS: usize = 62;
 /// Smallest supported page size: the header must fit in one page.
@@ -132,7 +133,10 @@ pub struct Header {
     pub threads: u32,
     /// [`Pattern`] as its `u32` value.
     pub pattern: u32,
-    _reserved: [u64; 8],
+    /// [`Fill`] as its `u32` value (since version 3).
+    pub fill: u32,
+    _pad: u32,
+    _reserved: [u64; 7],
     pub slots: [ThreadSlot; MAX_THREADS],
 }
 
@@ -209,6 +213,8 @@ impl Layout {
 pub struct Arena {
     pub(super) base: NonNull<u8>,
     pub(super) layout: Layout,
+    /// What the data pages hold; the header records it.
+    pub(super) fill: Fill,
 }
 
 // SAFETY: the arena owns its mapping. Shared state is accessed through atomics
@@ -221,14 +227,15 @@ unsafe impl Sync for Arena {}
 impl Arena {
     /// Maps a new arena at `addr` (`MAP_FIXED_NOREPLACE`), writes its header,
     /// zeroes the generation table and fills every data page with its
-    /// generation-0 content, so that all pages are resident.
+    /// generation-0 content (of `fill`), so that all pages are resident.
     pub fn create(
         addr: usize,
         layout: Layout,
         seed: u64,
         pattern: Pattern,
+        fill: Fill,
     ) -> Result<Self, ArenaError> {
-        let arena = Self::map_empty(addr, layout)?;
+        let arena = Self::map_empty(addr, layout, fill)?;
         let (base, len) = (arena.base, layout.size());
         let header = Header {
             magic: MAGIC,
@@ -241,7 +248,9 @@ impl Arena {
             seed,
             threads: layout.threads as u32,
             pattern: pattern as u32,
-            _reserved: [0; 8],
+            fill: fill as u32,
+            _pad: 0,
+            _reserved: [0; 7],
             slots: std::array::from_fn(|t| ThreadSlot::new(Rng::for_thread(seed, t).0)),
         };
         // SAFETY: the mapping is fresh, writable, page-aligned and at least
@@ -253,7 +262,7 @@ impl Arena {
         }
         for index in 0..layout.data_pages {
             // SAFETY: no writer exists yet, so this is the only reference to the page.
-            page::fill_page(unsafe { arena.data_page_mut(index) }, index, 0);
+            page::fill_page(unsafe { arena.data_page_mut(index) }, index, 0, fill);
         }
         Ok(arena)
     }
@@ -263,7 +272,9 @@ impl Arena {
     /// and arrives later, through a userfaultfd registered on the range.
     /// Until it has, reading a page blocks in its page fault (or, with no
     /// userfaultfd, reads zeros: [`Arena::check_invariants`] reports that).
-    pub fn map_empty(addr: usize, layout: Layout) -> Result<Self, ArenaError> {
+    /// `fill` is what the data pages are expected to hold (the header's
+    /// must match it).
+    pub fn map_empty(addr: usize, layout: Layout, fill: Fill) -> Result<Self, ArenaError> {
         let len = layout.size();
         if !addr.is_multiple_of(layout.page_size) {
             return Err(ArenaError::Unaligned { addr });
@@ -272,13 +283,18 @@ impl Arena {
             io::ErrorKind::AlreadyExists => ArenaError::AddressTaken { addr, len },
             _ => ArenaError::Map { addr, len, source },
         })?;
-        let arena = Self { base, layout };
+        let arena = Self { base, layout, fill };
         sys::no_huge_pages(base, len).map_err(ArenaError::NoHugePages)?;
         Ok(arena)
     }
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// What the data pages hold.
+    pub fn fill(&self) -> Fill {
+        self.fill
     }
 
     /// First address of the arena.
@@ -346,6 +362,7 @@ impl Arena {
                 unsafe { self.data_page_mut(index) },
                 index,
                 self.generation(index),
+                self.fill,
             );
             slot.in_flight.store(0, Ordering::Relaxed);
             rewritten += 1;
@@ -495,6 +512,7 @@ impl ShardWriter<'_> {
                 unsafe { self.arena.data_page_mut(index) },
                 index,
                 generation,
+                self.arena.fill,
             );
             table[index as usize].store(generation, Ordering::Release);
             slot.in_flight.store(0, Ordering::Release);
@@ -576,7 +594,8 @@ mod tests {
     fn writes_bump_generations_and_report_every_page() {
         let ps = crate::sys::page_size();
         let layout = Layout::new(1 << 20, ps, 2).expect("layout");
-        let arena = Arena::create(test_addr(0), layout, 9, Pattern::Seq).expect("create");
+        let arena =
+            Arena::create(test_addr(0), layout, 9, Pattern::Seq, Fill::Random).expect("create");
         assert_eq!(arena.start(), test_addr(0));
         assert_eq!(arena.end() - arena.start(), 1 << 20);
         arena.check_invariants().expect("fresh arena");
@@ -614,7 +633,14 @@ mod tests {
     #[test]
     fn interrupted_writes_are_finished_from_the_table() {
         let layout = Layout::new(1 << 20, crate::sys::page_size(), 2).expect("layout");
-        let arena = Arena::create(test_addr(2), layout, 3, Pattern::Uniform).expect("create");
+        let arena = Arena::create(
+            test_addr(2),
+            layout,
+            3,
+            Pattern::Uniform,
+            Fill::Compressible,
+        )
+        .expect("create");
         let shard = layout.shard(1);
         let (rolled_back, rolled_forward) = (shard.start + 1, shard.start + 2);
         // A write stopped half-way before its table entry was stored: the
@@ -622,7 +648,7 @@ mod tests {
         // SAFETY: no writer exists; the pages are ours alone.
         let page = unsafe { arena.data_page_mut(rolled_back) };
         let mut next = vec![0u64; page.len()];
-        page::fill_page(&mut next, rolled_back, 1);
+        page::fill_page(&mut next, rolled_back, 1, Fill::Compressible);
         page[..10].copy_from_slice(&next[..10]);
         arena.header().slots[1]
             .in_flight
@@ -635,7 +661,7 @@ mod tests {
         // Stopped after the table entry: the page is completed.
         // SAFETY: as above.
         let page = unsafe { arena.data_page_mut(rolled_forward) };
-        page::fill_page(&mut page[..5], rolled_forward, 1);
+        page::fill_page(&mut page[..5], rolled_forward, 1, Fill::Compressible);
         arena.table()[rolled_forward as usize].store(1, Ordering::Relaxed);
         arena.header().slots[1]
             .in_flight
@@ -665,8 +691,10 @@ mod tests {
     #[test]
     fn refuses_a_taken_address() {
         let layout = Layout::new(1 << 20, crate::sys::page_size(), 1).expect("layout");
-        let _arena = Arena::create(test_addr(1), layout, 1, Pattern::Uniform).expect("create");
-        let err = Arena::create(test_addr(1), layout, 1, Pattern::Uniform).expect_err("taken");
+        let _arena =
+            Arena::create(test_addr(1), layout, 1, Pattern::Uniform, Fill::Random).expect("create");
+        let err = Arena::create(test_addr(1), layout, 1, Pattern::Uniform, Fill::Random)
+            .expect_err("taken");
         assert!(matches!(err, ArenaError::AddressTaken { .. }), "{err}");
     }
 }

@@ -1,7 +1,7 @@
 //! The arena's invariant check: a sane header, and every data page holding
 //! the content of its generation-table entry.
 use super::arena::{Arena, Header, LAYOUT_VERSION, Layout, MAGIC, MAX_THREADS};
-use super::page;
+use super::page::{self, Fill};
 
 /// The first thing found wrong in an arena.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,9 +26,9 @@ impl InvariantViolation {
     }
 }
 
-/// Checks `header` against the layout the arena was mapped with; names the
-/// first bad field.
-pub fn check_header(header: &Header, layout: &Layout) -> Result<(), &'static str> {
+/// Checks `header` against the layout and fill the arena was mapped with;
+/// names the first bad field.
+pub fn check_header(header: &Header, layout: &Layout, fill: Fill) -> Result<(), &'static str> {
     let fields = [
         (header.magic == MAGIC, "magic"),
         (header.version == LAYOUT_VERSION, "version"),
@@ -40,6 +40,7 @@ pub fn check_header(header: &Header, layout: &Layout) -> Result<(), &'static str
         (header.threads as usize == layout.threads, "threads"),
         ((1..=MAX_THREADS).contains(&layout.threads), "threads"),
         ((1..=3).contains(&header.pattern), "pattern"),
+        (header.fill == fill as u32, "fill"),
         (
             header.table_pages * layout.page_size as u64 >= header.data_pages * 4,
             "table_pages",
@@ -74,15 +75,17 @@ impl Arena {
     /// Must not run while a `ShardWriter` of this arena is alive (see
     /// [`Arena::shard_writer`]).
     pub fn check_invariants(&self) -> Result<(), InvariantViolation> {
-        check_header(self.header(), self.layout()).map_err(|field| InvariantViolation::Header {
-            addr: self.start(),
-            field,
+        check_header(self.header(), self.layout(), self.fill()).map_err(|field| {
+            InvariantViolation::Header {
+                addr: self.start(),
+                field,
+            }
         })?;
         for index in 0..self.layout().data_pages {
             let generation = self.generation(index);
             // SAFETY: by this method's contract no writer is alive.
             let data = unsafe { self.data_page(index) };
-            if let Some(word) = page::first_bad_word(data, index, generation) {
+            if let Some(word) = page::first_bad_word(data, index, generation, self.fill()) {
                 return Err(InvariantViolation::Page {
                     addr: self.data_page_addr(index),
                     index,
@@ -101,8 +104,12 @@ mod tests {
     use crate::workload::Pattern;
 
     fn arena(addr: usize) -> Arena {
+        arena_with(addr, Fill::Random)
+    }
+
+    fn arena_with(addr: usize, fill: Fill) -> Arena {
         let layout = Layout::new(1 << 20, crate::sys::page_size(), 2).expect("layout");
-        Arena::create(addr, layout, 5, Pattern::Uniform).expect("create")
+        Arena::create(addr, layout, 5, Pattern::Uniform, fill).expect("create")
     }
 
     #[test]
@@ -144,6 +151,39 @@ mod tests {
             InvariantViolation::Header {
                 addr: arena.start(),
                 field: "magic"
+            }
+        );
+    }
+
+    #[test]
+    fn checks_compressible_pages_and_the_fill() {
+        let arena = arena_with(0x6230_0000_0000, Fill::Compressible);
+        arena.check_invariants().expect("fresh arena");
+        // A byte in the repeated part of a compressible page.
+        let addr = arena.data_page_addr(4);
+        // SAFETY: the byte is inside a data page of the arena and no writer exists.
+        unsafe { ((addr + 3000) as *mut u8).write_volatile(0x5a ^ *((addr + 3000) as *const u8)) };
+        let bad = arena.check_invariants().expect_err("corrupted");
+        assert!(
+            matches!(
+                bad,
+                InvariantViolation::Page {
+                    index: 4,
+                    word: 375,
+                    ..
+                }
+            ),
+            "{bad}"
+        );
+        let fill = (arena.start() + std::mem::offset_of!(Header, fill)) as *mut u32;
+        // SAFETY: the fill is a plain u32 of our own header; no writer exists.
+        unsafe { fill.write_volatile(Fill::Random as u32) };
+        let bad = arena.check_invariants().expect_err("wrong fill");
+        assert_eq!(
+            bad,
+            InvariantViolation::Header {
+                addr: arena.start(),
+                field: "fill"
             }
         );
     }

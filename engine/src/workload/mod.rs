@@ -1,11 +1,11 @@
 //! The built-in workload (`pagehop-workload`) used by tests, demos and
 //! benchmarks: writer threads dirty the pages of one [`Arena`] at a set rate
-//! and [`Pattern`], and can log exactly which pages they wrote and when (the
+//! and [`Pattern`] with content of a set [`Fill`], and can log exactly which pages they wrote and when (the
 //! ground truth that dirty-page trackers are checked against).
 //!
 //! - [`arena`]: the arena, which holds all of the workload's state.
 //! - [`check`]: the arena's invariant check.
-//! - [`page`]: data-page content, a pure function of (index, generation).
+//! - [`page`]: data-page content, a pure function of (index, generation, fill).
 //! - [`pattern`]: page-choice patterns, write rate and per-tick budget.
 //! - [`ground_truth`]: the ground-truth file.
 //! - [`churn`]: short-lived mappings outside the arena.
@@ -51,6 +51,7 @@ use std::time::Duration;
 pub use arena::{Arena, ArenaError, Layout, ShardWriter};
 pub use check::InvariantViolation;
 pub use ground_truth::GroundTruthError;
+pub use page::Fill;
 pub use pattern::{Pattern, WriteRate};
 pub use resume::ResumeError;
 pub use run::run;
@@ -65,6 +66,9 @@ pub struct WorkloadConfig {
     pub size_mib: u64,
     pub write_rate: WriteRate,
     pub pattern: Pattern,
+    /// What the data pages hold: random-looking (incompressible) or partly
+    /// repetitive (compressible) words.
+    pub fill: Fill,
     /// Writer threads, each owning a disjoint shard of the data pages.
     pub threads: usize,
     /// Pacing granularity.
@@ -88,8 +92,9 @@ pub struct WorkloadConfig {
     pub check_on_exit: bool,
     /// Resume a migrated arena instead of creating one: the arena is mapped
     /// empty, and its userfaultfd is handed to pagehop over this socket (see
-    /// `resume`). `size_mib`, `threads`, `arena_addr`, `seed` and `pattern`
-    /// must be the source run's; the arena header is checked against them.
+    /// `resume`). `size_mib`, `threads`, `arena_addr`, `seed`, `pattern` and
+    /// `fill` must be the source run's; the arena header is checked against
+    /// them.
     pub resume: Option<PathBuf>,
 }
 
@@ -99,6 +104,7 @@ impl Default for WorkloadConfig {
             size_mib: 64,
             write_rate: WriteRate::default(),
             pattern: Pattern::default(),
+            fill: Fill::default(),
             threads: 1,
             tick_ms: 10,
             churn: false,

@@ -10,6 +10,8 @@ use super::page::{GOLDEN, mix64};
 pub enum ParseError {
     #[error("unknown pattern {0:?} (expected uniform, skew or seq)")]
     Pattern(String),
+    #[error("unknown fill {0:?} (expected random or compressible)")]
+    Fill(String),
     #[error("bad write rate {0:?} (expected a non-negative number of MiB/s or \"max\")")]
     Rate(String),
 }

@@ -13,9 +13,9 @@
 //!    the per-thread state in the header.
 //!
 //! The arena's shape (`--size-mib`, `--threads`, `--arena-addr`) and its
-//! `--seed` and `--pattern` must be those of the source run; the header
-//! records them and a mismatch is an error. Pacing options (`--write-mbps`,
-//! `--tick-ms`, `--report-ms`) may differ.
+//! `--seed`, `--pattern` and `--fill` must be those of the source run; the
+//! header records them and a mismatch is an error. Pacing options
+//! (`--write-mbps`, `--tick-ms`, `--report-ms`) may differ.
 use std::io;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
@@ -44,7 +44,7 @@ pub enum ResumeError {
     #[error("handing the userfaultfd over")]
     Handoff(#[from] HandoffError),
     #[error(
-        "the source's arena has {field} {source_value}, this run has {ours}: resume with the source run's --size-mib, --threads, --seed and --pattern"
+        "the source's arena has {field} {source_value}, this run has {ours}: resume with the source run's --size-mib, --threads, --seed, --pattern and --fill"
     )]
     Mismatch {
         field: &'static str,
@@ -106,6 +106,7 @@ pub(super) fn check(
         ("threads", u64::from(header.threads), layout.threads as u64),
         ("seed", header.seed, config.seed),
         ("pattern", u64::from(header.pattern), config.pattern as u64),
+        ("fill", u64::from(header.fill), config.fill as u64),
     ];
     if let Some(&(field, source_value, ours)) = fields.iter().find(|(_, a, b)| a != b) {
         return Err(ResumeError::Mismatch {
@@ -128,16 +129,23 @@ pub(super) fn check(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::{Layout, Pattern};
+    use crate::workload::{Fill, Layout, Pattern};
 
     #[test]
     fn checks_the_header_against_the_command_line() {
         let layout = Layout::new(1 << 20, crate::sys::page_size(), 2).expect("layout");
-        let arena =
-            Arena::create(0x6300_0000_0000, layout, 5, Pattern::Skew).expect("create arena");
+        let arena = Arena::create(
+            0x6300_0000_0000,
+            layout,
+            5,
+            Pattern::Skew,
+            Fill::Compressible,
+        )
+        .expect("create arena");
         let config = WorkloadConfig {
             seed: 5,
             pattern: Pattern::Skew,
+            fill: Fill::Compressible,
             threads: 2,
             ..WorkloadConfig::default()
         };
@@ -170,6 +178,22 @@ mod tests {
                 ResumeError::Mismatch {
                     field: "pattern",
                     ..
+                }
+            ),
+            "{err}"
+        );
+        let other_fill = WorkloadConfig {
+            fill: Fill::Random,
+            ..config.clone()
+        };
+        let err = check(&arena, &other_fill).expect_err("fill differs");
+        assert!(
+            matches!(
+                err,
+                ResumeError::Mismatch {
+                    field: "fill",
+                    source_value: 1,
+                    ours: 0
                 }
             ),
             "{err}"

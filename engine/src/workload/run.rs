@@ -51,7 +51,13 @@ pub fn run(config: &WorkloadConfig) -> Result<RunSummary, WorkloadError> {
     let pid = sys::getpid();
     let arena = match &config.resume {
         None => {
-            let arena = Arena::create(config.arena_addr, layout, config.seed, config.pattern)?;
+            let arena = Arena::create(
+                config.arena_addr,
+                layout,
+                config.seed,
+                config.pattern,
+                config.fill,
+            )?;
             emit(format_args!(
                 "ready pid={pid} arena={:x}-{:x} pages={}",
                 arena.start(),
@@ -128,7 +134,7 @@ fn resume_arena(
     layout: Layout,
     socket: &Path,
 ) -> Result<Result<Arena, RunSummary>, WorkloadError> {
-    let arena = Arena::map_empty(config.arena_addr, layout)?;
+    let arena = Arena::map_empty(config.arena_addr, layout, config.fill)?;
     let mut stream = resume::hand_over(&arena, socket)?;
     emit(format_args!(
         "resume pid={} arena={:x}-{:x}",
