@@ -157,7 +157,18 @@ fn main() {
     let iperf: Vec<f64> = (0..reps).filter_map(|_| iperf3(&pair)).collect();
     let mut copy = Vec::new();
     let mut zc = Vec::new();
+    let mut auto = Vec::new();
     for _ in 0..reps {
+        auto.push(
+            migrate(
+                &pair,
+                512,
+                0.0,
+                "random",
+                &["--zerocopy", "auto", "--compress", "off"],
+            )
+            .round0_mbps(),
+        );
         copy.push(
             migrate(
                 &pair,
@@ -187,7 +198,11 @@ fn main() {
         "  {:<28} {:>9.0} MB/s  {:>6}",
         "iperf3, one TCP stream", base, "1.00x"
     );
-    for (name, v) in [("pagehop, send (copy)", &copy), ("pagehop, send_zc", &zc)] {
+    for (name, v) in [
+        ("pagehop, send (copy)", &copy),
+        ("pagehop, send_zc", &zc),
+        ("pagehop, --zerocopy auto", &auto),
+    ] {
         let m = median(v.clone());
         println!("  {name:<28} {m:>9.0} MB/s  {:>5.2}x", m / base);
     }

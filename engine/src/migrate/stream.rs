@@ -68,7 +68,36 @@ pub struct PageStreamer {
     scratch: Vec<u8>,
     runs: Vec<(u64, usize)>,
     next_stream: usize,
+    lz4_sampler: Lz4Sampler,
     pub totals: RoundStats,
+}
+
+/// `--compress auto` without paying for lz4 on data that does not compress:
+/// after a batch that did not shrink, the next [`Lz4Sampler::BACKOFF`]
+/// batches go raw untried; one that shrinks resumes compressing every batch.
+#[derive(Default)]
+struct Lz4Sampler {
+    skip: u32,
+}
+
+impl Lz4Sampler {
+    const BACKOFF: u32 = 15;
+
+    fn should_try(&mut self, mode: Compress) -> bool {
+        match mode {
+            Compress::Off => false,
+            Compress::Lz4 => true,
+            Compress::Auto if self.skip > 0 => {
+                self.skip -= 1;
+                false
+            }
+            Compress::Auto => true,
+        }
+    }
+
+    fn record(&mut self, shrank: bool) {
+        self.skip = if shrank { 0 } else { Self::BACKOFF };
+    }
 }
 
 impl PageStreamer {
@@ -96,6 +125,7 @@ impl PageStreamer {
             scratch: Vec::new(),
             runs: Vec::new(),
             next_stream: 0,
+            lz4_sampler: Lz4Sampler::default(),
             totals: RoundStats::default(),
         })
     }
@@ -116,6 +146,7 @@ impl PageStreamer {
             if batch.len() == BATCH_PAGES {
                 self.send_batch(round, &batch, &mut stats)?;
                 batch.clear();
+                self.adapt_zerocopy();
             }
         }
         if !batch.is_empty() {
@@ -131,8 +162,9 @@ impl PageStreamer {
         Ok(stats)
     }
 
-    /// `--zerocopy auto`: once the kernel has said, for most sends, that it
-    /// copied the zero-copy data anyway, plain sends are cheaper.
+    /// `--zerocopy auto`: once the kernel has said, for most of the first
+    /// sends, that it copied the zero-copy data anyway (loopback, veth), plain
+    /// sends are cheaper. Checked after every batch, so it costs a few batches.
     fn adapt_zerocopy(&mut self) {
         let s = self.sender.stats();
         if self.zerocopy == ZeroCopy::Auto
@@ -216,12 +248,15 @@ impl PageStreamer {
         if real_data_at != data_at {
             buf.copy_within(data_at..data_at + raw_len, real_data_at);
         }
-        let lz4 = raw_len > 0
-            && batch::compress_pages(
+        let lz4 = raw_len > 0 && self.lz4_sampler.should_try(self.compress) && {
+            let shrank = batch::compress_pages(
                 &buf[real_data_at..real_data_at + raw_len],
                 self.compress,
                 &mut self.scratch,
             );
+            self.lz4_sampler.record(shrank);
+            shrank
+        };
         let data_len = if lz4 {
             buf[real_data_at..real_data_at + self.scratch.len()].copy_from_slice(&self.scratch);
             self.scratch.len()
