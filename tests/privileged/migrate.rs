@@ -586,3 +586,125 @@ fn killing_send_fails_the_migration_at_recv() {
     assert!(!marker.exists(), "a half-migrated process was started");
     assert_source_untouched(source);
 }
+
+#[test]
+fn image_dir_receives_a_documented_image_and_the_source_can_stay_stopped() {
+    if !privileged("image_dir_receives_a_documented_image_and_the_source_can_stay_stopped") {
+        return;
+    }
+    // Without a token, recv only listens on loopback.
+    let refused = Command::new(PAGEHOP)
+        .args([
+            "recv",
+            "--listen",
+            "0.0.0.0:7599",
+            "--image-dir",
+            "/nonexistent",
+        ])
+        .env_remove("PAGEHOP_TOKEN")
+        .output()
+        .expect("run recv");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("without a token"),
+        "recv: {err}"
+    );
+
+    let dir = TempDir::new("image");
+    let image = dir.path("image");
+    let recv = Recv::start(
+        None,
+        &[
+            "--listen",
+            "127.0.0.1:7501",
+            "--image-dir",
+            image.to_str().unwrap(),
+            "--json",
+        ],
+    );
+    wait_listening(None, 7501);
+    let source = Workload::spawn(&[
+        "--size-mib",
+        "16",
+        "--write-mbps",
+        "5",
+        "--fill",
+        "compressible",
+    ]);
+    let out = send_cmd(None)
+        .args([
+            "--pid",
+            &source.pid.to_string(),
+            "--to",
+            "127.0.0.1:7501",
+            "--verify",
+            "--json",
+            "--leave-stopped",
+        ])
+        .output()
+        .expect("run pagehop send");
+    assert!(
+        out.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["verify"], "ok");
+    assert!(
+        report["compression_ratio"].as_f64().unwrap() > 1.5,
+        "compressible pages should compress: {report}"
+    );
+    let (ok, _, err) = recv.finish(Duration::from_secs(20));
+    assert!(ok, "recv: {err}");
+    // --leave-stopped: the source is still there, stopped, and not traced.
+    let status =
+        std::fs::read_to_string(format!("/proc/{}/status", source.pid)).expect("source status");
+    assert!(
+        status.contains("State:\tT (stopped)"),
+        "the source should be stopped:\n{status}"
+    );
+    assert!(
+        status.contains("TracerPid:\t0"),
+        "the source should not be traced:\n{status}"
+    );
+
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.join("image.json")).expect("image.json"))
+            .expect("image.json is JSON");
+    assert_eq!(manifest["format"], "pagehop-image");
+    assert_eq!(manifest["version"], 1);
+    let page_size = manifest["page_size"].as_u64().unwrap();
+    let data = std::fs::read(image.join("pages.bin")).expect("pages.bin");
+    let runs = manifest["runs"].as_array().unwrap();
+    let data_pages: u64 = runs
+        .iter()
+        .filter(|r| r["kind"] == "data")
+        .map(|r| r["pages"].as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        data.len() as u64,
+        data_pages * page_size,
+        "pages.bin holds every data run"
+    );
+    // The arena (16 MiB at the default address) is in the image, page for page:
+    // compare one of its runs with the frozen source's memory.
+    let arena_run = runs
+        .iter()
+        .find(|r| {
+            r["kind"] == "data"
+                && u64::from_str_radix(r["addr"].as_str().unwrap(), 16).unwrap() == source.arena.0
+        })
+        .expect("a data run starting at the arena");
+    let offset = arena_run["offset"].as_u64().unwrap() as usize;
+    let len = (arena_run["pages"].as_u64().unwrap() * page_size).min(1 << 20) as usize;
+    let mut mem = vec![0u8; len];
+    let f = std::fs::File::open(format!("/proc/{}/mem", source.pid)).expect("source memory");
+    std::os::unix::fs::FileExt::read_exact_at(&f, &mut mem, source.arena.0)
+        .expect("read source memory");
+    assert!(
+        mem == data[offset..offset + len],
+        "the image differs from the source's memory"
+    );
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(source.pid, libc::SIGKILL) };
+}
