@@ -16,7 +16,7 @@
 //! run. Pages before the failing one are already in the buffer, and
 //! [`ReadError::Unmapped::read`] says how many bytes that is.
 //!
-//! [`is_zero_page`] spots all-zero pages so they can be sent as a flag
+//! [`crate::wire::batch::is_zero_page`] spots all-zero pages so they can be sent as a flag
 //! instead of 4 KiB of zeroes.
 //!
 //! The raw syscall sits in the private [`sys`] submodule.
@@ -200,27 +200,6 @@ impl PageReader {
         }
         self.skip_empty(runs, cursor)
     }
-}
-
-/// True if every byte of `page` is zero.
-///
-/// ORs 64-byte blocks as four `u128` words (the compiler turns this into
-/// vector ORs) and stops at the first non-zero block.
-pub fn is_zero_page(page: &[u8]) -> bool {
-    const BLOCK: usize = 64;
-    let mut blocks = page.chunks_exact(BLOCK);
-    for block in &mut blocks {
-        let mut acc = 0u128;
-        for word in block.chunks_exact(16) {
-            let mut bytes = [0u8; 16];
-            bytes.copy_from_slice(word);
-            acc |= u128::from_ne_bytes(bytes);
-        }
-        if acc != 0 {
-            return false;
-        }
-    }
-    blocks.remainder().iter().all(|&b| b == 0)
 }
 
 /// The raw `process_vm_readv` call.
@@ -436,23 +415,5 @@ mod tests {
         let mut buf = vec![0u8; r.page_size()];
         let err = r.read(&[(0x10000, 1)], &mut buf).expect_err("no such pid");
         assert!(matches!(err, ReadError::Gone { .. }), "{err}");
-    }
-
-    #[test]
-    fn zero_page_detection() {
-        let ps = crate::sys::page_size();
-        let mut page = vec![0u8; ps];
-        assert!(is_zero_page(&page));
-        assert!(is_zero_page(&[]));
-        for i in [0, 1, 15, 16, 63, 64, ps / 2, ps - 1] {
-            page[i] = 0x80;
-            assert!(!is_zero_page(&page), "byte {i}");
-            page[i] = 0;
-        }
-        // Lengths that are not a multiple of the block size.
-        let mut odd = vec![0u8; 100];
-        assert!(is_zero_page(&odd));
-        odd[99] = 1;
-        assert!(!is_zero_page(&odd));
     }
 }

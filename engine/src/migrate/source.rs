@@ -230,15 +230,10 @@ fn precopy(
         }
         let dirty_rate = interval.dirty_bytes_per_sec;
         report.per_round.push(RoundReport {
-            round,
-            pages: stats.pages,
-            zero_pages: stats.zero_pages,
-            bytes_raw: stats.bytes_raw,
-            bytes_wire: stats.bytes_wire,
-            ms: took.as_secs_f64() * 1e3,
             dirty_pages_after: dirty_pages,
             dirty_bytes_per_sec: dirty_rate,
             bandwidth_bytes_per_sec: bandwidth,
+            ..RoundReport::sent(round, &stats, took)
         });
         progress.round(report.per_round.last().expect("just pushed"));
         if !interval.events.is_empty() {
@@ -298,15 +293,8 @@ fn precopy(
     let pages = pages.intersection(&layout.writable_ranges());
     let (stats, took) = run_round(control, streamer, round, &pages)?;
     report.per_round.push(RoundReport {
-        round,
-        pages: stats.pages,
-        zero_pages: stats.zero_pages,
-        bytes_raw: stats.bytes_raw,
-        bytes_wire: stats.bytes_wire,
-        ms: took.as_secs_f64() * 1e3,
-        dirty_pages_after: 0,
-        dirty_bytes_per_sec: 0.0,
         bandwidth_bytes_per_sec: stats.bytes_wire as f64 / took.as_secs_f64().max(1e-9),
+        ..RoundReport::sent(round, &stats, took)
     });
     progress.round(report.per_round.last().expect("just pushed"));
     control.send(&Switchover { final_round: round })?;
@@ -376,6 +364,21 @@ fn verify(pid: i32, layout: &Layout, control: &mut Conn) -> Result<String, Migra
             result.pages_checked
         ),
     })
+}
+
+impl RoundReport {
+    /// What a round moved; the tracker's and bandwidth fields are the caller's.
+    fn sent(round: u32, stats: &RoundStats, took: Duration) -> Self {
+        RoundReport {
+            round,
+            pages: stats.pages,
+            zero_pages: stats.zero_pages,
+            bytes_raw: stats.bytes_raw,
+            bytes_wire: stats.bytes_wire,
+            ms: took.as_secs_f64() * 1e3,
+            ..RoundReport::default()
+        }
+    }
 }
 
 impl From<StreamError> for MigrateError {
