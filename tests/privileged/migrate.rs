@@ -708,3 +708,59 @@ fn image_dir_receives_a_documented_image_and_the_source_can_stay_stopped() {
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(source.pid, libc::SIGKILL) };
 }
+
+/// A process that dirties memory faster than the link carries it does not
+/// converge: pagehop says so and finishes with a stop-and-copy, still verified.
+#[test]
+fn non_converging_process_is_reported_and_still_migrated() {
+    if !privileged("non_converging_process_is_reported_and_still_migrated") {
+        return;
+    }
+    let dir = TempDir::new("nonconverge");
+    let token = token_file(&dir);
+    let pair = NetnsPair::create("ph4", 4).expect("network namespaces");
+    // 20 Mbit/s = 2.5 MB/s; the workload dirties its 4 MiB at 10 MB/s.
+    pair.shape("20mbit").expect("shape the veth");
+    let listen = format!("{}:7004", pair.addr_b);
+    let image = dir.path("image");
+    let recv = Recv::start(
+        Some(&pair.b),
+        &[
+            "--listen",
+            &listen,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--image-dir",
+            image.to_str().unwrap(),
+        ],
+    );
+    wait_listening(Some(&pair.b), 7004);
+    let source = Workload::spawn(&["--size-mib", "4", "--write-mbps", "10"]);
+    let out = send_cmd(Some(&pair.a))
+        .args([
+            "--pid",
+            &source.pid.to_string(),
+            "--to",
+            &listen,
+            "--token-file",
+            token.to_str().unwrap(),
+        ])
+        .args(["--verify", "--json", "--compress", "off"])
+        .output()
+        .expect("run pagehop send");
+    assert!(
+        out.status.success(),
+        "send: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    println!("non-converging: {report}");
+    let reason = report["switch_reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("not converging"),
+        "switch reason: {reason}"
+    );
+    assert_eq!(report["verify"], "ok");
+    let (ok, _, err) = recv.finish(Duration::from_secs(30));
+    assert!(ok, "recv: {err}");
+}

@@ -56,6 +56,8 @@ pub struct SendOptions {
 /// Rounds in a row with a dirty rate above the bandwidth before pagehop
 /// concludes the process does not converge.
 const NON_CONVERGING_ROUNDS: u32 = 3;
+/// A round whose leftover is at least this share of what it sent made no progress.
+const STALL_SHARE: f64 = 0.9;
 /// How long a freeze may take before the migration is abandoned.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the destination may take to install and start the process.
@@ -243,10 +245,16 @@ fn precopy(
                 control.send(&layout_msg(&layout))?;
             }
         }
+        let sent_pages = pages.pages(ps);
         pages = dirty.intersection(&layout.writable_ranges());
         round += 1;
         let remaining = (pages.bytes() as f64) / bandwidth.max(1.0);
-        over_bandwidth = if dirty_rate > bandwidth {
+        // Not converging: the process dirties faster than the link carries,
+        // or what is left no longer shrinks (its writable set is dirtied
+        // whole during every round, which caps the measured rate at the
+        // bandwidth).
+        let no_progress = pages.pages(ps) as f64 >= STALL_SHARE * sent_pages as f64;
+        over_bandwidth = if dirty_rate > bandwidth || no_progress {
             over_bandwidth + 1
         } else {
             0
@@ -268,9 +276,12 @@ fn precopy(
         }
         if over_bandwidth >= NON_CONVERGING_ROUNDS {
             break format!(
-                "not converging: dirty rate {:.0} MB/s exceeds bandwidth {:.0} MB/s for {NON_CONVERGING_ROUNDS} rounds",
+                "not converging: for {NON_CONVERGING_ROUNDS} rounds the dirty set did not shrink below {:.0}% \
+                 or the dirty rate exceeded the bandwidth ({:.1} MB/s dirtied, {:.1} MB/s sent, {} pages left)",
+                STALL_SHARE * 100.0,
                 dirty_rate / 1e6,
-                bandwidth / 1e6
+                bandwidth / 1e6,
+                pages.pages(ps)
             );
         }
     };
