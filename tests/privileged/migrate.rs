@@ -764,3 +764,23 @@ fn non_converging_process_is_reported_and_still_migrated() {
     let (ok, _, err) = recv.finish(Duration::from_secs(30));
     assert!(ok, "recv: {err}");
 }
+
+#[test]
+fn interrupting_send_leaves_the_source_untouched() {
+    if !privileged("interrupting_send_leaves_the_source_untouched") {
+        return;
+    }
+    let (recv, source, send) = endless_migration(7451, "sleep 30");
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(send.id() as i32, libc::SIGINT) };
+    let out = send.wait_with_output().expect("send output");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGINT), "send: {err}");
+    assert!(
+        err.contains("the source runs on"),
+        "send should say so: {err}"
+    );
+    let (ok, _, _) = recv.finish(Duration::from_secs(20));
+    assert!(!ok, "recv should report a failed migration");
+    assert_source_untouched(source);
+}

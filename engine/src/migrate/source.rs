@@ -56,6 +56,16 @@ pub struct SendOptions {
 /// Rounds in a row with a dirty rate above the bandwidth before pagehop
 /// concludes the process does not converge.
 const NON_CONVERGING_ROUNDS: u32 = 3;
+/// Set once the destination runs: from then on, aborting must not let the
+/// source run too (see [`destination_runs`]).
+static DESTINATION_RUNS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a migration of this process has reached the point where the
+/// destination runs (the source must then never be resumed).
+pub fn destination_runs() -> bool {
+    DESTINATION_RUNS.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// A round whose leftover is at least this share of what it sent made no progress.
 const STALL_SHARE: f64 = 0.9;
 /// How long a freeze may take before the migration is abandoned.
@@ -311,6 +321,7 @@ fn precopy(
     control.send(&Switchover { final_round: round })?;
     control.set_read_timeout(Some(RESTORE_TIMEOUT))?;
     let done: Done = control.recv_msg()?;
+    DESTINATION_RUNS.store(true, std::sync::atomic::Ordering::SeqCst);
     report.downtime_ms = frozen_at.elapsed().as_secs_f64() * 1e3;
     report.rounds = round + 1;
     report.final_round_pages = stats.pages;

@@ -68,3 +68,36 @@ pub fn memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::fs::File> {
     file.set_len(len)?;
     Ok(file)
 }
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread (and the threads
+/// it creates afterwards), so that [`wait_termination_signal`] can take them.
+pub fn block_termination_signals() -> io::Result<()> {
+    let set = termination_set();
+    // SAFETY: `set` is an initialised sigset; a null old-set pointer is allowed.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if ret != 0 {
+        return Err(io::Error::from_raw_os_error(ret));
+    }
+    Ok(())
+}
+
+/// Waits for SIGINT, SIGTERM or SIGHUP (blocked beforehand) and returns it.
+pub fn wait_termination_signal() -> i32 {
+    let set = termination_set();
+    let mut sig = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid out-pointer.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    sig
+}
+
+fn termination_set() -> libc::sigset_t {
+    let mut set = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: sigemptyset initialises the set; sigaddset gets valid signal numbers.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(set.as_mut_ptr(), sig);
+        }
+        set.assume_init()
+    }
+}

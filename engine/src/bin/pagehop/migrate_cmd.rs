@@ -85,7 +85,31 @@ impl Progress for TerminalProgress {
     }
 }
 
+/// Ctrl-C, SIGTERM or SIGHUP during a migration: the process exits, which
+/// drops the userfaultfd (all tracking) and detaches ptrace (a ptrace freeze);
+/// a cgroup freeze is thawed first, since the kernel would not. Once the
+/// destination runs, the source is killed instead: never both.
+fn abort_on_signal(pid: i32, cgroup: Option<PathBuf>) -> anyhow::Result<()> {
+    pagehop::sys::block_termination_signals()?;
+    std::thread::spawn(move || {
+        let sig = pagehop::sys::wait_termination_signal();
+        if pagehop::migrate::source::destination_runs() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            eprintln!("pagehop send: signal {sig}: the destination runs; source killed");
+        } else {
+            eprintln!("pagehop send: signal {sig}: migration aborted; the source runs on");
+        }
+        if let Some(cgroup) = cgroup {
+            let _ = std::fs::write(cgroup.join("cgroup.freeze"), "0");
+        }
+        std::process::exit(128 + sig);
+    });
+    Ok(())
+}
+
 pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
+    abort_on_signal(args.pid, args.cgroup.clone())?;
     let opts = SendOptions {
         pid: args.pid,
         to: args.to,
