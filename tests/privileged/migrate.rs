@@ -784,3 +784,61 @@ fn interrupting_send_leaves_the_source_untouched() {
     assert!(!ok, "recv should report a failed migration");
     assert_source_untouched(source);
 }
+
+/// A destination that accepts the connections and then reads nothing: the
+/// source gives up after `--stall-timeout` and runs on untouched.
+#[test]
+fn stalled_destination_is_given_up() {
+    if !privileged("stalled_destination_is_given_up") {
+        return;
+    }
+    use pagehop::migrate::conn::Conn;
+    use pagehop::wire::msg::Role;
+    let listener = TcpListener::bind("127.0.0.1:7461").expect("listen");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(2) {
+            let conn = Conn::handshake(
+                stream.unwrap(),
+                Role::Destination,
+                None,
+                4096,
+                0,
+                Duration::from_secs(5),
+            );
+            held.push(conn.expect("handshake"));
+        }
+        std::thread::sleep(Duration::from_secs(30));
+        drop(held);
+    });
+    let source = Workload::spawn(&[
+        "--size-mib",
+        "1024",
+        "--write-mbps",
+        "5",
+        "--report-ms",
+        "200",
+    ]);
+    let started = Instant::now();
+    let out = send_cmd(None)
+        .args([
+            "--pid",
+            &source.pid.to_string(),
+            "--to",
+            "127.0.0.1:7461",
+            "--stall-timeout",
+            "2",
+        ])
+        .output()
+        .expect("run pagehop send");
+    let err = String::from_utf8_lossy(&out.stderr);
+    println!("after {:?}: {err}", started.elapsed());
+    assert!(!out.status.success(), "send should give up");
+    assert!(
+        err.contains("took no data")
+            || err.contains("timed out")
+            || err.contains("Resource temporarily"),
+        "send: {err}"
+    );
+    assert_source_untouched(source);
+}

@@ -51,6 +51,8 @@ pub struct SendOptions {
     pub leave_stopped: bool,
     pub verify: bool,
     pub connect_timeout: Duration,
+    /// A destination that takes no data for this long is given up.
+    pub stall_timeout: Duration,
 }
 
 /// Rounds in a row with a dirty rate above the bandwidth before pagehop
@@ -132,7 +134,19 @@ fn run_round(
         bytes_raw: stats.bytes_raw,
         bytes_wire: stats.bytes_wire,
     })?;
-    let ack: EndOfRound = control.recv_msg()?;
+    let ack: EndOfRound = control.recv_msg().map_err(|e| match e {
+        ConnError::Frame(crate::wire::FrameError::Io { source })
+            if matches!(
+                source.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            MigrateError::Protocol(format!(
+                "the destination did not acknowledge round {round} in time: given up"
+            ))
+        }
+        other => other.into(),
+    })?;
     if ack.round != round || ack.pages != stats.pages {
         return Err(MigrateError::Protocol(format!(
             "destination acknowledged round {} with {} pages, sent round {round} with {}",
@@ -157,7 +171,13 @@ pub fn send(opts: SendOptions, progress: &mut dyn Progress) -> Result<Report, Mi
         hot_intervals: 3,
         follow_forks: false,
     })?;
-    let mut streamer = PageStreamer::new(target.pid, data, opts.compress, opts.zerocopy)?;
+    let mut streamer = PageStreamer::new(
+        target.pid,
+        data,
+        opts.compress,
+        opts.zerocopy,
+        opts.stall_timeout,
+    )?;
     let setup = started.elapsed();
 
     let result = precopy(&opts, &mut control, &mut session, &mut streamer, progress);
@@ -225,6 +245,9 @@ fn precopy(
         mode: "precopy",
         ..Report::default()
     };
+    // An acknowledgement that does not come within the stall timeout means the
+    // destination is stuck: give up rather than hold the source.
+    control.set_read_timeout(Some(opts.stall_timeout))?;
     let mut layout = Layout::read(pid)?;
     control.send(&layout_msg(&layout))?;
     let mut pages = initial_pages(pid, &layout)?;

@@ -12,6 +12,9 @@
 //! | frame header 16 | batch header 24 | entries n×8 | page data (raw or lz4) |
 //! ```
 use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::pages::RangeSet;
 use crate::reader::{PageReader, ReadError};
@@ -29,6 +32,10 @@ const BUFFERS: usize = 16;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
+    #[error("the destination took no data for {secs:.1} s: streams given up")]
+    Stalled { secs: f64 },
+    #[error("duplicating a data stream's socket")]
+    Socket(#[source] std::io::Error),
     #[error(transparent)]
     Uring(#[from] UringError),
     #[error(transparent)]
@@ -69,7 +76,76 @@ pub struct PageStreamer {
     runs: Vec<(u64, usize)>,
     next_stream: usize,
     lz4_sampler: Lz4Sampler,
+    watchdog: Watchdog,
     pub totals: RoundStats,
+}
+
+/// Shuts the data streams down when a round makes no progress for the stall
+/// timeout (so that a peer that stays connected but stops reading cannot hold
+/// the source, and its tracking, forever); the blocked sends then fail and
+/// the migration aborts.
+struct Watchdog {
+    state: Arc<WatchdogState>,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct WatchdogState {
+    /// Batches handed to the kernel so far.
+    progress: AtomicU64,
+    /// A round is being sent.
+    busy: AtomicBool,
+    stalled: AtomicBool,
+    done: AtomicBool,
+}
+
+impl Watchdog {
+    fn start(streams: Vec<TcpStream>, timeout: Duration) -> Self {
+        let state = Arc::new(WatchdogState::default());
+        let watched = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let mut last = (0, Instant::now());
+            while !watched.done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                let progress = watched.progress.load(Ordering::Relaxed);
+                if progress != last.0 || !watched.busy.load(Ordering::Relaxed) {
+                    last = (progress, Instant::now());
+                } else if last.1.elapsed() >= timeout {
+                    watched.stalled.store(true, Ordering::SeqCst);
+                    for s in &streams {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                    return;
+                }
+            }
+        });
+        Self { state, timeout }
+    }
+
+    fn tick(&self) {
+        self.state.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set_busy(&self, busy: bool) {
+        self.state.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// The error to report: a stall explains the failed sends it caused.
+    fn explain(&self, e: StreamError) -> StreamError {
+        if self.state.stalled.load(Ordering::SeqCst) {
+            StreamError::Stalled {
+                secs: self.timeout.as_secs_f64(),
+            }
+        } else {
+            e
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state.done.store(true, Ordering::Relaxed);
+    }
 }
 
 /// `--compress auto` without paying for lz4 on data that does not compress:
@@ -106,6 +182,7 @@ impl PageStreamer {
         streams: Vec<TcpStream>,
         compress: Compress,
         zerocopy: ZeroCopy,
+        stall_timeout: Duration,
     ) -> Result<Self, StreamError> {
         let page_size = crate::sys::page_size();
         let mode = match zerocopy {
@@ -113,6 +190,11 @@ impl PageStreamer {
             ZeroCopy::On | ZeroCopy::Auto => SendMode::ZeroCopy,
         };
         let buffer_size = HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + page_size);
+        let watched = streams
+            .iter()
+            .map(TcpStream::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StreamError::Socket)?;
         let sender = UringSender::new(streams, BUFFERS, buffer_size, mode)?;
         Ok(Self {
             sender,
@@ -126,6 +208,7 @@ impl PageStreamer {
             runs: Vec::new(),
             next_stream: 0,
             lz4_sampler: Lz4Sampler::default(),
+            watchdog: Watchdog::start(watched, stall_timeout),
             totals: RoundStats::default(),
         })
     }
@@ -138,6 +221,17 @@ impl PageStreamer {
     /// Sends every page of `pages` as round `round`; returns when all of it is
     /// handed to the kernel.
     pub fn send_round(&mut self, round: u32, pages: &RangeSet) -> Result<RoundStats, StreamError> {
+        self.watchdog.set_busy(true);
+        let result = self.send_round_inner(round, pages);
+        self.watchdog.set_busy(false);
+        result.map_err(|e| self.watchdog.explain(e))
+    }
+
+    fn send_round_inner(
+        &mut self,
+        round: u32,
+        pages: &RangeSet,
+    ) -> Result<RoundStats, StreamError> {
         let mut stats = RoundStats::default();
         let ps = self.page_size as u64;
         let mut batch: Vec<u64> = Vec::with_capacity(BATCH_PAGES);
@@ -146,6 +240,7 @@ impl PageStreamer {
             if batch.len() == BATCH_PAGES {
                 self.send_batch(round, &batch, &mut stats)?;
                 batch.clear();
+                self.watchdog.tick();
                 self.adapt_zerocopy();
             }
         }

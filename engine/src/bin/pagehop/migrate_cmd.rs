@@ -67,6 +67,10 @@ pub struct SendArgs {
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
+    /// Give the migration up (the source runs on) when the destination takes
+    /// no data for this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    stall_timeout: f64,
 }
 
 struct TerminalProgress;
@@ -130,6 +134,12 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
         leave_stopped: args.leave_stopped,
         verify: args.verify,
         connect_timeout: Duration::from_secs(10),
+        stall_timeout: Duration::try_from_secs_f64(args.stall_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--stall-timeout must be a positive number of seconds")
+            })?,
     };
     let mut progress: Box<dyn Progress> = if !args.json && std::io::stderr().is_terminal() {
         Box::new(TerminalProgress)
