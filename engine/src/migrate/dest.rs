@@ -461,7 +461,6 @@ fn restore(
             return Err(DestError::Handoff(e).into());
         }
     };
-    let handoff_at = Instant::now();
     let handoff::Handoff {
         pid,
         uffd,
@@ -492,12 +491,6 @@ fn restore(
     }
     install(&mut batch)?;
     let installed = installer.installed().pages();
-    if std::env::var_os("PAGEHOP_DEBUG_INSTALL").is_some() {
-        eprintln!(
-            "install: {installed} pages in {:?} after the handoff",
-            handoff_at.elapsed()
-        );
-    }
     // The handoff connection stays open until the process reports the end of
     // its restore (the 4-byte marker), as CRIU's restorer expects.
     std::thread::spawn(move || {
