@@ -15,9 +15,16 @@
 //! - [`workload`]: the built-in workload used by tests, demos and benchmarks.
 //! - [`netns`]: two network namespaces joined by veth, for tests, demo and benchmarks.
 //! - [`migrate`]: `pagehop send` / `recv`: connections, rounds, switchover, verification.
+//! - [`reader`]: reads another process's pages (`process_vm_readv`) into caller buffers.
+//! - [`uring`]: the io_uring sender: registered buffers, send or send_zc, per-stream order.
+//! - [`wire`]: the versioned, checksummed wire protocol and its authentication.
+//! - [`handoff`]: the CRIU lazy-pages convention for passing a userfaultfd over a Unix socket.
+//! - [`install`]: puts pages into a process through its userfaultfd (UFFDIO_COPY / ZEROPAGE).
+//! - [`faults`]: the destination's userfaultfd fault loop (groundwork for post-copy; not wired to a CLI mode yet).
 //! - [`store`]: the destination's page store (memfd-backed, following the source layout).
 //! - [`sys`]: raw syscalls and ioctls with their `#[repr(C)]` structs.
 pub mod bpf;
+pub mod faults;
 pub mod freeze;
 pub mod handoff;
 pub mod heat;

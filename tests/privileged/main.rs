@@ -6,6 +6,7 @@
 //! which case a skip is a failure. Run them one at a time
 //! (`--test-threads=1`): they share kernel state.
 mod common;
+mod faults;
 mod inject;
 mod migrate;
 mod resume;
