@@ -98,37 +98,24 @@ impl NetnsPair {
     /// Limits the a → b direction to `rate` (a tc rate such as `20mbit`) with
     /// a token-bucket filter (this kernel has tbf and htb, not netem).
     pub fn shape(&self, rate: &str) -> Result<(), NetnsError> {
-        let command = format!(
-            "tc qdisc add dev {} root tbf rate {rate} burst 64kb latency 400ms",
-            self.dev_a
-        );
-        let out = Self::command(&self.a, "tc")
-            .args([
-                "qdisc",
-                "add",
-                "dev",
-                &self.dev_a,
-                "root",
-                "tbf",
-                "rate",
-                rate,
-                "burst",
-                "64kb",
-                "latency",
-                "400ms",
-            ])
-            .output()
-            .map_err(|source| NetnsError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if !out.status.success() {
-            return Err(NetnsError::Command {
-                command,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-            });
-        }
-        Ok(())
+        ip(&[
+            "netns",
+            "exec",
+            &self.a,
+            "tc",
+            "qdisc",
+            "add",
+            "dev",
+            &self.dev_a,
+            "root",
+            "tbf",
+            "rate",
+            rate,
+            "burst",
+            "64kb",
+            "latency",
+            "400ms",
+        ])
     }
 
     /// A command that runs `program` inside namespace `ns`.

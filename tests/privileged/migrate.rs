@@ -26,18 +26,7 @@ struct Recv {
 
 impl Recv {
     fn start(ns: Option<&str>, args: &[&str]) -> Self {
-        let mut cmd = match ns {
-            Some(ns) => {
-                let mut c = NetnsPair::command(ns, PAGEHOP);
-                c.arg("recv");
-                c
-            }
-            None => {
-                let mut c = Command::new(PAGEHOP);
-                c.arg("recv");
-                c
-            }
-        };
+        let mut cmd = pagehop_cmd(ns, "recv");
         let child = cmd
             .args(args)
             .stdout(Stdio::piped())
@@ -100,19 +89,18 @@ fn wait_listening(ns: Option<&str>, port: u16) {
     }
 }
 
+/// `pagehop SUBCOMMAND`, inside namespace `ns` if given.
+fn pagehop_cmd(ns: Option<&str>, subcommand: &str) -> Command {
+    let mut cmd = match ns {
+        Some(ns) => NetnsPair::command(ns, PAGEHOP),
+        None => Command::new(PAGEHOP),
+    };
+    cmd.arg(subcommand);
+    cmd
+}
+
 fn send_cmd(ns: Option<&str>) -> Command {
-    match ns {
-        Some(ns) => {
-            let mut c = NetnsPair::command(ns, PAGEHOP);
-            c.arg("send");
-            c
-        }
-        None => {
-            let mut c = Command::new(PAGEHOP);
-            c.arg("send");
-            c
-        }
-    }
+    pagehop_cmd(ns, "send")
 }
 
 /// The last heartbeat timestamp of a source workload's remaining output.
