@@ -61,7 +61,7 @@ pub enum DestError {
         #[source]
         source: ConnError,
     },
-    #[error("a data stream delivered bad data: {0}")]
+    #[error("a data stream delivered bad data ({0}); nothing was installed")]
     DataStream(String),
     #[error("round {round}: {got} of {want} pages arrived within {timeout:?}")]
     RoundTimeout {
@@ -78,6 +78,10 @@ pub enum DestError {
     },
     #[error("the restored process did not hand over its userfaultfd")]
     Handoff(#[source] handoff::HandoffError),
+    #[error(
+        "the restored process registered no memory with its userfaultfd: nothing could be installed"
+    )]
+    NothingRegistered,
     #[error("installing pages into the restored process")]
     Install(#[source] crate::install::InstallError),
     #[error("writing the image")]
@@ -166,7 +170,10 @@ fn data_stream(stream: TcpStream, shared: Arc<Shared>, page_size: usize) {
         let (kind, payload) = match reader.read_frame() {
             Ok(frame) => frame,
             Err(FrameError::Closed) if shared.switched.load(Ordering::Acquire) => return,
-            Err(FrameError::Closed) => return shared.fail(Failure::SourceGone),
+            // The source went away: cleanly, mid-frame, or with a reset.
+            Err(FrameError::Closed | FrameError::Truncated { .. } | FrameError::Io { .. }) => {
+                return shared.fail(Failure::SourceGone);
+            }
             Err(e) => return shared.fail(Failure::Stream(crate::track::error_chain(&e))),
         };
         if kind != FrameKind::Pages {
@@ -466,7 +473,13 @@ fn restore(
         uffd,
         mut stream,
     } = handoff;
-    let registered = registered_ranges(child.id() as i32).unwrap_or_default();
+    // The pid the process sent (the restore command may have started it
+    // through a shell, so it need not be our child).
+    let registered = registered_ranges(pid).unwrap_or_default();
+    if registered.is_empty() {
+        abandon(&mut child, pid);
+        return Err(DestError::NothingRegistered.into());
+    }
     // Pre-copy installs everything before the installer (the only holder of
     // the userfaultfd) goes away; the kernel zero-fills whatever was never sent.
     let installer = Installer::with_page_size(uffd, store.page_size());
@@ -479,17 +492,23 @@ fn restore(
         }
         Ok(())
     };
-    for (addr, page) in store.iter() {
-        if !registered.contains(addr) {
-            outside += 1;
-            continue;
+    let mut install_all = || -> Result<(), MigrateError> {
+        for (addr, page) in store.iter() {
+            if !registered.contains(addr) {
+                outside += 1;
+                continue;
+            }
+            batch.push((addr, page));
+            if batch.len() == 256 {
+                install(&mut batch)?;
+            }
         }
-        batch.push((addr, page));
-        if batch.len() == 256 {
-            install(&mut batch)?;
-        }
+        install(&mut batch)
+    };
+    if let Err(e) = install_all() {
+        abandon(&mut child, pid);
+        return Err(e);
     }
-    install(&mut batch)?;
     let installed = installer.installed().pages();
     // The handoff connection stays open until the process reports the end of
     // its restore (the 4-byte marker), as CRIU's restorer expects.
@@ -498,6 +517,16 @@ fn restore(
         let _ = std::io::Read::read_exact(&mut stream, &mut marker);
     });
     Ok((child, installed, outside, pid))
+}
+
+/// Kills a restored process whose memory could not be installed: once the
+/// userfaultfd goes, the missing pages would read as zeros, and such a
+/// process must not run.
+fn abandon(child: &mut Child, pid: i32) {
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 /// Ranges of `pid` registered with a userfaultfd in missing mode (smaps `um`).
