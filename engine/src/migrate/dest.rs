@@ -82,6 +82,11 @@ pub enum DestError {
         "the restored process registered no memory with its userfaultfd: nothing could be installed"
     )]
     NothingRegistered,
+    #[error("duplicating the userfaultfd for the installer threads")]
+    DupUffd {
+        #[source]
+        source: std::io::Error,
+    },
     #[error("installing pages into the restored process")]
     Install(#[source] crate::install::InstallError),
     #[error("writing the image")]
@@ -480,36 +485,15 @@ fn restore(
         abandon(&mut child, pid);
         return Err(DestError::NothingRegistered.into());
     }
-    // Pre-copy installs everything before the installer (the only holder of
-    // the userfaultfd) goes away; the kernel zero-fills whatever was never sent.
-    let installer = Installer::with_page_size(uffd, store.page_size());
-    let mut batch: Vec<(u64, Option<&[u8]>)> = Vec::with_capacity(256);
-    let mut outside = 0u64;
-    let install = |batch: &mut Vec<(u64, Option<&[u8]>)>| -> Result<(), MigrateError> {
-        if !batch.is_empty() {
-            installer.copy_batch(batch).map_err(DestError::Install)?;
-            batch.clear();
+    // Pre-copy installs everything before the installers (the only holders of
+    // the userfaultfd) go away; the kernel zero-fills whatever was never sent.
+    let (installed, outside) = match install_store(uffd, store, &registered) {
+        Ok(counts) => counts,
+        Err(e) => {
+            abandon(&mut child, pid);
+            return Err(e);
         }
-        Ok(())
     };
-    let mut install_all = || -> Result<(), MigrateError> {
-        for (addr, page) in store.iter() {
-            if !registered.contains(addr) {
-                outside += 1;
-                continue;
-            }
-            batch.push((addr, page));
-            if batch.len() == 256 {
-                install(&mut batch)?;
-            }
-        }
-        install(&mut batch)
-    };
-    if let Err(e) = install_all() {
-        abandon(&mut child, pid);
-        return Err(e);
-    }
-    let installed = installer.installed().pages();
     // The handoff connection stays open until the process reports the end of
     // its restore (the 4-byte marker), as CRIU's restorer expects.
     std::thread::spawn(move || {
@@ -517,6 +501,80 @@ fn restore(
         let _ = std::io::Read::read_exact(&mut stream, &mut marker);
     });
     Ok((child, installed, outside, pid))
+}
+
+/// Installer threads: every first touch of a fresh page is expensive here (a
+/// VM's memory), so the switchover install uses every core.
+fn install_lanes() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+}
+
+/// Installs every stored page inside `registered` through `uffd`, in batches
+/// of 256 pages spread over [`install_lanes`] threads. Returns (installed,
+/// pages outside the registered ranges).
+fn install_store(
+    uffd: std::os::fd::OwnedFd,
+    store: &PageStore,
+    registered: &RangeSet,
+) -> Result<(u64, u64), MigrateError> {
+    const BATCH: usize = 256;
+    let lanes = install_lanes();
+    let mut fds = (1..lanes)
+        .map(|_| uffd.try_clone())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| DestError::DupUffd { source })?;
+    fds.push(uffd);
+    let outside = store
+        .iter()
+        .filter(|(addr, _)| !registered.contains(*addr))
+        .count() as u64;
+    let results: Vec<Result<u64, MigrateError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = fds
+            .into_iter()
+            .enumerate()
+            .map(|(lane, fd)| {
+                scope.spawn(move || -> Result<u64, MigrateError> {
+                    let installer = Installer::with_page_size(fd, store.page_size());
+                    let mut batch: Vec<(u64, Option<&[u8]>)> = Vec::with_capacity(BATCH);
+                    let mut number = 0usize;
+                    let flush = |batch: &mut Vec<(u64, Option<&[u8]>)>, number: &mut usize| {
+                        let mine = *number % lanes == lane;
+                        *number += 1;
+                        let result: Result<(), MigrateError> = if mine && !batch.is_empty() {
+                            installer
+                                .copy_batch(batch)
+                                .map(drop)
+                                .map_err(|e| DestError::Install(e).into())
+                        } else {
+                            Ok(())
+                        };
+                        batch.clear();
+                        result
+                    };
+                    for (addr, page) in store.iter().filter(|(addr, _)| registered.contains(*addr))
+                    {
+                        batch.push((addr, page));
+                        if batch.len() == BATCH {
+                            flush(&mut batch, &mut number)?;
+                        }
+                    }
+                    flush(&mut batch, &mut number)?;
+                    Ok(installer.installed().pages())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("installer thread"))
+            .collect()
+    });
+    let mut installed = 0;
+    for r in results {
+        installed += r?;
+    }
+    Ok((installed, outside))
 }
 
 /// Kills a restored process whose memory could not be installed: once the
