@@ -99,7 +99,7 @@ fn migrate(
             "--json",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .expect("recv");
     let mut source = Command::new(WORKLOAD)
@@ -126,10 +126,14 @@ fn migrate(
         .args(send_args)
         .output()
         .expect("send");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!("send failed: {}", String::from_utf8_lossy(&out.stderr));
-    });
     let recv_out = recv.wait_with_output().expect("recv");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "send failed: {}\nrecv: {}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&recv_out.stderr)
+        );
+    });
     let _ = source.wait();
     if let Ok(r) = serde_json::from_slice::<serde_json::Value>(&recv_out.stdout)
         && let Some(pid) = r["restored_pid"].as_i64()
