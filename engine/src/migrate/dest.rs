@@ -26,7 +26,7 @@ use crate::store::{PageState, PageStore, page_digest};
 use crate::wire::auth::Token;
 use crate::wire::batch::decode_batch;
 use crate::wire::msg::{
-    self, Done, EndOfRound, Layout, Role, Switchover, VerifyDigests, VerifyResult,
+    self, Done, EndOfRound, Layout, LayoutAck, Role, Switchover, VerifyDigests, VerifyResult,
 };
 use crate::wire::{FrameError, FrameKind, FrameReader};
 
@@ -345,6 +345,9 @@ pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, 
                     .expect("lock")
                     .set_layout(&ranges)
                     .map_err(DestError::from)?;
+                control.send(&LayoutAck {
+                    vmas: layout.vmas.len() as u32,
+                })?;
             }
             FrameKind::EndOfRound => {
                 let end = EndOfRound::decode(payload).map_err(ConnError::from)?;

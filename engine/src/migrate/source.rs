@@ -35,7 +35,9 @@ use crate::track::{Session, TrackOptions};
 use crate::tracker::Backend;
 use crate::wire::auth::Token;
 use crate::wire::batch::Compress;
-use crate::wire::msg::{self, Done, EndOfRound, Role, Switchover, VerifyDigests, VerifyResult};
+use crate::wire::msg::{
+    self, Done, EndOfRound, LayoutAck, Role, Switchover, VerifyDigests, VerifyResult,
+};
 
 pub struct SendOptions {
     pub pid: i32,
@@ -117,6 +119,23 @@ fn layout_msg(layout: &Layout) -> msg::Layout {
             })
             .collect(),
     }
+}
+
+/// Sends the layout and waits until the destination applied it: pages for
+/// the new mappings travel on the data streams, which are not ordered with
+/// the control connection.
+fn send_layout(control: &mut Conn, layout: &Layout) -> Result<(), MigrateError> {
+    let msg = layout_msg(layout);
+    control.send(&msg)?;
+    let ack: LayoutAck = control.recv_msg()?;
+    if ack.vmas as usize != msg.vmas.len() {
+        return Err(MigrateError::Protocol(format!(
+            "destination acknowledged a layout of {} mappings, sent {}",
+            ack.vmas,
+            msg.vmas.len()
+        )));
+    }
+    Ok(())
 }
 
 /// Sends one round and waits for the destination to hold all of it.
@@ -249,7 +268,7 @@ fn precopy(
     // destination is stuck: give up rather than hold the source.
     control.set_read_timeout(Some(opts.stall_timeout))?;
     let mut layout = Layout::read(pid)?;
-    control.send(&layout_msg(&layout))?;
+    send_layout(control, &layout)?;
     let mut pages = initial_pages(pid, &layout)?;
     let mut round = 0u32;
     let mut bandwidth = 0.0f64; // bytes per second, end to end
@@ -275,7 +294,7 @@ fn precopy(
             let now = Layout::read(pid)?;
             if now != layout {
                 layout = now;
-                control.send(&layout_msg(&layout))?;
+                send_layout(control, &layout)?;
             }
         }
         let sent_pages = pages.pages(ps);
@@ -328,7 +347,7 @@ fn precopy(
     let now = Layout::read(pid)?;
     if now != layout {
         layout = now;
-        control.send(&layout_msg(&layout))?;
+        send_layout(control, &layout)?;
     }
     pages.union(&last.dirty.get(&pid).cloned().unwrap_or_default());
     if let Some(changed) = last.changed.get(&pid) {

@@ -85,6 +85,7 @@ pub enum FrameKind {
     VerifyDigests = 10,
     VerifyResult = 11,
     PageRequest = 12,
+    LayoutAck = 13,
 }
 
 const KIB: u32 = 1024;
@@ -92,7 +93,7 @@ const MIB: u32 = 1024 * KIB;
 
 impl FrameKind {
     /// Every kind, in wire-value order.
-    pub const ALL: [FrameKind; 12] = [
+    pub const ALL: [FrameKind; 13] = [
         FrameKind::Hello,
         FrameKind::Auth,
         FrameKind::Layout,
@@ -105,6 +106,7 @@ impl FrameKind {
         FrameKind::VerifyDigests,
         FrameKind::VerifyResult,
         FrameKind::PageRequest,
+        FrameKind::LayoutAck,
     ];
 
     /// The kind with wire value `value`, if there is one.
@@ -126,7 +128,8 @@ impl FrameKind {
             | FrameKind::Switchover
             | FrameKind::Done
             | FrameKind::VerifyResult
-            | FrameKind::PageRequest => 4 * KIB,
+            | FrameKind::PageRequest
+            | FrameKind::LayoutAck => 4 * KIB,
         }
     }
 
@@ -144,6 +147,7 @@ impl FrameKind {
             FrameKind::VerifyDigests => "VerifyDigests",
             FrameKind::VerifyResult => "VerifyResult",
             FrameKind::PageRequest => "PageRequest",
+            FrameKind::LayoutAck => "LayoutAck",
         }
     }
 }
@@ -357,7 +361,7 @@ mod tests {
     #[test]
     fn kind_values_round_trip() {
         assert!(FrameKind::from_u16(0).is_none());
-        assert!(FrameKind::from_u16(13).is_none());
+        assert!(FrameKind::from_u16(14).is_none());
         assert!(FrameKind::from_u16(u16::MAX).is_none());
         for (i, kind) in FrameKind::ALL.iter().enumerate() {
             assert_eq!(*kind as u16 as usize, i + 1);
@@ -517,7 +521,7 @@ mod tests {
             FrameReader::new(&f[..]).read_frame(),
             Err(FrameError::Magic { .. })
         ));
-        for kind in [0u16, 13, 0xffff] {
+        for kind in [0u16, 14, 0xffff] {
             let mut f = frame(FrameKind::Hello, b"");
             f[6..8].copy_from_slice(&kind.to_le_bytes());
             match FrameReader::new(&f[..]).read_frame() {

@@ -24,6 +24,7 @@
 //!   Hello ───────────────────────────────────> Hello
 //!   Auth (if a token is configured) <────────> Auth
 //!   Layout ──────────────────────────────────>
+//!        <────────────────────────────────────── LayoutAck (then pages may follow)
 //!   Pages* EndOfRound ───────────────────────>   (pre-copy rounds)
 //!   Switchover, Pages* EndOfRound ───────────>   (final round, source frozen)
 //!   VerifyDigests* ──────────────────────────>

@@ -21,6 +21,7 @@
 //! VerifyResult   has_mismatch u8 (0|1) | mismatch u64 (0 if none)
 //!                | pages_checked u64                                 (17 bytes)
 //! PageRequest    addr u64 | pages u32                                (12 bytes)
+//! LayoutAck      vmas u32: the destination follows that Layout now   (4 bytes)
 //! ```
 //!
 //! Encoding never fails: a string longer than its cap is cut at a character
@@ -240,6 +241,14 @@ pub struct VerifyResult {
     /// Address of the first page whose digest did not match.
     pub mismatch: Option<u64>,
     pub pages_checked: u64,
+}
+
+/// The destination has applied a `Layout` of `vmas` mappings: pages for it
+/// may now arrive on the data streams, which are not ordered with the
+/// control connection.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LayoutAck {
+    pub vmas: u32,
 }
 
 /// A request for `pages` pages from `addr` (post-copy).
@@ -650,6 +659,20 @@ impl PageRequest {
 }
 message!(PageRequest, FrameKind::PageRequest);
 
+impl LayoutAck {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.vmas);
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Self, MsgError> {
+        let mut c = Cursor::new(FrameKind::LayoutAck, payload);
+        let vmas = c.u32("vmas")?;
+        c.finish()?;
+        Ok(Self { vmas })
+    }
+}
+message!(LayoutAck, FrameKind::LayoutAck);
+
 #[cfg(test)]
 mod tests {
     use super::super::frame::FrameReader;
@@ -781,6 +804,7 @@ mod tests {
             mismatch: Some(0x7f00_1234_5000),
             pages_checked: 5,
         });
+        round_trip(&LayoutAck { vmas: 7 });
         round_trip(&PageRequest {
             addr: 0x7f00_1234_5000,
             pages: 16,
