@@ -15,18 +15,12 @@ use std::time::Duration;
 
 use pagehop::netns::NetnsPair;
 
+mod common;
+use common::median;
+
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_pagehop-workload");
 const PAGEHOP: &str = env!("CARGO_BIN_EXE_pagehop");
 const PORT: u16 = 7700;
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
-}
 
 fn reps() -> usize {
     std::env::var("PAGEHOP_BENCH_REPS")

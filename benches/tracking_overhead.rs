@@ -23,6 +23,9 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod common;
+use common::median;
+
 const WORKLOAD: &str = env!("CARGO_BIN_EXE_pagehop-workload");
 const PAGEHOP: &str = env!("CARGO_BIN_EXE_pagehop");
 const INTERVAL_MS: &str = "100";
@@ -48,15 +51,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
-    }
 }
 
 /// One run: start the workload, optionally track it, measure its rate.

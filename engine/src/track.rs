@@ -271,11 +271,6 @@ impl Session {
         }
     }
 
-    /// The address space of `pid` as of the last step.
-    pub fn layout(&self, pid: i32) -> Option<&Layout> {
-        self.procs.get(&pid).map(|p| &p.layout)
-    }
-
     /// Pids tracked right now.
     pub fn pids(&self) -> Vec<i32> {
         self.procs.keys().copied().collect()

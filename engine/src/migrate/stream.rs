@@ -74,6 +74,8 @@ pub struct PageStreamer {
     prefix: Vec<u8>,
     scratch: Vec<u8>,
     runs: Vec<(u64, usize)>,
+    /// Per page of the batch being built: still mapped when read.
+    present: Vec<bool>,
     next_stream: usize,
     lz4_sampler: Lz4Sampler,
     watchdog: Watchdog,
@@ -206,6 +208,7 @@ impl PageStreamer {
             prefix: Vec::with_capacity(BATCH_HEADER_LEN + BATCH_PAGES * 8),
             scratch: Vec::new(),
             runs: Vec::new(),
+            present: Vec::with_capacity(BATCH_PAGES),
             next_stream: 0,
             lz4_sampler: Lz4Sampler::default(),
             watchdog: Watchdog::start(watched, stall_timeout),
@@ -290,7 +293,9 @@ impl PageStreamer {
         }
         let id = self.sender.acquire()?;
         let buf = self.sender.buffer_mut(id);
-        let mut present: Vec<bool> = vec![true; n];
+        let present = &mut self.present;
+        present.clear();
+        present.resize(n, true);
         if let Err(e) = self
             .reader
             .read(&self.runs, &mut buf[data_at..data_at + n * ps])

@@ -28,6 +28,16 @@ enum Command {
     Demo(demo_cmd::DemoArgs),
 }
 
+/// Writes `value` as one line of JSON (the `--json` output of every command).
+fn write_json_line(
+    out: &mut impl std::io::Write,
+    value: &impl serde::Serialize,
+) -> anyhow::Result<()> {
+    serde_json::to_writer(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {

@@ -157,9 +157,7 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
 fn print_send_report(r: &Report, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut out, r)?;
-        writeln!(out)?;
-        return Ok(());
+        return crate::write_json_line(&mut out, r);
     }
     writeln!(
         out,
@@ -238,9 +236,7 @@ pub fn run_recv(args: RecvArgs) -> anyhow::Result<()> {
 fn print_recv_report(r: &RecvReport, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        serde_json::to_writer(&mut out, r)?;
-        writeln!(out)?;
-        return Ok(());
+        return crate::write_json_line(&mut out, r);
     }
     writeln!(
         out,

@@ -132,8 +132,7 @@ fn print_interval(
     json: bool,
 ) -> anyhow::Result<()> {
     if json {
-        serde_json::to_writer(&mut *out, r)?;
-        writeln!(out)?;
+        crate::write_json_line(out, r)?;
     } else {
         let mut counts: BTreeMap<&str, u64> = BTreeMap::new();
         for e in &r.events {
@@ -158,8 +157,7 @@ fn print_interval(
 
 fn print_summary(out: &mut impl Write, s: &Summary, json: bool) -> anyhow::Result<()> {
     if json {
-        serde_json::to_writer(&mut *out, &serde_json::json!({ "summary": s }))?;
-        writeln!(out)?;
+        crate::write_json_line(out, &serde_json::json!({ "summary": s }))?;
         return Ok(());
     }
     writeln!(
