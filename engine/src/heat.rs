@@ -56,6 +56,17 @@ impl WriteHeat {
         hot
     }
 
+    /// Pages dirty in at least `min_streak` consecutive intervals up to the last one.
+    pub fn hot(&self, min_streak: u32, page_size: u64) -> RangeSet {
+        let mut pages: Vec<u64> = self
+            .pages
+            .iter()
+            .filter(|h| h.streak >= min_streak.max(1))
+            .map(|h| h.page)
+            .collect();
+        RangeSet::from_pages(&mut pages, page_size)
+    }
+
     /// The `n` pages dirty in the most intervals, hottest first: (page, intervals).
     pub fn hottest(&self, n: usize) -> Vec<(u64, u32)> {
         let mut all: Vec<(u64, u32)> = self.pages.iter().map(|h| (h.page, h.total)).collect();

@@ -12,6 +12,7 @@
 //! - [`track`]: the `pagehop track` loop: intervals, events, reports.
 //! - [`heat`]: per-page write heat (consecutive and total dirty intervals).
 //! - [`pages`]: page sets and their conversion to merged ranges.
+//! - [`page_bits`]: one bit per page over fixed ranges (post-copy's sent and arrived sets).
 //! - [`workload`]: the built-in workload used by tests, demos and benchmarks.
 //! - [`netns`]: two network namespaces joined by veth, for tests, demo and benchmarks.
 //! - [`migrate`]: `pagehop send` / `recv`: connections, rounds, switchover, verification.
@@ -20,7 +21,7 @@
 //! - [`wire`]: the versioned, checksummed wire protocol and its authentication.
 //! - [`handoff`]: the CRIU lazy-pages convention for passing a userfaultfd over a Unix socket.
 //! - [`install`]: puts pages into a process through its userfaultfd (UFFDIO_COPY / ZEROPAGE).
-//! - [`faults`]: the destination's userfaultfd fault loop (groundwork for post-copy; not wired to a CLI mode yet).
+//! - [`faults`]: the destination's userfaultfd fault loop (post-copy's demand paging).
 //! - [`store`]: the destination's page store (memfd-backed, following the source layout).
 //! - [`sys`]: raw syscalls and ioctls with their `#[repr(C)]` structs.
 pub mod bpf;
@@ -33,6 +34,7 @@ pub mod install;
 pub mod layout;
 pub mod migrate;
 pub mod netns;
+pub mod page_bits;
 pub mod pagemap;
 pub mod pages;
 pub mod reader;

@@ -5,7 +5,7 @@
 //! everything from 2^20 µs (about 1.05 s) up. Percentiles are the upper
 //! bound of the bucket that holds the rank, capped at the exact maximum, so
 //! they over-estimate by less than a factor of two.
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Number of buckets: 20 log2 steps from 1 µs to about 1 s, plus the overflow.
 pub const BUCKETS: usize = 21;
@@ -21,7 +21,7 @@ pub struct LatencyHistogram {
 
 /// One bucket as reported: values below `lt_us` (the previous bucket's
 /// bound and up). The overflow bucket has `lt_us: None`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bucket {
     /// Exclusive upper bound in microseconds; `None` for the overflow bucket.
     pub lt_us: Option<u64>,
@@ -30,7 +30,7 @@ pub struct Bucket {
 }
 
 /// What a report prints as `fault_latency_us`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LatencySummary {
     pub count: u64,
     pub mean_us: f64,
@@ -70,6 +70,11 @@ impl LatencyHistogram {
     /// The raw bucket counts (see the module docs for the bounds).
     pub fn bucket_counts(&self) -> &[u64; BUCKETS] {
         &self.buckets
+    }
+
+    /// Sum of all samples in milliseconds (time spent waiting, summed over waiters).
+    pub fn total_ms(&self) -> f64 {
+        self.sum_ns as f64 / 1e6
     }
 
     pub fn max_us(&self) -> u64 {

@@ -322,6 +322,14 @@ impl FaultLoop {
         self.in_flight.len()
     }
 
+    /// Source addresses of the pages requested and not delivered yet (to ask
+    /// again after the source reconnects).
+    pub fn in_flight_pages(&self) -> Vec<u64> {
+        let mut pages: Vec<u64> = self.in_flight.keys().copied().collect();
+        pages.sort_unstable();
+        pages
+    }
+
     /// Address spaces still served (their process has not been seen to exit).
     pub fn live_spaces(&self) -> Vec<SpaceId> {
         (0..self.spaces.len() as u32)

@@ -155,6 +155,12 @@ impl Conn {
         Ok(self.reader.get_ref().set_read_timeout(timeout)?)
     }
 
+    /// Whether a frame (or the end of the connection) is waiting to be read.
+    pub fn readable(&self, timeout: Duration) -> Result<bool, ConnError> {
+        use std::os::fd::AsFd;
+        Ok(crate::sys::poll_readable(self.writer.as_fd(), timeout)?)
+    }
+
     /// Gives up the connection as a plain stream (for a data stream).
     pub fn into_stream(self) -> TcpStream {
         self.reader.into_inner()

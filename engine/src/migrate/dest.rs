@@ -14,10 +14,12 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, ConnError, codes};
+use super::postcopy::DestStats;
+use super::postcopy::fetch::{self, Arrivals, Fetch, Lanes};
 use super::{MigrateError, image};
 use crate::handoff::{self, HandoffListener};
 use crate::install::Installer;
@@ -26,7 +28,8 @@ use crate::store::{PageState, PageStore, page_digest};
 use crate::wire::auth::Token;
 use crate::wire::batch::decode_batch;
 use crate::wire::msg::{
-    self, Done, EndOfRound, Layout, LayoutAck, Role, Switchover, VerifyDigests, VerifyResult,
+    self, Attach, Done, EndOfRound, Lane, Layout, LayoutAck, Pending, Role, Switchover,
+    VerifyDigests, VerifyResult,
 };
 use crate::wire::{FrameError, FrameKind, FrameReader};
 
@@ -39,6 +42,8 @@ pub struct RecvOptions {
     pub socket_path: PathBuf,
     pub handshake_timeout: Duration,
     pub restore_timeout: Duration,
+    /// Post-copy: how long to wait for a source whose connections broke.
+    pub reconnect_timeout: Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +120,10 @@ pub struct RecvReport {
     pub install_ms: f64,
     pub verify: String,
     pub total_ms: f64,
+    /// `precopy` or `postcopy` (the switch the source asked for).
+    pub mode: &'static str,
+    /// Post-copy only.
+    pub postcopy: Option<DestStats>,
 }
 
 /// State shared by the control loop and the data-stream threads.
@@ -128,6 +137,11 @@ struct Shared {
     control: TcpStream,
     /// Switchover happened: data streams may close.
     switched: AtomicBool,
+    /// The migration's session id (from the first control connection).
+    session: u64,
+    lanes: Lanes,
+    /// Set at a post-copy switch: where received pages are reported.
+    postcopy: OnceLock<Arc<Arrivals>>,
 }
 
 impl Shared {
@@ -168,11 +182,34 @@ enum Failure {
 /// How long a round's pages may take to arrive after its end was announced.
 const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn data_stream(stream: TcpStream, shared: Arc<Shared>, page_size: usize) {
+/// Receives `Pages` frames from one data or priority lane into the store.
+fn data_stream(
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    page_size: usize,
+    epoch: u32,
+    priority: bool,
+) {
     let mut reader = FrameReader::new(stream);
     let mut scratch = Vec::new();
     loop {
-        let (kind, payload) = match reader.read_frame() {
+        let frame = reader.read_frame();
+        if frame.is_err()
+            && let Some(arrivals) = shared.postcopy.get()
+        {
+            // Post-copy: a bad frame is dropped whole; the source resends
+            // whatever is still missing after it reconnects.
+            if let Err(e) = &frame
+                && !matches!(e, FrameError::Closed)
+            {
+                eprintln!(
+                    "pagehop recv: lane of epoch {epoch} ended: {}",
+                    crate::track::error_chain(e)
+                );
+            }
+            return arrivals.stream_ended(epoch);
+        }
+        let (kind, payload) = match frame {
             Ok(frame) => frame,
             Err(FrameError::Closed) if shared.switched.load(Ordering::Acquire) => return,
             // The source went away: cleanly, mid-frame, or with a reset.
@@ -186,7 +223,12 @@ fn data_stream(stream: TcpStream, shared: Arc<Shared>, page_size: usize) {
         }
         let batch = match decode_batch(payload, page_size, &mut scratch) {
             Ok(b) => b,
-            Err(e) => return shared.fail(Failure::Stream(crate::track::error_chain(&e))),
+            Err(e) => {
+                if let Some(arrivals) = shared.postcopy.get() {
+                    return arrivals.stream_ended(epoch);
+                }
+                return shared.fail(Failure::Stream(crate::track::error_chain(&e)));
+            }
         };
         let round = batch.round;
         let count = batch.len() as u64;
@@ -198,6 +240,9 @@ fn data_stream(stream: TcpStream, shared: Arc<Shared>, page_size: usize) {
                     return shared.fail(Failure::Stream(crate::track::error_chain(&e)));
                 }
             }
+        }
+        if let Some(arrivals) = shared.postcopy.get() {
+            arrivals.arrived(priority, batch.iter().map(|(addr, _)| addr).collect());
         }
         *shared
             .counts
@@ -228,7 +273,10 @@ pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, 
             .map(|a| a.to_string())
             .unwrap_or_default()
     ));
-    let caps = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
+    let mut caps = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
+    if opts.restore_cmd.is_some() {
+        caps |= msg::CAP_POSTCOPY;
+    }
     let handshake = |stream: TcpStream| {
         Conn::handshake(
             stream,
@@ -241,19 +289,29 @@ pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, 
     };
     // The control connection: keep listening past refused peers (wrong token,
     // other version), logging each.
-    let mut control = loop {
+    let control = loop {
         let (stream, peer) = listener.accept().map_err(|source| DestError::Listen {
             addr: opts.listen,
             source,
         })?;
-        match handshake(stream) {
-            Ok(conn) => break conn,
+        match handshake(stream).and_then(|mut conn| {
+            let attach: Attach = conn.recv_msg()?;
+            Ok((conn, attach))
+        }) {
+            Ok((conn, attach)) if attach.lane == Lane::Control && attach.epoch == 0 => {
+                break (conn, attach.session);
+            }
+            Ok((_, attach)) => log(&format!(
+                "refused {peer}: expected a new migration's control connection, got a {:?} lane of epoch {}",
+                attach.lane, attach.epoch
+            )),
             Err(e) => log(&format!(
                 "refused {peer}: {}",
                 crate::track::error_chain(&e)
             )),
         }
     };
+    let (mut control, session) = control;
     let started = Instant::now();
     let peer = control
         .peer_addr()
@@ -267,6 +325,9 @@ pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, 
         failure: Mutex::new(None),
         control: control.try_clone_stream().map_err(ConnError::from)?,
         switched: AtomicBool::new(false),
+        session,
+        lanes: Lanes::default(),
+        postcopy: OnceLock::new(),
     });
     // Data streams: accepted and authenticated in the background.
     {
@@ -281,21 +342,34 @@ pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, 
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { break };
                 let peer = stream.peer_addr().ok();
-                match Conn::handshake(
+                let attached = Conn::handshake(
                     stream,
                     Role::Destination,
                     token.as_ref(),
                     page_size as u32,
                     caps,
                     timeout,
-                ) {
-                    Ok(conn) => {
-                        let shared = Arc::clone(&shared);
-                        let stream = conn.into_stream();
-                        std::thread::spawn(move || data_stream(stream, shared, page_size));
+                )
+                .and_then(|mut conn| {
+                    conn.set_read_timeout(Some(timeout))?;
+                    let attach: Attach = conn.recv_msg()?;
+                    conn.set_read_timeout(None)?;
+                    Ok((conn, attach))
+                });
+                match attached {
+                    Ok((conn, attach)) if attach.session == shared.session => {
+                        if let Err(e) = attach_lane(&shared, conn, &attach, page_size) {
+                            eprintln!(
+                                "pagehop recv: dropped a {:?} lane from {peer:?}: {e}",
+                                attach.lane
+                            );
+                        }
                     }
+                    Ok(_) => eprintln!(
+                        "pagehop recv: refused a connection from {peer:?}: it belongs to another migration"
+                    ),
                     Err(e) => eprintln!(
-                        "pagehop recv: refused data stream from {peer:?}: {}",
+                        "pagehop recv: refused a connection from {peer:?}: {}",
                         crate::track::error_chain(&e)
                     ),
                 }
@@ -306,8 +380,10 @@ pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, 
     let mut report = RecvReport {
         source: peer,
         verify: "skipped".to_string(),
+        mode: "precopy",
         ..RecvReport::default()
     };
+    let mut pending: Vec<Range> = Vec::new();
     let mut round = 0u32;
     let mut child: Option<Child> = None;
     let mut switched = false;
@@ -356,8 +432,24 @@ pub fn recv(opts: RecvOptions, log: &mut dyn FnMut(&str)) -> Result<RecvReport, 
                 report.rounds = end.round + 1;
                 control.send(&end)?;
             }
+            FrameKind::Pending => {
+                let p = Pending::decode(payload).map_err(ConnError::from)?;
+                pending.extend(p.ranges.iter().map(|&(a, b)| Range::new(a, b)));
+            }
+            FrameKind::Switchover
+                if Switchover::decode(payload)
+                    .map_err(ConnError::from)?
+                    .postcopy =>
+            {
+                switched = true;
+                report.mode = "postcopy";
+                let pending = RangeSet::from_ranges(std::mem::take(&mut pending));
+                let (c, stats) =
+                    postcopy(&opts, &shared, &mut control, &pending, &mut report, log)?;
+                child = Some(c);
+                report.postcopy = Some(stats);
+            }
             FrameKind::Switchover => {
-                let _ = Switchover::decode(payload).map_err(ConnError::from)?;
                 switched = true;
                 shared.switched.store(true, Ordering::Release);
                 let install_started = Instant::now();
@@ -451,13 +543,119 @@ fn wait_for_round(shared: &Shared, round: u32, want: u64) -> Result<(), MigrateE
     }
 }
 
-/// Starts the restore command, takes its userfaultfd, installs the store.
-/// Returns the child, pages installed, pages outside its registered ranges, its pid.
-fn restore(
+/// Hands a freshly attached lane to its user.
+fn attach_lane(
+    shared: &Arc<Shared>,
+    conn: Conn,
+    attach: &Attach,
+    page_size: usize,
+) -> Result<(), ConnError> {
+    let epoch = attach.epoch;
+    match attach.lane {
+        Lane::Control if epoch > 0 => {
+            shared.lanes.register(epoch, &conn.try_clone_stream()?);
+            shared.lanes.attach_control(epoch, conn);
+        }
+        Lane::Control => {
+            return Err(ConnError::Unexpected {
+                expected: "a reconnecting control lane",
+                got: "a second control lane of epoch 0",
+            });
+        }
+        Lane::Data | Lane::Priority => {
+            let stream = conn.into_stream();
+            shared.lanes.register(epoch, &stream);
+            let priority = attach.lane == Lane::Priority;
+            if priority {
+                shared.lanes.attach_priority(epoch, stream.try_clone()?);
+            }
+            let shared = Arc::clone(shared);
+            std::thread::spawn(move || data_stream(stream, shared, page_size, epoch, priority));
+        }
+    }
+    Ok(())
+}
+
+/// The post-copy switch: start the process at once, tell the source it runs,
+/// and serve its faults until every page is installed.
+fn postcopy(
+    opts: &RecvOptions,
+    shared: &Shared,
+    control: &mut Conn,
+    pending: &RangeSet,
+    report: &mut RecvReport,
+    log: &mut dyn FnMut(&str),
+) -> Result<(Child, DestStats), MigrateError> {
+    let Some(cmd) = opts.restore_cmd.as_deref() else {
+        control.send_error(
+            codes::DESTINATION,
+            "post-copy needs --restore-cmd at the destination",
+        );
+        return Err(MigrateError::Protocol(
+            "the source asked for post-copy, which needs --restore-cmd".into(),
+        ));
+    };
+    let started = Instant::now();
+    let (mut child, pid, uffd) = start_restore(cmd, opts)?;
+    report.restored_pid = Some(pid);
+    let start = fetch::Start {
+        store: &shared.store,
+        lanes: &shared.lanes,
+        pending,
+        pid,
+        reconnect_timeout: opts.reconnect_timeout,
+    };
+    let fetch = match Fetch::new(&start, uffd) {
+        Ok(f) => f,
+        Err(e) => {
+            abandon(&mut child, pid);
+            return Err(e.into());
+        }
+    };
+    let _ = shared.postcopy.set(fetch.arrivals());
+    report.install_ms = started.elapsed().as_secs_f64() * 1e3;
+    control.send(&Done { pages_sent: 0 })?;
+    log(&format!(
+        "post-copy: process {pid} running after {:.1} ms; {} pages to fetch",
+        report.install_ms,
+        pending.pages(shared.store.lock().expect("lock").page_size() as u64)
+    ));
+    match fetch.run(&start, control) {
+        Ok(stats) => {
+            report.pages_installed = stats.installed_pages;
+            let (data, zero) = shared.store.lock().expect("lock").received();
+            report.pages_received = data;
+            report.zero_pages_received = zero;
+            log(&format!(
+                "post-copy: all pages installed in {:.1} ms; {} faults, remote fault latency p50 {} us p99 {} us",
+                stats.postcopy_ms,
+                stats.faults,
+                stats
+                    .remote_fault_latency_us
+                    .as_ref()
+                    .map_or(0, |l| l.p50_us),
+                stats
+                    .remote_fault_latency_us
+                    .as_ref()
+                    .map_or(0, |l| l.p99_us),
+            ));
+            Ok((child, stats))
+        }
+        // The process stays stopped: the source may still hold its memory.
+        Err(e @ fetch::FetchError::SourceLost { .. }) => Err(e.into()),
+        Err(e) => {
+            abandon(&mut child, pid);
+            Err(e.into())
+        }
+    }
+}
+
+/// Starts the restore command and takes its userfaultfd.
+/// Returns the child, the pid that handed the uffd over, and the uffd.
+fn start_restore(
     cmd: &str,
     opts: &RecvOptions,
-    store: &PageStore,
-) -> Result<(Child, u64, u64, i32), MigrateError> {
+) -> Result<(Child, i32, std::os::fd::OwnedFd), MigrateError> {
     let listener = HandoffListener::bind(&opts.socket_path).map_err(DestError::Handoff)?;
     let mut child = Command::new("sh")
         .arg("-c")
@@ -481,6 +679,23 @@ fn restore(
         uffd,
         mut stream,
     } = handoff;
+    // The handoff connection stays open until the process reports the end of
+    // its restore (the 4-byte marker), as CRIU's restorer expects.
+    std::thread::spawn(move || {
+        let mut marker = [0u8; 4];
+        let _ = std::io::Read::read_exact(&mut stream, &mut marker);
+    });
+    Ok((child, pid, uffd))
+}
+
+/// Starts the restore command, takes its userfaultfd, installs the store.
+/// Returns the child, pages installed, pages outside its registered ranges, its pid.
+fn restore(
+    cmd: &str,
+    opts: &RecvOptions,
+    store: &PageStore,
+) -> Result<(Child, u64, u64, i32), MigrateError> {
+    let (mut child, pid, uffd) = start_restore(cmd, opts)?;
     // The pid the process sent (the restore command may have started it
     // through a shell, so it need not be our child).
     let registered = registered_ranges(pid).unwrap_or_default();
@@ -497,12 +712,6 @@ fn restore(
             return Err(e);
         }
     };
-    // The handoff connection stays open until the process reports the end of
-    // its restore (the 4-byte marker), as CRIU's restorer expects.
-    std::thread::spawn(move || {
-        let mut marker = [0u8; 4];
-        let _ = std::io::Read::read_exact(&mut stream, &mut marker);
-    });
     Ok((child, installed, outside, pid))
 }
 

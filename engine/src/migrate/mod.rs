@@ -8,6 +8,7 @@
 pub mod conn;
 pub mod dest;
 pub mod image;
+pub mod postcopy;
 pub mod source;
 pub mod stream;
 
@@ -55,6 +56,8 @@ pub struct RoundReport {
     pub dirty_pages_after: u64,
     pub dirty_bytes_per_sec: f64,
     pub bandwidth_bytes_per_sec: f64,
+    /// Hybrid: write-hot pages left out of this round for post-copy.
+    pub deferred_pages: u64,
 }
 
 /// The source's report of a migration (`pagehop send --json`).
@@ -81,6 +84,23 @@ pub struct Report {
     pub page_size: u64,
     /// CPU time pagehop itself used (user + system).
     pub engine_cpu_ms: f64,
+    /// Post-copy: destination running → every page installed.
+    pub postcopy_ms: f64,
+    /// Post-copy: page requests answered, and the pages in them (asked for
+    /// plus `prefetched_pages`).
+    pub demand_requests: u64,
+    pub demand_pages: u64,
+    pub prefetched_pages: u64,
+    /// Post-copy: pages pushed in the background.
+    pub background_pages: u64,
+    /// Post-copy: page faults at the destination, fault-to-install latency
+    /// of all of them, and request-to-install latency of remote ones.
+    pub faults: u64,
+    pub fault_latency_us: Option<crate::faults::LatencySummary>,
+    pub remote_fault_latency_us: Option<crate::faults::LatencySummary>,
+    /// Post-copy: time the destination's threads spent blocked on faults.
+    pub blocked_ms: f64,
+    pub reconnects: u32,
     pub per_round: Vec<RoundReport>,
 }
 

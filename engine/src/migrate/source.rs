@@ -18,13 +18,25 @@
 //!
 //! Until `Done` arrives, any failure thaws the source and releases tracking:
 //! it keeps running exactly as before.
+//!
+//! `--mode postcopy` freezes at once and `--mode hybrid` after pre-copy
+//! rounds that leave out write-hot pages; both then send the pages the
+//! destination still lacks as `Pending`, switch with `postcopy: true`, and
+//! serve them ([`super::postcopy::serve`]). From the moment the source is
+//! stopped for a post-copy switch it also holds a SIGSTOP, so that it stays
+//! stopped even if pagehop dies: once the destination runs, the source must
+//! never run again.
 use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::conn::{Conn, ConnError, codes};
+use super::postcopy::serve::{self, Links, Plan};
+use super::postcopy::working_set::WorkingSet;
 use super::stream::{PageStreamer, RoundStats, StreamError, ZeroCopy};
 use super::{MigrateError, Progress, Report, RoundReport};
 use crate::freeze::{self, FreezeMethod, Frozen};
+use crate::heat::WriteHeat;
 use crate::layout::Layout;
 use crate::pagemap::Pagemap;
 use crate::pages::RangeSet;
@@ -36,7 +48,7 @@ use crate::tracker::Backend;
 use crate::wire::auth::Token;
 use crate::wire::batch::Compress;
 use crate::wire::msg::{
-    self, Done, EndOfRound, LayoutAck, Role, Switchover, VerifyDigests, VerifyResult,
+    self, Attach, Done, EndOfRound, Lane, LayoutAck, Role, Switchover, VerifyDigests, VerifyResult,
 };
 
 pub struct SendOptions {
@@ -55,6 +67,42 @@ pub struct SendOptions {
     pub connect_timeout: Duration,
     /// A destination that takes no data for this long is given up.
     pub stall_timeout: Duration,
+    pub mode: Mode,
+    /// Hybrid: a page dirty in this many consecutive rounds is write-hot and
+    /// left for post-copy.
+    pub hot_after: u32,
+    /// Hybrid: switch to post-copy once at most this many bytes are left.
+    pub postcopy_below: u64,
+    /// Post-copy: unsent pages sent along with each demand answer.
+    pub prefetch_pages: u32,
+    /// Post-copy: how long to try reconnecting after a break.
+    pub reconnect_timeout: Duration,
+    /// Write the pages the destination asked for (then the write-hot ones) here.
+    pub record_working_set: Option<PathBuf>,
+    /// Push this recorded working set first.
+    pub prefetch_from: Option<PathBuf>,
+}
+
+/// `--mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Rounds until converged, then stop and copy the rest.
+    Precopy,
+    /// Stop at once; pages follow on demand and in the background.
+    Postcopy,
+    /// Pre-copy the pages that are not write-hot, then post-copy the rest.
+    Hybrid,
+}
+
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Precopy => "precopy",
+            Mode::Postcopy => "postcopy",
+            Mode::Hybrid => "hybrid",
+        }
+    }
 }
 
 /// Rounds in a row with a dirty rate above the bandwidth before pagehop
@@ -70,6 +118,15 @@ pub fn destination_runs() -> bool {
     DESTINATION_RUNS.load(std::sync::atomic::Ordering::SeqCst)
 }
 
+/// Set from the post-copy switch until the destination holds every page:
+/// the source's memory is still needed, so it must neither run nor die.
+static SOURCE_NEEDED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a post-copy destination still depends on the source's memory.
+pub fn source_needed() -> bool {
+    SOURCE_NEEDED.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 /// A round whose leftover is at least this share of what it sent made no progress.
 const STALL_SHARE: f64 = 0.9;
 /// How long a freeze may take before the migration is abandoned.
@@ -77,9 +134,19 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the destination may take to install and start the process.
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
-fn connect(opts: &SendOptions, page_size: u32) -> Result<(Conn, Vec<TcpStream>), MigrateError> {
-    let caps = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
-    let open = || -> Result<Conn, MigrateError> {
+/// Opens the control lane, the data lanes and (for post-copy) the priority
+/// lane, each authenticated and attached to `session` at `epoch`.
+fn connect(
+    opts: &SendOptions,
+    page_size: u32,
+    session: u64,
+    epoch: u32,
+) -> Result<(Conn, Vec<TcpStream>, Option<TcpStream>), MigrateError> {
+    let mut caps = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
+    if opts.mode != Mode::Precopy {
+        caps |= msg::CAP_POSTCOPY;
+    }
+    let open = |lane: Lane| -> Result<Conn, MigrateError> {
         let stream =
             TcpStream::connect_timeout(&opts.to, opts.connect_timeout).map_err(|source| {
                 MigrateError::Connect {
@@ -87,21 +154,39 @@ fn connect(opts: &SendOptions, page_size: u32) -> Result<(Conn, Vec<TcpStream>),
                     source,
                 }
             })?;
-        Ok(Conn::handshake(
+        let mut conn = Conn::handshake(
             stream,
             Role::Source,
             opts.token.as_ref(),
             page_size,
             caps,
             opts.connect_timeout,
-        )?)
+        )?;
+        conn.send(&Attach {
+            session,
+            lane,
+            epoch,
+        })?;
+        Ok(conn)
     };
-    let control = open()?;
+    let control = open(Lane::Control)?;
+    if opts.mode != Mode::Precopy && control.peer.capabilities & msg::CAP_POSTCOPY == 0 {
+        return Err(MigrateError::Protocol(format!(
+            "--mode {} needs a destination that runs the process (pagehop recv --restore-cmd); \
+             this one cannot serve post-copy",
+            opts.mode.name()
+        )));
+    }
     let mut data = Vec::with_capacity(opts.streams);
     for _ in 0..opts.streams.max(1) {
-        data.push(open()?.into_stream());
+        data.push(open(Lane::Data)?.into_stream());
     }
-    Ok((control, data))
+    let priority = if opts.mode == Mode::Precopy {
+        None
+    } else {
+        Some(open(Lane::Priority)?.into_stream())
+    };
+    Ok((control, data, priority))
 }
 
 fn layout_msg(layout: &Layout) -> msg::Layout {
@@ -181,15 +266,24 @@ pub fn send(opts: SendOptions, progress: &mut dyn Progress) -> Result<Report, Mi
     let page_size = crate::sys::page_size();
     let ps = page_size as u64;
     let target = Target::open(opts.pid)?;
-    let (mut control, data) = connect(&opts, page_size as u32)?;
+    let session_id = u64::from_le_bytes(
+        crate::wire::auth::try_new_nonce().map_err(ConnError::from)?[..8]
+            .try_into()
+            .expect("8 bytes"),
+    );
+    let (mut control, data, priority) = connect(&opts, page_size as u32, session_id, 0)?;
     // Tracking starts before round 0 reads anything, so no write is missed.
-    let mut session = Session::start(TrackOptions {
-        pid: target.pid,
-        backend: opts.backend,
-        interval: Duration::from_millis(100),
-        hot_intervals: 3,
-        follow_forks: false,
-    })?;
+    // Pure post-copy has no rounds and needs none.
+    let mut session = match opts.mode {
+        Mode::Postcopy => None,
+        Mode::Precopy | Mode::Hybrid => Some(Session::start(TrackOptions {
+            pid: target.pid,
+            backend: opts.backend,
+            interval: Duration::from_millis(100),
+            hot_intervals: 3,
+            follow_forks: false,
+        })?),
+    };
     let mut streamer = PageStreamer::new(
         target.pid,
         data,
@@ -199,7 +293,35 @@ pub fn send(opts: SendOptions, progress: &mut dyn Progress) -> Result<Report, Mi
     )?;
     let setup = started.elapsed();
 
-    let result = precopy(&opts, &mut control, &mut session, &mut streamer, progress);
+    let result = match priority {
+        None => precopy(
+            &opts,
+            &mut control,
+            session.as_mut().expect("pre-copy tracks"),
+            &mut streamer,
+            progress,
+        ),
+        Some(priority) => {
+            let mut reconnect = |epoch: u32| -> Result<Links, MigrateError> {
+                let (control, data, priority) =
+                    connect(&opts, page_size as u32, session_id, epoch)?;
+                Ok(Links {
+                    control,
+                    data,
+                    priority: priority.expect("post-copy opens a priority lane"),
+                })
+            };
+            postcopy(
+                &opts,
+                &mut control,
+                session.as_mut(),
+                &mut streamer,
+                priority,
+                &mut reconnect,
+                progress,
+            )
+        }
+    };
     let (mut report, frozen) = match result {
         Ok(ok) => ok,
         Err(e) => {
@@ -211,10 +333,11 @@ pub fn send(opts: SendOptions, progress: &mut dyn Progress) -> Result<Report, Mi
     };
     // The destination runs: the source is done. Tracking goes first, while the
     // process is still frozen.
-    let _ = session.finish("migrated");
+    if let Some(session) = session {
+        let _ = session.finish("migrated");
+    }
     if opts.leave_stopped {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(target.pid, libc::SIGSTOP) };
+        let _ = crate::sys::signal(target.pid, libc::SIGSTOP);
         let _ = frozen.thaw();
     } else {
         frozen.kill();
@@ -228,7 +351,7 @@ pub fn send(opts: SendOptions, progress: &mut dyn Progress) -> Result<Report, Mi
         crate::uring::SendMode::ZeroCopy => "zerocopy",
     };
     let t = streamer.totals;
-    report.pages_sent = t.pages;
+    report.pages_sent = t.pages + report.demand_pages;
     report.zero_pages = t.zero_pages;
     report.bytes_raw = t.bytes_raw;
     report.bytes_wire = t.bytes_wire;
@@ -237,7 +360,8 @@ pub fn send(opts: SendOptions, progress: &mut dyn Progress) -> Result<Report, Mi
     } else {
         1.0
     };
-    let transfer_s: f64 = report.per_round.iter().map(|r| r.ms).sum::<f64>() / 1e3;
+    let transfer_s: f64 =
+        (report.per_round.iter().map(|r| r.ms).sum::<f64>() + report.postcopy_ms) / 1e3;
     report.throughput_bytes_per_sec = if transfer_s > 0.0 {
         t.bytes_wire as f64 / transfer_s
     } else {
@@ -250,35 +374,58 @@ pub fn send(opts: SendOptions, progress: &mut dyn Progress) -> Result<Report, Mi
     Ok(report)
 }
 
-/// Rounds, freeze, final round, switchover. On success the source is frozen.
-fn precopy(
+/// How the rounds decide to stop.
+enum Policy {
+    /// Stop when the rest fits in the downtime target.
+    Precopy,
+    /// Leave write-hot pages out; stop when at most this many bytes are left.
+    Hybrid { hot_after: u32, below: u64 },
+}
+
+/// Where the rounds ended.
+struct RoundsEnd {
+    /// Pages the destination lacks (dirtied since sent, or never sent).
+    pages: RangeSet,
+    /// The next round's number.
+    round: u32,
+    layout: Layout,
+    reason: String,
+    heat: WriteHeat,
+}
+
+/// Pre-copy rounds until the policy says stop; the source keeps running.
+fn run_rounds(
     opts: &SendOptions,
     control: &mut Conn,
     session: &mut Session,
     streamer: &mut PageStreamer,
+    policy: &Policy,
+    report: &mut Report,
     progress: &mut dyn Progress,
-) -> Result<(Report, Box<dyn Frozen>), MigrateError> {
+) -> Result<RoundsEnd, MigrateError> {
     let pid = opts.pid;
     let ps = crate::sys::page_size() as u64;
-    let mut report = Report {
-        mode: "precopy",
-        ..Report::default()
-    };
-    // An acknowledgement that does not come within the stall timeout means the
-    // destination is stuck: give up rather than hold the source.
-    control.set_read_timeout(Some(opts.stall_timeout))?;
     let mut layout = Layout::read(pid)?;
     send_layout(control, &layout)?;
     let mut pages = initial_pages(pid, &layout)?;
+    let mut heat = WriteHeat::new();
     let mut round = 0u32;
     let mut bandwidth = 0.0f64; // bytes per second, end to end
     let mut over_bandwidth = 0;
-    let switch_reason = loop {
-        let (stats, took) = run_round(control, streamer, round, &pages)?;
+    let reason = loop {
+        // Hybrid: write-hot pages would only be sent again; they wait for post-copy.
+        let hot = match policy {
+            Policy::Hybrid { hot_after, .. } => heat.hot(*hot_after, ps),
+            Policy::Precopy => RangeSet::new(),
+        };
+        let deferred = pages.intersection(&hot);
+        let send = pages.difference(&hot);
+        let (stats, took) = run_round(control, streamer, round, &send)?;
         bandwidth = (stats.bytes_wire.max(1) as f64 / took.as_secs_f64()).max(bandwidth * 0.5);
         let interval = session.step()?;
         let mut dirty = interval.dirty.get(&pid).cloned().unwrap_or_default();
         let dirty_pages = dirty.pages(ps);
+        heat.record(&dirty, ps, 1);
         if let Some(changed) = interval.changed.get(&pid) {
             dirty.union(changed);
         }
@@ -287,6 +434,7 @@ fn precopy(
             dirty_pages_after: dirty_pages,
             dirty_bytes_per_sec: dirty_rate,
             bandwidth_bytes_per_sec: bandwidth,
+            deferred_pages: deferred.pages(ps),
             ..RoundReport::sent(round, &stats, took)
         });
         progress.round(report.per_round.last().expect("just pushed"));
@@ -297,27 +445,40 @@ fn precopy(
                 send_layout(control, &layout)?;
             }
         }
-        let sent_pages = pages.pages(ps);
+        let sent_pages = send.pages(ps);
+        dirty.union(&deferred);
         pages = dirty.intersection(&layout.writable_ranges());
         round += 1;
         let remaining = (pages.bytes() as f64) / bandwidth.max(1.0);
         // Not converging: the process dirties faster than the link carries,
         // or what is left no longer shrinks (its writable set is dirtied
         // whole during every round, which caps the measured rate at the
-        // bandwidth).
-        let no_progress = pages.pages(ps) as f64 >= STALL_SHARE * sent_pages as f64;
+        // bandwidth). Deferred pages do not count against progress.
+        let left_to_send = pages.difference(&deferred).pages(ps);
+        let no_progress = left_to_send as f64 >= STALL_SHARE * sent_pages as f64;
         over_bandwidth = if dirty_rate > bandwidth || no_progress {
             over_bandwidth + 1
         } else {
             0
         };
-        if remaining <= opts.downtime_target.as_secs_f64() {
-            break format!(
-                "converged: {} pages left, {:.1} ms at {:.0} MB/s",
-                pages.pages(ps),
-                remaining * 1e3,
-                bandwidth / 1e6
-            );
+        match policy {
+            Policy::Precopy if remaining <= opts.downtime_target.as_secs_f64() => {
+                break format!(
+                    "converged: {} pages left, {:.1} ms at {:.0} MB/s",
+                    pages.pages(ps),
+                    remaining * 1e3,
+                    bandwidth / 1e6
+                );
+            }
+            Policy::Hybrid { below, .. } if pages.bytes() <= *below => {
+                break format!(
+                    "small remainder: {} pages left ({} write-hot), at most {} MiB to post-copy",
+                    pages.pages(ps),
+                    pages.intersection(&heat.hot(1, ps)).pages(ps),
+                    below >> 20
+                );
+            }
+            _ => {}
         }
         if round >= opts.max_rounds {
             break format!(
@@ -337,30 +498,90 @@ fn precopy(
             );
         }
     };
-    report.switch_reason = switch_reason;
+    Ok(RoundsEnd {
+        pages,
+        round,
+        layout,
+        reason,
+        heat,
+    })
+}
 
-    // Stop the world.
+/// Freezes the source and adds what was dirtied since the last round (a
+/// full scan) to `pages`; re-sends the layout if it changed.
+fn freeze_and_collect(
+    opts: &SendOptions,
+    control: &mut Conn,
+    session: Option<&mut Session>,
+    layout: &mut Layout,
+    pages: &mut RangeSet,
+) -> Result<(Box<dyn Frozen>, Instant), MigrateError> {
+    let pid = opts.pid;
     let frozen = freeze::freeze(pid, &opts.freeze, FREEZE_TIMEOUT)?;
     let frozen_at = Instant::now();
-    session.force_full_scan();
-    let last = session.step()?;
+    if let Some(session) = session {
+        session.force_full_scan();
+        let last = session.step()?;
+        pages.union(&last.dirty.get(&pid).cloned().unwrap_or_default());
+        if let Some(changed) = last.changed.get(&pid) {
+            pages.union(changed);
+        }
+    }
     let now = Layout::read(pid)?;
-    if now != layout {
-        layout = now;
-        send_layout(control, &layout)?;
+    if now != *layout {
+        *layout = now;
+        send_layout(control, layout)?;
     }
-    pages.union(&last.dirty.get(&pid).cloned().unwrap_or_default());
-    if let Some(changed) = last.changed.get(&pid) {
-        pages.union(changed);
-    }
-    let pages = pages.intersection(&layout.writable_ranges());
+    *pages = pages.intersection(&layout.writable_ranges());
+    Ok((frozen, frozen_at))
+}
+
+/// Rounds, freeze, final round, switchover. On success the source is frozen.
+fn precopy(
+    opts: &SendOptions,
+    control: &mut Conn,
+    session: &mut Session,
+    streamer: &mut PageStreamer,
+    progress: &mut dyn Progress,
+) -> Result<(Report, Box<dyn Frozen>), MigrateError> {
+    let pid = opts.pid;
+    let mut report = Report {
+        mode: "precopy",
+        ..Report::default()
+    };
+    // An acknowledgement that does not come within the stall timeout means the
+    // destination is stuck: give up rather than hold the source.
+    control.set_read_timeout(Some(opts.stall_timeout))?;
+    let RoundsEnd {
+        mut pages,
+        round,
+        mut layout,
+        reason,
+        ..
+    } = run_rounds(
+        opts,
+        control,
+        session,
+        streamer,
+        &Policy::Precopy,
+        &mut report,
+        progress,
+    )?;
+    report.switch_reason = reason;
+
+    // Stop the world.
+    let (frozen, frozen_at) =
+        freeze_and_collect(opts, control, Some(session), &mut layout, &mut pages)?;
     let (stats, took) = run_round(control, streamer, round, &pages)?;
     report.per_round.push(RoundReport {
         bandwidth_bytes_per_sec: stats.bytes_wire as f64 / took.as_secs_f64().max(1e-9),
         ..RoundReport::sent(round, &stats, took)
     });
     progress.round(report.per_round.last().expect("just pushed"));
-    control.send(&Switchover { final_round: round })?;
+    control.send(&Switchover {
+        final_round: round,
+        postcopy: false,
+    })?;
     control.set_read_timeout(Some(RESTORE_TIMEOUT))?;
     let done: Done = control.recv_msg()?;
     DESTINATION_RUNS.store(true, std::sync::atomic::Ordering::SeqCst);
@@ -374,6 +595,131 @@ fn precopy(
         "skipped".to_string()
     };
     Ok((report, frozen))
+}
+
+/// Post-copy and hybrid: rounds (hybrid only), freeze, switch with the
+/// pending set, then serve until the destination holds every page.
+fn postcopy(
+    opts: &SendOptions,
+    control: &mut Conn,
+    mut session: Option<&mut Session>,
+    streamer: &mut PageStreamer,
+    priority: TcpStream,
+    reconnect: &mut serve::Reconnect<'_>,
+    progress: &mut dyn Progress,
+) -> Result<(Report, Box<dyn Frozen>), MigrateError> {
+    let pid = opts.pid;
+    let ps = crate::sys::page_size() as u64;
+    let mut report = Report {
+        mode: opts.mode.name(),
+        ..Report::default()
+    };
+    control.set_read_timeout(Some(opts.stall_timeout))?;
+    let (mut pages, round, mut layout, heat) = match session.as_deref_mut() {
+        Some(session) if opts.mode == Mode::Hybrid => {
+            let end = run_rounds(
+                opts,
+                control,
+                session,
+                streamer,
+                &Policy::Hybrid {
+                    hot_after: opts.hot_after.max(1),
+                    below: opts.postcopy_below,
+                },
+                &mut report,
+                progress,
+            )?;
+            report.switch_reason = end.reason;
+            (end.pages, end.round, end.layout, end.heat)
+        }
+        _ => {
+            let layout = Layout::read(pid)?;
+            send_layout(control, &layout)?;
+            report.switch_reason = "post-copy: no pre-copy rounds".to_string();
+            (RangeSet::new(), 0, layout, WriteHeat::new())
+        }
+    };
+    let (frozen, frozen_at) = freeze_and_collect(opts, control, session, &mut layout, &mut pages)?;
+    if opts.mode == Mode::Postcopy {
+        // Frozen, so the resident set is final.
+        pages = initial_pages(pid, &layout)?;
+    }
+    // Push order: the recorded working set, then the pages written in the
+    // last rounds, then the rest.
+    let mut first = match &opts.prefetch_from {
+        Some(path) => WorkingSet::load(path)
+            .map_err(|e| MigrateError::Protocol(crate::track::error_chain(&e)))?
+            .resolve(&layout, ps),
+        None => Vec::new(),
+    };
+    first.extend(heat.hot(1, ps).intersection(&pages).iter_pages(ps));
+    first.retain(|&p| pages.contains(p));
+
+    // From here a dying pagehop must leave the source stopped, not running.
+    let _ = crate::sys::signal(pid, libc::SIGSTOP);
+    let switched = switch_to_postcopy(control, &pages, round);
+    if let Err(e) = switched {
+        let _ = crate::sys::signal(pid, libc::SIGCONT);
+        return Err(e);
+    }
+    SOURCE_NEEDED.store(true, std::sync::atomic::Ordering::SeqCst);
+    DESTINATION_RUNS.store(true, std::sync::atomic::Ordering::SeqCst);
+    report.downtime_ms = frozen_at.elapsed().as_secs_f64() * 1e3;
+    report.rounds = round;
+    report.final_round_pages = pages.pages(ps);
+    let running = Instant::now();
+    let plan = Plan {
+        pending: pages,
+        first,
+        round,
+        prefetch_pages: opts.prefetch_pages,
+        compress: opts.compress,
+        reconnect_timeout: opts.reconnect_timeout,
+    };
+    let outcome = serve::serve(pid, control, streamer, priority, &plan, reconnect)?;
+    SOURCE_NEEDED.store(false, std::sync::atomic::Ordering::SeqCst);
+    report.postcopy_ms = running.elapsed().as_secs_f64() * 1e3;
+    report.demand_requests = outcome.demand_requests;
+    report.demand_pages = outcome.demand_pages;
+    report.prefetched_pages = outcome.prefetched_pages;
+    report.background_pages = outcome.background_pages;
+    report.reconnects = outcome.reconnects;
+    report.installed_pages = outcome.installed_pages;
+    report.fault_latency_us = outcome.dest.fault_latency_us.clone();
+    report.remote_fault_latency_us = outcome.dest.remote_fault_latency_us.clone();
+    report.blocked_ms = outcome.dest.blocked_ms;
+    report.faults = outcome.dest.faults;
+    if let Some(path) = &opts.record_working_set {
+        let mut wanted = outcome.requested.clone();
+        wanted.extend(heat.hot(1, ps).iter_pages(ps));
+        WorkingSet::from_pages(&layout, &wanted, ps)
+            .save(path)
+            .map_err(|e| MigrateError::Protocol(crate::track::error_chain(&e)))?;
+    }
+    report.verify = if opts.verify {
+        verify(pid, &layout, control)?
+    } else {
+        "skipped".to_string()
+    };
+    Ok((report, frozen))
+}
+
+/// Sends the pending set and the post-copy `Switchover`, and waits until
+/// the destination says its process runs.
+fn switch_to_postcopy(
+    control: &mut Conn,
+    pages: &RangeSet,
+    round: u32,
+) -> Result<(), MigrateError> {
+    super::postcopy::fetch::send_pending(control, pages)?;
+    control.send(&Switchover {
+        final_round: round,
+        postcopy: true,
+    })?;
+    control.set_read_timeout(Some(RESTORE_TIMEOUT))?;
+    let _: Done = control.recv_msg()?;
+    control.set_read_timeout(None)?;
+    Ok(())
 }
 
 /// Round 0: the resident pages of anonymous writable mappings, and every

@@ -60,8 +60,18 @@ pub struct RoundStats {
     pub zero_pages: u64,
     pub bytes_raw: u64,
     pub bytes_wire: u64,
-    /// Pages that vanished (unmapped) before they could be read.
+    /// Pages that vanished (unmapped) before they could be read: sent as zero pages.
     pub vanished_pages: u64,
+}
+
+impl RoundStats {
+    fn add(&mut self, other: &RoundStats) {
+        self.pages += other.pages;
+        self.zero_pages += other.zero_pages;
+        self.bytes_raw += other.bytes_raw;
+        self.bytes_wire += other.bytes_wire;
+        self.vanished_pages += other.vanished_pages;
+    }
 }
 
 pub struct PageStreamer {
@@ -216,6 +226,21 @@ impl PageStreamer {
         })
     }
 
+    /// Carries on over new data connections (after a reconnect); batches
+    /// still in flight on the old ones are abandoned.
+    pub fn replace_streams(&mut self, streams: Vec<TcpStream>) -> Result<(), StreamError> {
+        let watched = streams
+            .iter()
+            .map(TcpStream::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StreamError::Socket)?;
+        let buffer_size = HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + self.page_size);
+        self.sender = UringSender::new(streams, BUFFERS, buffer_size, self.sender.mode())?;
+        self.watchdog = Watchdog::start(watched, self.watchdog.timeout);
+        self.next_stream = 0;
+        Ok(())
+    }
+
     /// The send mode in use now.
     pub fn mode(&self) -> SendMode {
         self.sender.mode()
@@ -252,12 +277,30 @@ impl PageStreamer {
         }
         self.sender.flush()?;
         self.adapt_zerocopy();
-        self.totals.pages += stats.pages;
-        self.totals.zero_pages += stats.zero_pages;
-        self.totals.bytes_raw += stats.bytes_raw;
-        self.totals.bytes_wire += stats.bytes_wire;
-        self.totals.vanished_pages += stats.vanished_pages;
+        self.totals.add(&stats);
         Ok(stats)
+    }
+
+    /// Sends at most [`BATCH_PAGES`] pages (sorted addresses) as one batch of
+    /// round `round`, without waiting for the sends to complete (post-copy's
+    /// background push); [`PageStreamer::flush`] waits.
+    pub fn send_pages(&mut self, round: u32, pages: &[u64]) -> Result<RoundStats, StreamError> {
+        debug_assert!(pages.len() <= BATCH_PAGES);
+        let mut stats = RoundStats::default();
+        self.watchdog.set_busy(true);
+        let result = self.send_batch(round, pages, &mut stats);
+        self.watchdog.tick();
+        self.adapt_zerocopy();
+        result.map_err(|e| self.watchdog.explain(e))?;
+        self.totals.add(&stats);
+        Ok(stats)
+    }
+
+    /// Waits until every batch handed over is sent.
+    pub fn flush(&mut self) -> Result<(), StreamError> {
+        let result = self.sender.flush();
+        self.watchdog.set_busy(false);
+        result.map_err(|e| self.watchdog.explain(e.into()))
     }
 
     /// `--zerocopy auto`: once the kernel has said, for most of the first
@@ -321,7 +364,10 @@ impl PageStreamer {
         let mut kept = 0usize;
         for (i, &addr) in pages.iter().enumerate() {
             if !present[i] {
+                // Unmapped meanwhile: its contents are gone, so the
+                // destination holds it as a zero page, not as an older copy.
                 stats.vanished_pages += 1;
+                self.entries.push(batch::entry(addr, true));
                 continue;
             }
             let at = data_at + i * ps;

@@ -101,3 +101,29 @@ fn termination_set() -> libc::sigset_t {
         set.assume_init()
     }
 }
+
+/// Whether `fd` is readable (data, end of file or an error pending) within `timeout`.
+pub fn poll_readable(
+    fd: std::os::fd::BorrowedFd<'_>,
+    timeout: std::time::Duration,
+) -> io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    // SAFETY: `pfd` is one valid pollfd whose descriptor is borrowed for the call.
+    match cvt(unsafe { libc::poll(&mut pfd, 1, ms) }) {
+        Ok(n) => Ok(n > 0),
+        Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sends `signal` to process `pid`.
+pub fn signal(pid: i32, signal: i32) -> io::Result<()> {
+    // SAFETY: kill has no memory-safety preconditions.
+    cvt(unsafe { libc::kill(pid, signal) }).map(drop)
+}

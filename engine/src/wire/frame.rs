@@ -86,6 +86,8 @@ pub enum FrameKind {
     VerifyResult = 11,
     PageRequest = 12,
     LayoutAck = 13,
+    Attach = 14,
+    Pending = 15,
 }
 
 const KIB: u32 = 1024;
@@ -93,7 +95,7 @@ const MIB: u32 = 1024 * KIB;
 
 impl FrameKind {
     /// Every kind, in wire-value order.
-    pub const ALL: [FrameKind; 13] = [
+    pub const ALL: [FrameKind; 15] = [
         FrameKind::Hello,
         FrameKind::Auth,
         FrameKind::Layout,
@@ -107,6 +109,8 @@ impl FrameKind {
         FrameKind::VerifyResult,
         FrameKind::PageRequest,
         FrameKind::LayoutAck,
+        FrameKind::Attach,
+        FrameKind::Pending,
     ];
 
     /// The kind with wire value `value`, if there is one.
@@ -120,7 +124,7 @@ impl FrameKind {
             // A full batch of 4 KiB pages plus its header and entries.
             FrameKind::Pages => 8 * MIB + 64 * KIB,
             FrameKind::Layout => 4 * MIB,
-            FrameKind::VerifyDigests => MIB,
+            FrameKind::VerifyDigests | FrameKind::Pending => MIB,
             FrameKind::Stats | FrameKind::Error => 64 * KIB,
             FrameKind::Hello
             | FrameKind::Auth
@@ -129,7 +133,8 @@ impl FrameKind {
             | FrameKind::Done
             | FrameKind::VerifyResult
             | FrameKind::PageRequest
-            | FrameKind::LayoutAck => 4 * KIB,
+            | FrameKind::LayoutAck
+            | FrameKind::Attach => 4 * KIB,
         }
     }
 
@@ -148,6 +153,8 @@ impl FrameKind {
             FrameKind::VerifyResult => "VerifyResult",
             FrameKind::PageRequest => "PageRequest",
             FrameKind::LayoutAck => "LayoutAck",
+            FrameKind::Attach => "Attach",
+            FrameKind::Pending => "Pending",
         }
     }
 }

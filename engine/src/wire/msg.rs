@@ -13,7 +13,7 @@
 //! Layout         count u32 | count × VmaDesc
 //!   VmaDesc      start u64 | end u64 | prot u32 | flags u32 | name string
 //! EndOfRound     round u32 | pages u64 | bytes_raw u64 | bytes_wire u64 (28 bytes)
-//! Switchover     final_round u32                                     (4 bytes)
+//! Switchover     final_round u32 | postcopy u8 (0|1)                 (5 bytes)
 //! Done           pages_sent u64                                      (8 bytes)
 //! Error          code u32 | message string
 //! Stats          json string
@@ -22,6 +22,9 @@
 //!                | pages_checked u64                                 (17 bytes)
 //! PageRequest    addr u64 | pages u32                                (12 bytes)
 //! LayoutAck      vmas u32: the destination follows that Layout now   (4 bytes)
+//! Attach         session u64 | lane u8 (1 control, 2 data, 3 priority)
+//!                | epoch u32                                         (13 bytes)
+//! Pending        last u8 (0|1) | count u32 | count × (start u64 | end u64)
 //! ```
 //!
 //! Encoding never fails: a string longer than its cap is cut at a character
@@ -46,6 +49,8 @@ pub const MAX_VMA_NAME: usize = 4096;
 pub const MAX_VMAS: usize = 65536;
 /// Most digests in one `VerifyDigests`.
 pub const MAX_HASHES: usize = 65536;
+/// Most ranges in one `Pending`.
+pub const MAX_PENDING_RANGES: usize = 65536;
 /// Longest `Error` message: the frame cap minus code and length.
 pub const MAX_ERROR_MESSAGE: usize = 64 * 1024 - 8;
 /// Longest `Stats` JSON document: the frame cap minus the length.
@@ -203,10 +208,13 @@ pub struct EndOfRound {
     pub bytes_wire: u64,
 }
 
-/// The source is frozen; the rounds that follow up to `final_round` are the last.
+/// The source is frozen; the rounds that follow up to `final_round` are the
+/// last. With `postcopy`, the destination starts the process at once and
+/// fetches the pages announced in the preceding `Pending` frames on demand.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Switchover {
     pub final_round: u32,
+    pub postcopy: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -249,6 +257,48 @@ pub struct VerifyResult {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LayoutAck {
     pub vmas: u32,
+}
+
+/// Which job a connection does, sent by the source right after the handshake.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Lane {
+    /// Layout, rounds, switchover, verification.
+    Control = 1,
+    /// Bulk `Pages` frames.
+    Data = 2,
+    /// Post-copy page requests and their answers, ahead of the bulk.
+    Priority = 3,
+}
+
+impl Lane {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Lane::Control),
+            2 => Some(Lane::Data),
+            3 => Some(Lane::Priority),
+            _ => None,
+        }
+    }
+}
+
+/// Binds a connection to a migration (`session`, chosen by the source) and a
+/// [`Lane`]. `epoch` counts the source's reconnects: 0 for the first set of
+/// connections, one more after each break.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Attach {
+    pub session: u64,
+    pub lane: Lane,
+    pub epoch: u32,
+}
+
+/// Page ranges `[start, end)` that the destination still needs from the
+/// source: sent by the source before a post-copy `Switchover`, and by the
+/// destination when the source reconnects. `last` ends the list.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    pub ranges: Vec<(u64, u64)>,
+    pub last: bool,
 }
 
 /// A request for `pages` pages from `addr` (post-copy).
@@ -538,13 +588,18 @@ message!(EndOfRound, FrameKind::EndOfRound);
 impl Switchover {
     pub fn encode(&self, out: &mut Vec<u8>) {
         put_u32(out, self.final_round);
+        put_u8(out, self.postcopy.into());
     }
 
     pub fn decode(payload: &[u8]) -> Result<Self, MsgError> {
         let mut c = Cursor::new(FrameKind::Switchover, payload);
         let final_round = c.u32("final_round")?;
+        let postcopy = c.bool("postcopy")?;
         c.finish()?;
-        Ok(Self { final_round })
+        Ok(Self {
+            final_round,
+            postcopy,
+        })
     }
 }
 message!(Switchover, FrameKind::Switchover);
@@ -673,6 +728,60 @@ impl LayoutAck {
 }
 message!(LayoutAck, FrameKind::LayoutAck);
 
+impl Attach {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u64(out, self.session);
+        put_u8(out, self.lane as u8);
+        put_u32(out, self.epoch);
+    }
+
+    pub fn decode(payload: &[u8]) -> Result<Self, MsgError> {
+        let mut c = Cursor::new(FrameKind::Attach, payload);
+        let session = c.u64("session")?;
+        let lane = c.u8("lane")?;
+        let lane = Lane::from_u8(lane).ok_or_else(|| c.invalid("lane", lane.into()))?;
+        let epoch = c.u32("epoch")?;
+        c.finish()?;
+        Ok(Self {
+            session,
+            lane,
+            epoch,
+        })
+    }
+}
+message!(Attach, FrameKind::Attach);
+
+impl Pending {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_u8(out, self.last.into());
+        put_count(out, self.ranges.len());
+        out.reserve(self.ranges.len() * 16);
+        for &(start, end) in &self.ranges {
+            put_u64(out, start);
+            put_u64(out, end);
+        }
+    }
+
+    /// Refuses an empty, inverted or unaligned range.
+    pub fn decode(payload: &[u8]) -> Result<Self, MsgError> {
+        let mut c = Cursor::new(FrameKind::Pending, payload);
+        let last = c.bool("last")?;
+        let count = c.count("range count", MAX_PENDING_RANGES, 16)?;
+        let mut ranges = Vec::with_capacity(count);
+        for _ in 0..count {
+            let start = c.u64("start")?;
+            let end = c.u64("end")?;
+            if start >= end || start % VMA_ALIGN != 0 || end % VMA_ALIGN != 0 {
+                return Err(c.invalid("range start", start));
+            }
+            ranges.push((start, end));
+        }
+        c.finish()?;
+        Ok(Self { ranges, last })
+    }
+}
+message!(Pending, FrameKind::Pending);
+
 #[cfg(test)]
 mod tests {
     use super::super::frame::FrameReader;
@@ -767,7 +876,24 @@ mod tests {
             bytes_raw: 1234 * 4096,
             bytes_wire: 99_999,
         });
-        round_trip(&Switchover { final_round: 9 });
+        round_trip(&Switchover {
+            final_round: 9,
+            postcopy: false,
+        });
+        round_trip(&Switchover {
+            final_round: 2,
+            postcopy: true,
+        });
+        round_trip(&Attach {
+            session: 0xdead_beef_0123,
+            lane: Lane::Priority,
+            epoch: 3,
+        });
+        round_trip(&Pending {
+            ranges: vec![(0x1000, 0x3000), (0x7fff_0000_0000, 0x7fff_0001_0000)],
+            last: true,
+        });
+        round_trip(&Pending::default());
         round_trip(&Done {
             pages_sent: u64::MAX,
         });

@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Args;
 use pagehop::freeze::FreezeMethod;
 use pagehop::migrate::dest::{RecvOptions, RecvReport, recv};
-use pagehop::migrate::source::{SendOptions, send};
+use pagehop::migrate::source::{Mode, SendOptions, send};
 use pagehop::migrate::{Progress, Quiet, Report, RoundReport, ZeroCopy};
 use pagehop::tracker::Backend;
 use pagehop::wire::auth::{TOKEN_ENV, Token};
@@ -71,6 +71,37 @@ pub struct SendArgs {
     /// no data for this many seconds.
     #[arg(long, default_value_t = 30.0)]
     stall_timeout: f64,
+    /// precopy: rounds, then stop and copy the rest. postcopy: stop at once,
+    /// pages follow on demand. hybrid: pre-copy all but the write-hot pages,
+    /// then post-copy the rest.
+    #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
+    mode: Mode,
+    /// Hybrid: a page dirty in this many consecutive rounds is write-hot and left for post-copy.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    hot_after: u32,
+    /// Hybrid: switch to post-copy once at most this many MiB are left
+    /// (also on --max-rounds, or when the rounds stop converging).
+    #[arg(long, default_value_t = 64)]
+    postcopy_below_mib: u64,
+    /// Post-copy: unsent pages sent along with each page request's answer.
+    #[arg(long, default_value_t = 16)]
+    prefetch_pages: u32,
+    /// Post-copy: seconds to keep reconnecting after a connection breaks (0: give up at once).
+    #[arg(long, default_value_t = 10.0)]
+    reconnect_timeout: f64,
+    /// Post-copy: write the pages the destination asked for (then the
+    /// write-hot ones) to FILE, for --prefetch-from in a later migration.
+    #[arg(long, value_name = "FILE")]
+    record_working_set: Option<PathBuf>,
+    /// Post-copy: push the working set recorded in FILE before anything else.
+    #[arg(long, value_name = "FILE")]
+    prefetch_from: Option<PathBuf>,
+}
+
+/// A non-negative number of seconds.
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow::anyhow!("{flag} must be a non-negative number of seconds"))
 }
 
 struct TerminalProgress;
@@ -97,7 +128,13 @@ fn abort_on_signal(pid: i32, cgroup: Option<PathBuf>) -> anyhow::Result<()> {
     pagehop::sys::block_termination_signals()?;
     std::thread::spawn(move || {
         let sig = pagehop::sys::wait_termination_signal();
-        if pagehop::migrate::source::destination_runs() {
+        if pagehop::migrate::source::source_needed() {
+            // Post-copy: the destination runs on memory still held here.
+            eprintln!(
+                "pagehop send: signal {sig}: post-copy interrupted; the source stays stopped \
+                 (the destination still needs its memory)"
+            );
+        } else if pagehop::migrate::source::destination_runs() {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(pid, libc::SIGKILL) };
             eprintln!("pagehop send: signal {sig}: the destination runs; source killed");
@@ -140,7 +177,19 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
             .ok_or_else(|| {
                 anyhow::anyhow!("--stall-timeout must be a positive number of seconds")
             })?,
+        mode: args.mode,
+        hot_after: args.hot_after,
+        postcopy_below: args.postcopy_below_mib << 20,
+        prefetch_pages: args.prefetch_pages,
+        reconnect_timeout: seconds(args.reconnect_timeout, "--reconnect-timeout")?,
+        record_working_set: args.record_working_set,
+        prefetch_from: args.prefetch_from,
     };
+    if opts.mode == Mode::Precopy
+        && (opts.record_working_set.is_some() || opts.prefetch_from.is_some())
+    {
+        anyhow::bail!("--record-working-set and --prefetch-from need --mode postcopy or hybrid");
+    }
     let mut progress: Box<dyn Progress> = if !args.json && std::io::stderr().is_terminal() {
         Box::new(TerminalProgress)
     } else {
@@ -177,11 +226,43 @@ fn print_send_report(r: &Report, json: bool) -> anyhow::Result<()> {
         r.streams,
         r.send_mode
     )?;
-    writeln!(
-        out,
-        "  final round  {} pages; {} installed at the destination",
-        r.final_round_pages, r.installed_pages
-    )?;
+    if r.mode == "precopy" {
+        writeln!(
+            out,
+            "  final round  {} pages; {} installed at the destination",
+            r.final_round_pages, r.installed_pages
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  post-copy    {} pages pending at the switch, done in {:.1} ms: {} on demand ({} requests, {} prefetched), {} in the background{}",
+            r.final_round_pages,
+            r.postcopy_ms,
+            r.demand_pages,
+            r.demand_requests,
+            r.prefetched_pages,
+            r.background_pages,
+            if r.reconnects > 0 {
+                format!(", {} reconnect(s)", r.reconnects)
+            } else {
+                String::new()
+            }
+        )?;
+        if let (Some(all), Some(remote)) = (&r.fault_latency_us, &r.remote_fault_latency_us) {
+            writeln!(
+                out,
+                "  faults       {} at the destination: latency p50 {} us, p99 {} us, max {} us; remote p50 {} us, p99 {} us ({} pages); threads blocked {:.1} ms",
+                r.faults,
+                all.p50_us,
+                all.p99_us,
+                all.max_us,
+                remote.p50_us,
+                remote.p99_us,
+                remote.count,
+                r.blocked_ms
+            )?;
+        }
+    }
     writeln!(out, "  verify       {}", r.verify)?;
     writeln!(
         out,
@@ -212,6 +293,10 @@ pub struct RecvArgs {
     /// Print the final report as JSON.
     #[arg(long)]
     json: bool,
+    /// Post-copy: seconds to wait for a source whose connections broke (the
+    /// process is held stopped meanwhile).
+    #[arg(long, default_value_t = 10.0)]
+    reconnect_timeout: f64,
 }
 
 pub fn run_recv(args: RecvArgs) -> anyhow::Result<()> {
@@ -226,6 +311,7 @@ pub fn run_recv(args: RecvArgs) -> anyhow::Result<()> {
         socket_path,
         handshake_timeout: Duration::from_secs(10),
         restore_timeout: Duration::from_secs(30),
+        reconnect_timeout: seconds(args.reconnect_timeout, "--reconnect-timeout")?,
     };
     let json = args.json;
     let mut log = |line: &str| eprintln!("pagehop recv: {line}");
