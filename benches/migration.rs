@@ -1,4 +1,5 @@
-//! Pre-copy migration benchmarks, side by side in one run, between two
+//! Pre-copy migration benchmarks (`--mode precopy`; post-copy and hybrid are
+//! in `postcopy.rs`), side by side in one run, between two
 //! network namespaces joined by a veth pair (the path the tests use):
 //!
 //! 1. stream throughput: pagehop's round 0 vs an iperf3 stream on the same path;
@@ -116,6 +117,8 @@ fn migrate(
             "--token-file",
             token.to_str().unwrap(),
             "--json",
+            "--mode",
+            "precopy",
         ])
         .args(send_args)
         .output()

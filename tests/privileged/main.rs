@@ -9,5 +9,6 @@ mod common;
 mod faults;
 mod inject;
 mod migrate;
+mod postcopy;
 mod resume;
 mod track;

@@ -99,8 +99,12 @@ fn pagehop_cmd(ns: Option<&str>, subcommand: &str) -> Command {
     cmd
 }
 
+/// `pagehop send --mode precopy`: these tests cover pre-copy (post-copy and
+/// hybrid have their own in `postcopy.rs`).
 fn send_cmd(ns: Option<&str>) -> Command {
-    pagehop_cmd(ns, "send")
+    let mut cmd = pagehop_cmd(ns, "send");
+    cmd.args(["--mode", "precopy"]);
+    cmd
 }
 
 /// The last heartbeat timestamp of a source workload's remaining output.
@@ -114,7 +118,7 @@ fn last_heartbeat_ns(lines: &[String]) -> Option<u64> {
     })
 }
 
-fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> String {
+pub(crate) fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> String {
     let deadline = Instant::now() + timeout;
     loop {
         let text = std::fs::read_to_string(path).unwrap_or_default();

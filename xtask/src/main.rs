@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | fuzz`.
 //!
 //! Every task first runs `scripts/setup.sh`, which installs what is missing
 //! (nightly rust-src, bpf-linker, iproute2) and does nothing otherwise.
@@ -7,6 +7,8 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
+
+mod fuzz;
 
 #[derive(Parser)]
 struct Cli {
@@ -24,6 +26,14 @@ enum Task {
     Test,
     /// Run the benchmarks.
     Bench,
+    /// A short run of every fuzz target (cargo-fuzz, nightly); installs cargo-fuzz if missing.
+    Fuzz {
+        /// Seconds to fuzz each target.
+        #[arg(long, default_value_t = 20)]
+        seconds: u64,
+        /// Only this target (frame_decoder or image_reader).
+        target: Option<String>,
+    },
 }
 
 fn root() -> PathBuf {
@@ -118,5 +128,6 @@ fn main() -> anyhow::Result<()> {
         Task::Demo => demo(),
         Task::Test => test(),
         Task::Bench => bench(),
+        Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
     }
 }

@@ -68,6 +68,16 @@ struct Args {
     /// differ.
     #[arg(long)]
     resume: bool,
+    /// With --resume (post-copy): check only the arena header, then start
+    /// writing at once; the pages fault in as they are touched
+    /// (--check-on-exit checks them all at the end).
+    #[arg(long, requires = "resume")]
+    resume_lazy: bool,
+    /// With --resume: each writer thread's first N page writes throw the
+    /// page away first, alternately by munmap + mmap of a fresh page and by
+    /// MADV_DONTNEED, then write it whole.
+    #[arg(long, value_name = "N", default_value_t = 0, requires = "resume")]
+    recycle_pages: u64,
 }
 
 fn parse_hex(s: &str) -> Result<usize, String> {
@@ -115,6 +125,8 @@ impl Args {
             seed: self.seed,
             check_on_exit: self.check_on_exit,
             resume,
+            resume_lazy: self.resume_lazy,
+            recycle_pages: self.recycle_pages,
         })
     }
 }
@@ -127,4 +139,48 @@ fn main() -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(std::iter::once("pagehop-workload").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn resume_only_flags_need_resume() {
+        let args = parse(&[]).expect("defaults");
+        assert!(!args.resume_lazy);
+        assert_eq!(args.recycle_pages, 0);
+        let args = parse(&["--resume", "--resume-lazy", "--recycle-pages", "8"]).expect("valid");
+        assert!(args.resume && args.resume_lazy);
+        assert_eq!(args.recycle_pages, 8);
+        for flags in [
+            &["--resume-lazy"][..],
+            &["--recycle-pages", "8"],
+            &["--recycle-pages", "0"],
+        ] {
+            let err = parse(flags).expect_err("needs --resume");
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::MissingRequiredArgument,
+                "{flags:?}: {err}"
+            );
+            assert!(err.to_string().contains("--resume"), "{err}");
+        }
+        assert!(parse(&["--resume", "--recycle-pages", "-1"]).is_err());
+    }
+
+    #[test]
+    fn flags_reach_the_config() {
+        let config = parse(&["--check-on-exit"])
+            .expect("valid")
+            .into_config()
+            .expect("config");
+        assert!(!config.resume_lazy);
+        assert_eq!(config.recycle_pages, 0);
+        assert_eq!(config.resume, None);
+    }
 }

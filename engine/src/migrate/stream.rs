@@ -89,6 +89,8 @@ pub struct PageStreamer {
     next_stream: usize,
     lz4_sampler: Lz4Sampler,
     watchdog: Watchdog,
+    /// Handles to the data sockets (for socket options).
+    sockets: Vec<TcpStream>,
     pub totals: RoundStats,
 }
 
@@ -221,6 +223,11 @@ impl PageStreamer {
             present: Vec::with_capacity(BATCH_PAGES),
             next_stream: 0,
             lz4_sampler: Lz4Sampler::default(),
+            sockets: watched
+                .iter()
+                .map(TcpStream::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StreamError::Socket)?,
             watchdog: Watchdog::start(watched, stall_timeout),
             totals: RoundStats::default(),
         })
@@ -236,9 +243,22 @@ impl PageStreamer {
             .map_err(StreamError::Socket)?;
         let buffer_size = HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + self.page_size);
         self.sender = UringSender::new(streams, BUFFERS, buffer_size, self.sender.mode())?;
+        self.sockets = watched
+            .iter()
+            .map(TcpStream::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StreamError::Socket)?;
         self.watchdog = Watchdog::start(watched, self.watchdog.timeout);
         self.next_stream = 0;
         Ok(())
+    }
+
+    /// Caps each data socket's send buffer (post-copy: bulk bytes queued
+    /// ahead of the bottleneck delay the priority lane's answers behind them).
+    pub fn limit_send_buffer(&self, bytes: usize) {
+        for s in &self.sockets {
+            let _ = crate::sys::set_send_buffer(s, bytes);
+        }
     }
 
     /// The send mode in use now.

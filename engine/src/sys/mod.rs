@@ -127,3 +127,20 @@ pub fn signal(pid: i32, signal: i32) -> io::Result<()> {
     // SAFETY: kill has no memory-safety preconditions.
     cvt(unsafe { libc::kill(pid, signal) }).map(drop)
 }
+
+/// Sets SO_SNDBUF of `socket` (the kernel doubles it for bookkeeping).
+pub fn set_send_buffer(socket: &impl std::os::fd::AsRawFd, bytes: usize) -> io::Result<()> {
+    let value = bytes.min(i32::MAX as usize) as libc::c_int;
+    // SAFETY: `value` is a live c_int and its exact size is passed; the
+    // descriptor is borrowed for the call.
+    cvt(unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map(drop)
+}

@@ -20,6 +20,15 @@
 //! [`Arena::finish_interrupted_writes`]: every page in flight is rewritten
 //! from its table entry, and a partly done tick is simply done again (the
 //! slot's generator state is only stored at the end of a tick).
+//!
+//! A writer may also *recycle* a page before writing it
+//! ([`ShardWriter::recycle_first`]): throw its memory away (`munmap` and a
+//! fresh `mmap` of that page, or `MADV_DONTNEED`) and then fill it as usual.
+//! The content does not depend on what the page held before, so the
+//! invariants are unaffected; the intent record is stored before the page is
+//! thrown away, so a copy taken in between is made whole like any other
+//! interrupted write. Resume mode uses it to make a restored process drop
+//! parts of its userfaultfd-registered memory while pagehop serves it.
 use std::io;
 use std::ops::Range;
 use std::ptr::NonNull;
@@ -64,6 +73,19 @@ pub enum ArenaError {
     NoHugePages(#[source] io::Error),
 }
 
+/// A page recycle ([`ShardWriter::recycle_first`]) that failed; the page's
+/// write stays recorded in flight in its writer's slot.
+#[derive(Debug, thiserror::Error)]
+#[error("recycling data page {index} at {addr:#x} ({how})")]
+pub struct RecycleError {
+    pub index: u64,
+    pub addr: usize,
+    /// `"munmap and mmap"` or `"MADV_DONTNEED"`.
+    pub how: &'static str,
+    #[source]
+    pub source: io::Error,
+}
+
 /// Per-thread state in the header. Only its own writer thread stores to it.
 #[repr(C, align(64))]
 #[derive(Debug)]
@@ -78,7 +100,8 @@ pub struct ThreadSlot {
     pub ticks: AtomicU64,
     /// Fractional page budget carried to the next tick (`f64` bits).
     pub carry: AtomicU64,
-    /// 1 + the data page being written (content, then table entry), 0 when none.
+    /// 1 + the data page being written (recycling if any, content, then
+    /// table entry), 0 when none.
     pub in_flight: AtomicU64,
     _reserved: [u64; 2],
 }
@@ -215,6 +238,8 @@ pub struct Arena {
     pub(super) layout: Layout,
     /// What the data pages hold; the header records it.
     pub(super) fill: Fill,
+    /// Whether dropping the arena unmaps it ([`Arena::keep_mapped`]).
+    unmap_on_drop: bool,
 }
 
 // SAFETY: the arena owns its mapping. Shared state is accessed through atomics
@@ -283,13 +308,28 @@ impl Arena {
             io::ErrorKind::AlreadyExists => ArenaError::AddressTaken { addr, len },
             _ => ArenaError::Map { addr, len, source },
         })?;
-        let arena = Self { base, layout, fill };
+        let arena = Self {
+            base,
+            layout,
+            fill,
+            unmap_on_drop: true,
+        };
         sys::no_huge_pages(base, len).map_err(ArenaError::NoHugePages)?;
         Ok(arena)
     }
 
     pub fn layout(&self) -> &Layout {
         &self.layout
+    }
+
+    /// Leaves the mapping in place when the arena is dropped; the process's
+    /// exit removes it. For a resumed arena, whose userfaultfd pagehop holds:
+    /// with `UFFD_FEATURE_EVENT_UNMAP` negotiated, `munmap` of a registered
+    /// range blocks until the monitor has read the unmap event, so unmapping
+    /// would hang the end of the run whenever pagehop has stopped reading
+    /// (the exit itself sends no events).
+    pub fn keep_mapped(&mut self) {
+        self.unmap_on_drop = false;
     }
 
     /// What the data pages hold.
@@ -433,12 +473,17 @@ impl Arena {
             arena: self,
             shard,
             pages: self.layout.shard(shard),
+            recycle_left: 0,
+            recycled: 0,
         }
     }
 }
 
 impl Drop for Arena {
     fn drop(&mut self) {
+        if !self.unmap_on_drop {
+            return;
+        }
         // SAFETY: the mapping is ours, and every reference into it borrows `self`.
         let _ = unsafe { sys::unmap(self.base, self.layout.size()) };
     }
@@ -458,6 +503,10 @@ pub struct ShardWriter<'a> {
     arena: &'a Arena,
     shard: usize,
     pages: Range<u64>,
+    /// Page writes left that recycle their page first.
+    recycle_left: u64,
+    /// Pages recycled so far; even counts remap, odd ones discard.
+    recycled: u64,
 }
 
 // SAFETY: the writer only refers to its own shard's pages (exclusive by the
@@ -478,20 +527,66 @@ impl ShardWriter<'_> {
         &self.arena.header().slots[self.shard]
     }
 
+    /// Makes the next `pages` page writes of [`ShardWriter::write_tick`]
+    /// recycle their page before filling it, alternately by `munmap` and a
+    /// fresh `mmap` of the page at the same address (first) and by
+    /// `MADV_DONTNEED`. Each remap may add a mapping (VMA) to the process.
+    pub fn recycle_first(&mut self, pages: u64) {
+        self.recycle_left = pages;
+    }
+
+    /// Pages recycled so far.
+    pub fn recycled(&self) -> u64 {
+        self.recycled
+    }
+
+    /// Throws away the memory of data page `index` (see
+    /// [`ShardWriter::recycle_first`]); it reads as zeros afterwards, or
+    /// whatever the userfaultfd monitor of a registered page puts there.
+    fn recycle(&mut self, index: u64) -> Result<(), RecycleError> {
+        let addr = self.arena.data_page_addr(index);
+        let ptr = NonNull::new(addr as *mut u8).expect("the arena does not start at address 0");
+        let len = self.arena.layout.page_size;
+        let (how, done) = if self.recycled.is_multiple_of(2) {
+            // SAFETY: the page is in this writer's shard, which it owns
+            // exclusively (`shard_writer`'s contract), and no reference into
+            // it is alive: page slices only live during one `fill_page`, and
+            // no check or `finish_interrupted_writes` runs while a writer lives.
+            ("munmap and mmap", unsafe { sys::remap_fresh(ptr, len) })
+        } else {
+            // SAFETY: as above; the page's old content is not needed, the
+            // caller rewrites all of it.
+            ("MADV_DONTNEED", unsafe { sys::discard(ptr, len) })
+        };
+        done.map_err(|source| RecycleError {
+            index,
+            addr,
+            how,
+            source,
+        })?;
+        self.recycle_left -= 1;
+        self.recycled += 1;
+        Ok(())
+    }
+
     /// Writes the shard-relative data pages `picks` (bumping their generation),
     /// then stores the thread's new `state` and `carry` in its header slot.
     ///
     /// If `addrs` is given, it is extended with the address of every page
     /// written: the data pages, the generation-table pages and the header page.
+    ///
+    /// Fails only if recycling a page fails; the rest of the tick is then
+    /// not done and that page stays recorded in flight.
     pub fn write_tick(
         &mut self,
         picks: &[u64],
         state: PickState,
         carry: f64,
         addrs: Option<&mut Vec<usize>>,
-    ) -> TickTimes {
-        let table = self.arena.table();
-        let slot = self.slot();
+    ) -> Result<TickTimes, RecycleError> {
+        let arena = self.arena;
+        let table = arena.table();
+        let slot = &arena.header().slots[self.shard];
         let start_ns = crate::sys::monotonic_ns();
         for &pick in picks {
             let index = self.pages.start + pick;
@@ -507,12 +602,15 @@ impl ShardWriter<'_> {
             // order, which is what a copy of a frozen process sees.
             slot.in_flight.store(index + 1, Ordering::Relaxed);
             compiler_fence(Ordering::SeqCst);
+            if self.recycle_left > 0 {
+                self.recycle(index)?;
+            }
             // SAFETY: the page is in this writer's shard, which it owns exclusively.
             page::fill_page(
-                unsafe { self.arena.data_page_mut(index) },
+                unsafe { arena.data_page_mut(index) },
                 index,
                 generation,
-                self.arena.fill,
+                arena.fill,
             );
             table[index as usize].store(generation, Ordering::Release);
             slot.in_flight.store(0, Ordering::Release);
@@ -540,7 +638,7 @@ impl ShardWriter<'_> {
             addrs.extend(tables);
             addrs.push(self.arena.start());
         }
-        TickTimes { start_ns, end_ns }
+        Ok(TickTimes { start_ns, end_ns })
     }
 }
 
@@ -607,8 +705,10 @@ mod tests {
             let mut writer = unsafe { arena.shard_writer(1) };
             let mut state = writer.slot().pick_state();
             state.cursor = 3;
-            let times = writer.write_tick(&[0, 2, 1], state, 0.25, Some(&mut addrs));
-            writer.write_tick(&[2], state, 0.5, None);
+            let times = writer
+                .write_tick(&[0, 2, 1], state, 0.25, Some(&mut addrs))
+                .expect("write");
+            writer.write_tick(&[2], state, 0.5, None).expect("write");
             assert!(times.start_ns <= times.end_ns);
         }
 
@@ -686,6 +786,63 @@ mod tests {
             ),
             "{bad}"
         );
+    }
+
+    #[test]
+    fn recycled_pages_are_rewritten_whole() {
+        let layout = Layout::new(1 << 20, crate::sys::page_size(), 2).expect("layout");
+        let arena =
+            Arena::create(test_addr(3), layout, 4, Pattern::Uniform, Fill::Random).expect("create");
+        let shard = layout.shard(1);
+        {
+            // SAFETY: the only writer of shard 1; no check runs while it lives.
+            let mut writer = unsafe { arena.shard_writer(1) };
+            writer.recycle_first(5);
+            let state = writer.slot().pick_state();
+            // Five recycles, alternately remap and discard (page 1 twice),
+            // then two plain writes.
+            writer
+                .write_tick(&[0, 1, 2], state, 0.0, None)
+                .expect("tick");
+            assert_eq!(writer.recycled(), 3);
+            writer
+                .write_tick(&[1, 3, 4, 5], state, 0.0, None)
+                .expect("tick");
+            writer.write_tick(&[0], state, 0.0, None).expect("tick");
+            assert_eq!(writer.recycled(), 5);
+            assert_eq!(writer.slot().in_flight(), None);
+        }
+        arena
+            .check_invariants()
+            .expect("recycled pages hold their content");
+        let generations: Vec<u32> = (0..6).map(|p| arena.generation(shard.start + p)).collect();
+        assert_eq!(generations, [2, 2, 1, 1, 1, 1]);
+        assert_eq!(arena.pages_written(), 8);
+        // Another shard's writer does not recycle unless asked.
+        {
+            // SAFETY: the only writer of shard 0; no check runs while it lives.
+            let mut writer = unsafe { arena.shard_writer(0) };
+            let state = writer.slot().pick_state();
+            writer.write_tick(&[0, 1], state, 0.0, None).expect("tick");
+            assert_eq!(writer.recycled(), 0);
+        }
+        arena.check_invariants().expect("after plain writes");
+    }
+
+    #[test]
+    fn a_kept_arena_stays_mapped() {
+        let layout = Layout::new(1 << 20, crate::sys::page_size(), 1).expect("layout");
+        let mut arena =
+            Arena::create(test_addr(4), layout, 1, Pattern::Uniform, Fill::Random).expect("create");
+        arena.keep_mapped();
+        let (start, len) = (arena.start(), layout.size());
+        drop(arena);
+        // Still mapped: mapping it again is refused. Then clean up.
+        let err = sys::map_fixed_noreplace(start, len).expect_err("still mapped");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists, "{err}");
+        let base = NonNull::new(start as *mut u8).expect("not null");
+        // SAFETY: the kept arena's mapping; nothing refers to it any more.
+        unsafe { sys::unmap(base, len) }.expect("unmap");
     }
 
     #[test]

@@ -17,18 +17,25 @@
 //! ```text
 //! ready pid=<pid> arena=<hex start>-<hex end> pages=<arena pages>
 //! heartbeat t_ns=<monotonic ns> pages_total=<n> pages_per_sec=<n>
-//! exit pages_total=<n> [invariant=ok | invariant=bad page=<hex addr>]
+//! exit pages_total=<n> [recycled=<n>] [invariant=ok | invariant=bad page=<hex addr>]
 //! ```
 //!
-//! In resume mode `ready` is replaced by
+//! (`recycled` only with `--recycle-pages`, `invariant` only with
+//! `--check-on-exit`.) In resume mode `ready` is replaced by
 //!
 //! ```text
 //! resume pid=<pid> arena=<hex start>-<hex end>      (uffd handed over)
 //! resumed invariant=ok pages=<arena pages>          (all pages checked; or:)
+//! resumed lazy pages=<arena pages>                  (--resume-lazy: header only; or:)
 //! resumed invariant=bad page=<hex addr>             (then exit status 1)
 //! ```
 //!
-//! after which heartbeats follow, the first within one report period.
+//! after which heartbeats follow, the first within one report period. A
+//! lazy resume (`--resume-lazy`, post-copy) checks only the header, finishes
+//! the interrupted writes and starts the writers at once: the data pages
+//! fault in as the writers (and a forked child) touch them, and
+//! `--check-on-exit` checks them all at the end. `bad` on the `resumed`
+//! line of a lazy resume can only name the header page.
 //! `pages_total` counts the source's writes too (the counters live in the
 //! arena); `pages_per_sec` only covers this process's own writes. `t_ns` is
 //! CLOCK_MONOTONIC, so on one host the gap between the source's last and the
@@ -48,7 +55,7 @@ use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use arena::{Arena, ArenaError, Layout, ShardWriter};
+pub use arena::{Arena, ArenaError, Layout, RecycleError, ShardWriter};
 pub use check::InvariantViolation;
 pub use ground_truth::GroundTruthError;
 pub use page::Fill;
@@ -96,6 +103,14 @@ pub struct WorkloadConfig {
     /// `fill` must be the source run's; the arena header is checked against
     /// them.
     pub resume: Option<PathBuf>,
+    /// With `resume`: start the writers right after the header check
+    /// instead of checking (and so faulting in) every page first.
+    pub resume_lazy: bool,
+    /// With `resume`: each writer thread's first this many page writes
+    /// recycle the page first, alternately by `munmap` + `mmap` of a fresh
+    /// page and by `MADV_DONTNEED` (see [`ShardWriter::recycle_first`]). The
+    /// forked child does not recycle.
+    pub recycle_pages: u64,
 }
 
 impl Default for WorkloadConfig {
@@ -117,7 +132,34 @@ impl Default for WorkloadConfig {
             seed: 1,
             check_on_exit: false,
             resume: None,
+            resume_lazy: false,
+            recycle_pages: 0,
         }
+    }
+}
+
+impl WorkloadConfig {
+    /// Refuses option combinations that make no sense; the rest of the
+    /// checks happen as the run sets up.
+    pub fn validate(&self) -> Result<(), WorkloadError> {
+        if self.tick_ms == 0 || self.report_ms == 0 {
+            return Err(WorkloadError::Config(
+                "--tick-ms and --report-ms must be positive".into(),
+            ));
+        }
+        if self.resume.is_none() {
+            if self.resume_lazy {
+                return Err(WorkloadError::Config(
+                    "--resume-lazy only applies to --resume".into(),
+                ));
+            }
+            if self.recycle_pages > 0 {
+                return Err(WorkloadError::Config(
+                    "--recycle-pages only applies to --resume".into(),
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
@@ -131,6 +173,8 @@ pub struct RunSummary {
     pub invariant: Option<Result<(), InvariantViolation>>,
     /// Raw wait status of the forked child, if one was forked and reaped.
     pub child_status: Option<i32>,
+    /// Pages the writer threads recycled (`recycle_pages`).
+    pub recycled: u64,
 }
 
 /// Errors of a workload run.
@@ -148,6 +192,12 @@ pub enum WorkloadError {
     Resume(#[from] ResumeError),
     #[error("installing the SIGTERM/SIGINT handler")]
     Signal(#[source] io::Error),
+    #[error("writer thread {thread}")]
+    Recycle {
+        thread: usize,
+        #[source]
+        source: RecycleError,
+    },
     #[error("spawning writer thread {thread}")]
     Spawn {
         thread: usize,
@@ -162,4 +212,61 @@ pub enum WorkloadError {
         #[source]
         source: io::Error,
     },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_only_options_need_resume() {
+        WorkloadConfig::default().validate().expect("defaults");
+        let lazy = WorkloadConfig {
+            resume_lazy: true,
+            ..WorkloadConfig::default()
+        };
+        let err = lazy.validate().expect_err("lazy without resume");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: --resume-lazy only applies to --resume"
+        );
+        let recycle = WorkloadConfig {
+            recycle_pages: 3,
+            ..WorkloadConfig::default()
+        };
+        let err = recycle.validate().expect_err("recycle without resume");
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: --recycle-pages only applies to --resume"
+        );
+        let resumed = WorkloadConfig {
+            resume: Some("/run/pagehop.sock".into()),
+            ..lazy
+        };
+        resumed.validate().expect("lazy resume");
+        WorkloadConfig {
+            resume_lazy: false,
+            recycle_pages: 3,
+            ..resumed
+        }
+        .validate()
+        .expect("eager resume with recycling");
+        let no_ticks = WorkloadConfig {
+            tick_ms: 0,
+            ..WorkloadConfig::default()
+        };
+        assert!(matches!(no_ticks.validate(), Err(WorkloadError::Config(_))));
+    }
+
+    #[test]
+    fn run_refuses_resume_only_options_before_doing_anything() {
+        let config = WorkloadConfig {
+            recycle_pages: 1,
+            // An address nothing could map: the run must fail before mapping.
+            arena_addr: 1,
+            ..WorkloadConfig::default()
+        };
+        let err = run(&config).expect_err("refused");
+        assert!(matches!(err, WorkloadError::Config(_)), "{err}");
+    }
 }

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io::Write as _;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use super::arena::{Arena, Layout, ShardWriter};
@@ -29,11 +29,7 @@ const CHILD_STOP_NS: u64 = 2_000 * MS;
 /// Runs the workload until SIGTERM/SIGINT or the end of `config.duration`,
 /// printing the `ready`, `heartbeat` and `exit` lines on stdout.
 pub fn run(config: &WorkloadConfig) -> Result<RunSummary, WorkloadError> {
-    if config.tick_ms == 0 || config.report_ms == 0 {
-        return Err(WorkloadError::Config(
-            "--tick-ms and --report-ms must be positive".into(),
-        ));
-    }
+    config.validate()?;
     let size = usize::try_from(config.size_mib)
         .ok()
         .and_then(|mib| mib.checked_mul(1 << 20))
@@ -73,6 +69,7 @@ pub fn run(config: &WorkloadConfig) -> Result<RunSummary, WorkloadError> {
     };
 
     let control = Control::default();
+    let recycled = AtomicU64::new(0);
     let mut child = Child::default();
     let ctx = Context {
         arena: &arena,
@@ -81,41 +78,71 @@ pub fn run(config: &WorkloadConfig) -> Result<RunSummary, WorkloadError> {
         control: &control,
         ground_truth: ground_truth.as_ref(),
         pid,
+        recycled: &recycled,
     };
     let result = std::thread::scope(|scope| {
-        let spawned = (0..layout.threads).try_for_each(|shard| {
+        let mut writers = Vec::with_capacity(layout.threads);
+        let mut result = Ok(());
+        for shard in 0..layout.threads {
             // SAFETY: each shard gets exactly one writer, and the arena's
             // invariants are only checked after this scope has joined them all.
-            let writer = unsafe { arena.shard_writer(shard) };
+            let mut writer = unsafe { arena.shard_writer(shard) };
+            writer.recycle_first(config.recycle_pages);
             let ctx = &ctx;
-            std::thread::Builder::new()
+            match std::thread::Builder::new()
                 .name(format!("writer-{shard}"))
                 .spawn_scoped(scope, move || writer_thread(writer, ctx))
-                .map(drop)
-                .map_err(|source| WorkloadError::Spawn {
-                    thread: shard,
-                    source,
-                })
-        });
-        let result = spawned.and_then(|()| main_loop(&ctx, &mut child));
+            {
+                Ok(thread) => writers.push(thread),
+                Err(source) => {
+                    result = Err(WorkloadError::Spawn {
+                        thread: shard,
+                        source,
+                    });
+                    break;
+                }
+            }
+        }
+        if result.is_ok() {
+            result = main_loop(&ctx, &mut child);
+        }
         control.stop.store(true, Ordering::Release);
+        for thread in writers {
+            let written = thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            if result.is_ok() {
+                result = written;
+            }
+        }
         result
     });
     // The child winds down (and checks its copy) while we check ours.
     child.request_stop();
     let flushed = ground_truth.as_ref().map_or(Ok(()), GroundTruth::flush);
-    let invariant = (result.is_ok() && config.check_on_exit).then(|| arena.check_invariants());
+    let invariant = (result.is_ok() && config.check_on_exit)
+        .then(|| arena.check_invariants_parallel(check_threads(&layout)));
     let child_status = child.finish();
     result?;
     flushed?;
     let child_status = child_status?;
 
     let pages_total = arena.pages_written();
+    let recycled = recycled.into_inner();
+    let recycled_field = if config.recycle_pages > 0 {
+        format!(" recycled={recycled}")
+    } else {
+        String::new()
+    };
     match &invariant {
-        None => emit(format_args!("exit pages_total={pages_total}")),
-        Some(Ok(())) => emit(format_args!("exit pages_total={pages_total} invariant=ok")),
+        None => emit(format_args!(
+            "exit pages_total={pages_total}{recycled_field}"
+        )),
+        Some(Ok(())) => emit(format_args!(
+            "exit pages_total={pages_total}{recycled_field} invariant=ok"
+        )),
         Some(Err(bad)) => emit(format_args!(
-            "exit pages_total={pages_total} invariant=bad page={:x}",
+            "exit pages_total={pages_total}{recycled_field} invariant=bad page={:x}",
             bad.addr()
         )),
     }
@@ -123,27 +150,47 @@ pub fn run(config: &WorkloadConfig) -> Result<RunSummary, WorkloadError> {
         pages_total,
         invariant,
         child_status,
+        recycled,
     })
 }
 
+/// Threads of the full invariant checks (after a resume and at exit): at
+/// least two, so that a resume's missing pages fault in concurrently, and as
+/// many as the writers or the CPUs, up to 16 (the faults wait on pagehop,
+/// not on a CPU).
+fn check_threads(layout: &Layout) -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    layout.threads.max(cpus).clamp(2, 16)
+}
+
 /// Resume mode: maps the arena empty, hands its userfaultfd over, and checks
-/// it once pagehop has filled it (printing `resume` and `resumed`). Returns
-/// the arena ready for the writers, or the summary of a failed check.
+/// it once pagehop has filled it, or only its header if lazy (printing
+/// `resume` and `resumed`). Returns the arena ready for the writers, or the
+/// summary of a failed check.
 fn resume_arena(
     config: &WorkloadConfig,
     layout: Layout,
     socket: &Path,
 ) -> Result<Result<Arena, RunSummary>, WorkloadError> {
-    let arena = Arena::map_empty(config.arena_addr, layout, config.fill)?;
+    let mut arena = Arena::map_empty(config.arena_addr, layout, config.fill)?;
     let mut stream = resume::hand_over(&arena, socket)?;
+    // pagehop holds the uffd now: unmapping the arena would wait for it to
+    // read the unmap event, so the arena stays mapped until the exit.
+    arena.keep_mapped();
     emit(format_args!(
         "resume pid={} arena={:x}-{:x}",
         sys::getpid(),
         arena.start(),
         arena.end()
     ));
-    // Blocks in page faults until pagehop has installed the pages.
-    if let Err(bad) = resume::check(&arena, config)? {
+    // Blocks in page faults until pagehop has installed the pages (only the
+    // header and the pages in flight if lazy).
+    let checked = if config.resume_lazy {
+        resume::prepare(&arena, config)?
+    } else {
+        resume::check(&arena, config, check_threads(&layout))?
+    };
+    if let Err(bad) = checked {
         emit(format_args!("resumed invariant=bad page={:x}", bad.addr()));
         // A bad header's counters are garbage; a bad page's header is sound.
         let pages_total = match bad {
@@ -154,12 +201,17 @@ fn resume_arena(
             pages_total,
             invariant: Some(Err(bad)),
             child_status: None,
+            recycled: 0,
         }));
     }
-    emit(format_args!(
-        "resumed invariant=ok pages={}",
-        layout.total_pages
-    ));
+    if config.resume_lazy {
+        emit(format_args!("resumed lazy pages={}", layout.total_pages));
+    } else {
+        emit(format_args!(
+            "resumed invariant=ok pages={}",
+            layout.total_pages
+        ));
+    }
     handoff::send_restore_finished(&mut stream).map_err(ResumeError::from)?;
     Ok(Ok(arena))
 }
@@ -256,6 +308,8 @@ struct Context<'a> {
     control: &'a Control,
     ground_truth: Option<&'a GroundTruth>,
     pid: i32,
+    /// Pages recycled by the writer threads that have finished.
+    recycled: &'a AtomicU64,
 }
 
 /// One shard's writer with its pattern state and scratch buffers.
@@ -288,7 +342,7 @@ impl<'a> Worker<'a> {
         pattern: Pattern,
         ground_truth: Option<&GroundTruth>,
         pid: i32,
-    ) {
+    ) -> Result<(), WorkloadError> {
         let pages = match pacing.share {
             Some(share) => {
                 let (pages, carry) = tick_quota(share, self.carry, self.writer.pages());
@@ -299,7 +353,7 @@ impl<'a> Worker<'a> {
         };
         if pages == 0 {
             // Nothing is written, not even the header slot: the carry stays local.
-            return;
+            return Ok(());
         }
         self.picker
             .pick_tick(pattern, &mut self.state, pages, &mut self.picks);
@@ -307,10 +361,15 @@ impl<'a> Worker<'a> {
         let addrs = ground_truth.is_some().then_some(&mut self.addrs);
         let times = self
             .writer
-            .write_tick(&self.picks, self.state, self.carry, addrs);
+            .write_tick(&self.picks, self.state, self.carry, addrs)
+            .map_err(|source| WorkloadError::Recycle {
+                thread: self.writer.shard(),
+                source,
+            })?;
         if let Some(gt) = ground_truth {
             gt.record(pid, times.start_ns, times.end_ns, &self.addrs);
         }
+        Ok(())
     }
 }
 
@@ -322,18 +381,30 @@ fn next_deadline(deadline: u64, tick_ns: u64) -> u64 {
     if now > next { now + tick_ns } else { next }
 }
 
-fn writer_thread(writer: ShardWriter<'_>, ctx: &Context<'_>) {
+/// A writer thread's life; on an error it asks everything to stop.
+fn writer_thread(writer: ShardWriter<'_>, ctx: &Context<'_>) -> Result<(), WorkloadError> {
     let mut worker = Worker::new(writer);
+    let written = write_until_stopped(&mut worker, ctx);
+    ctx.recycled
+        .fetch_add(worker.writer.recycled(), Ordering::Relaxed);
+    if written.is_err() {
+        ctx.control.stop.store(true, Ordering::Release);
+    }
+    written
+}
+
+fn write_until_stopped(worker: &mut Worker<'_>, ctx: &Context<'_>) -> Result<(), WorkloadError> {
     let pacing = ctx.pacing;
     let mut deadline = monotonic_ns() + pacing.tick_ns;
     while !ctx.control.stopping() {
         ctx.control.pause_point();
-        worker.tick(pacing, ctx.config.pattern, ctx.ground_truth, ctx.pid);
+        worker.tick(pacing, ctx.config.pattern, ctx.ground_truth, ctx.pid)?;
         if pacing.share.is_some() {
             ctx.control.sleep_until(deadline);
             deadline = next_deadline(deadline, pacing.tick_ns);
         }
     }
+    Ok(())
 }
 
 /// Reports, churns, forks and flushes until a stop signal or the end of the run.
@@ -358,7 +429,8 @@ fn main_loop(ctx: &Context<'_>, child: &mut Child) -> Result<(), WorkloadError> 
 
     loop {
         let now = monotonic_ns();
-        if sys::stop_requested() || end.is_some_and(|end| now >= end) {
+        // `control.stop` here means a writer failed.
+        if ctx.control.stopping() || end.is_some_and(|end| now >= end) {
             return Ok(());
         }
         if now >= next_report {
@@ -504,7 +576,7 @@ fn child_run(ctx: &Context<'_>) -> Result<bool, WorkloadError> {
         let mut next_flush = start + FLUSH_PERIOD_NS;
         while !control.stopping() && monotonic_ns() < end {
             for worker in &mut workers {
-                worker.tick(pacing, config.pattern, ground_truth.as_ref(), pid);
+                worker.tick(pacing, config.pattern, ground_truth.as_ref(), pid)?;
             }
             if pacing.share.is_some() {
                 control.sleep_until(deadline.min(end));

@@ -77,6 +77,23 @@ pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
     cvt(unsafe { libc::munmap(ptr.as_ptr().cast(), len) }).map(drop)
 }
 
+/// Replaces the `len` bytes at `ptr` with a fresh private anonymous mapping
+/// at the same address: `munmap`, then `mmap` with `MAP_FIXED_NOREPLACE`,
+/// so that if another thread took the hole meanwhile this fails
+/// (`AlreadyExists`) instead of clobbering its mapping. The new pages read as
+/// zeros and, like the arena, get no transparent huge pages.
+///
+/// The range is left unmapped if the second step fails.
+///
+/// # Safety
+/// The range must be owned by the caller, with no live reference into it.
+pub unsafe fn remap_fresh(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
+    // SAFETY: the caller owns the range and guarantees that nothing refers to it.
+    unsafe { unmap(ptr, len)? };
+    let fresh = map_fixed_noreplace(ptr.as_ptr() as usize, len)?;
+    no_huge_pages(fresh, len)
+}
+
 /// Drops the pages of `len` bytes at `ptr` (`MADV_DONTNEED`): they read as
 /// zeros afterwards.
 ///
@@ -145,4 +162,32 @@ pub fn getpid() -> libc::pid_t {
 pub fn exit_now(code: libc::c_int) -> ! {
     // SAFETY: _exit has no preconditions; it does not return.
     unsafe { libc::_exit(code) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recycled_pages_read_as_zeros_and_spare_their_neighbours() {
+        let ps = crate::sys::page_size();
+        let base = map_anywhere(4 * ps).expect("map");
+        let page = |i: usize| NonNull::new(base.as_ptr().wrapping_add(i * ps)).expect("not null");
+        // SAFETY: the mapping is ours, 4 pages long; no reference into it is kept.
+        unsafe { base.as_ptr().write_bytes(0xa5, 4 * ps) };
+        // SAFETY: pages 1 and 2 are ours and nothing refers to them.
+        unsafe { remap_fresh(page(1), ps) }.expect("remap");
+        // SAFETY: as above.
+        unsafe { discard(page(2), ps) }.expect("discard");
+        // SAFETY: all four pages are mapped (page 1 afresh) and only read here.
+        let bytes = unsafe { std::slice::from_raw_parts(base.as_ptr(), 4 * ps) };
+        assert!(bytes[..ps].iter().all(|&b| b == 0xa5));
+        assert!(bytes[ps..3 * ps].iter().all(|&b| b == 0));
+        assert!(bytes[3 * ps..].iter().all(|&b| b == 0xa5));
+        // The remapped page is writable.
+        // SAFETY: page 1 is mapped read-write and ours.
+        unsafe { page(1).as_ptr().write_volatile(7) };
+        // SAFETY: the whole range is ours and no longer used.
+        unsafe { unmap(base, 4 * ps) }.expect("unmap");
+    }
 }

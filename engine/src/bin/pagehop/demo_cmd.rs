@@ -69,7 +69,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     });
 
     let restore = format!(
-        "exec {} --resume {common} > {} 2>&1",
+        "exec {} --resume {common} --resume-lazy --check-on-exit > {} 2>&1",
         workload.display(),
         log.display()
     );
@@ -86,7 +86,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         .spawn()?;
     std::thread::sleep(Duration::from_millis(500));
     println!(
-        "== pagehop send --pid {} --to {listen} --verify  (from {})",
+        "== pagehop send --pid {} --to {listen} --mode hybrid --verify  (from {})",
         source.id(),
         pair.a
     );
@@ -97,6 +97,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
             &source.id().to_string(),
             "--to",
             &listen,
+            "--mode",
+            "hybrid",
             "--verify",
         ])
         .args(["--token-file", token.to_str().expect("utf-8")])
@@ -104,7 +106,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     let _ = recv.wait();
     let _ = source.wait();
     let last_source_beat = rx.try_iter().filter_map(|l| heartbeat_ns(&l)).last();
-    // The destination's first heartbeat after its invariant check.
+    // The destination's first heartbeat (its writers start at once; pages
+    // fault in as they touch them).
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut dest_text = String::new();
     while Instant::now() < deadline {
@@ -133,6 +136,16 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
     }) {
         // SAFETY: kill has no memory-safety preconditions.
         unsafe { libc::kill(pid, libc::SIGTERM) };
+        // Its exit line carries the check of every page of its arena.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(line) = text.lines().find(|l| l.starts_with("exit ")) {
+                println!("== destination workload: {line}");
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
     drop(pair);
     let _ = std::fs::remove_dir_all(&dir);

@@ -37,6 +37,9 @@ const HINT_WINDOW: u64 = 64;
 const MAX_ANSWER_PAGES: usize = 1024;
 /// Most requested pages remembered for `--record-working-set`.
 const MAX_RECORDED: usize = 1 << 20;
+/// Send buffer of each bulk lane during post-copy: bulk bytes queued at a
+/// slow link's bottleneck sit in front of every demand answer.
+const BULK_SEND_BUFFER: usize = 256 << 10;
 /// How long the destination may take to finish after the last push.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -273,6 +276,7 @@ pub fn serve(
     };
     let mut outcome = Outcome::default();
     let mut epoch = 0u32;
+    streamer.limit_send_buffer(BULK_SEND_BUFFER);
     let (dest, installed) = loop {
         let result = push_all(control, streamer, &shared, &mut push, plan, &mut outcome)
             .and_then(|()| finish(control));
@@ -297,6 +301,7 @@ pub fn serve(
                 *shared.unsent.lock().expect("lock") = unsent;
                 shared.failed.store(false, Ordering::SeqCst);
                 streamer.replace_streams(links.data)?;
+                streamer.limit_send_buffer(BULK_SEND_BUFFER);
                 demand = Some(DemandServer::start(
                     links.priority,
                     pid,

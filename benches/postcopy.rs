@@ -1,0 +1,263 @@
+//! Post-copy and hybrid benchmarks, side by side in one run:
+//!
+//! 1. remote fault latency (request sent → page installed) over loopback and
+//!    over the veth pair between two network namespaces;
+//! 2. downtime and total time of precopy, postcopy and hybrid as the write
+//!    rate grows, over a veth shaped to 1 Gbit/s: where pre-copy stops
+//!    converging, hybrid still switches within milliseconds;
+//! 3. post-copy with and without a recorded working set (`--prefetch-from`).
+//!
+//! The restored workload starts its writers at once (`--resume-lazy`), so it
+//! faults the way a service would. Each configuration runs
+//! PAGEHOP_BENCH_REPS times (default 3), interleaved; medians are printed.
+//! `cargo bench --bench postcopy` (needs root and iproute2).
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pagehop::netns::NetnsPair;
+
+mod common;
+use common::median;
+
+const WORKLOAD: &str = env!("CARGO_BIN_EXE_pagehop-workload");
+const PAGEHOP: &str = env!("CARGO_BIN_EXE_pagehop");
+const PORT: u16 = 7750;
+
+fn reps() -> usize {
+    std::env::var("PAGEHOP_BENCH_REPS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3)
+}
+
+/// Where the migration runs: between namespaces `a` → `b`, or over loopback.
+enum Path2<'a> {
+    Veth(&'a NetnsPair),
+    Loopback,
+}
+
+impl Path2<'_> {
+    fn command(&self, side_b: bool) -> Command {
+        match self {
+            Path2::Veth(pair) => {
+                NetnsPair::command(if side_b { &pair.b } else { &pair.a }, PAGEHOP)
+            }
+            Path2::Loopback => Command::new(PAGEHOP),
+        }
+    }
+
+    fn listen(&self) -> String {
+        match self {
+            Path2::Veth(pair) => format!("{}:{PORT}", pair.addr_b),
+            Path2::Loopback => format!("127.0.0.1:{PORT}"),
+        }
+    }
+}
+
+/// Migrates a fresh workload; returns send's JSON report.
+fn migrate(path: &Path2<'_>, workload: &str, send_args: &[&str]) -> serde_json::Value {
+    let dir = std::env::temp_dir().join(format!("pagehop-pcbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let listen = path.listen();
+    let restore = format!("exec {WORKLOAD} --resume {workload} --resume-lazy > /dev/null 2>&1");
+    let token = dir.join("token");
+    std::fs::write(&token, "pagehop-benchmark-token-0123456789").unwrap();
+    let recv = path
+        .command(true)
+        .args(["recv", "--listen", &listen, "--token-file"])
+        .arg(&token)
+        .args(["--restore-cmd", &restore, "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("recv");
+    let mut source = Command::new(WORKLOAD)
+        .args(workload.split(' '))
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("workload");
+    let mut lines = BufReader::new(source.stdout.take().unwrap()).lines();
+    lines.next();
+    std::thread::spawn(move || for _ in lines {});
+    std::thread::sleep(Duration::from_millis(500));
+    let out = path
+        .command(false)
+        .args(["send", "--pid", &source.id().to_string(), "--to", &listen])
+        .arg("--token-file")
+        .arg(&token)
+        .arg("--json")
+        .args(send_args)
+        .output()
+        .expect("send");
+    let recv_out = recv.wait_with_output().expect("recv");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "send failed: {}\nrecv: {}",
+            String::from_utf8_lossy(&out.stderr),
+            String::from_utf8_lossy(&recv_out.stderr)
+        )
+    });
+    let _ = source.wait();
+    if let Ok(r) = serde_json::from_slice::<serde_json::Value>(&recv_out.stdout)
+        && let Some(pid) = r["restored_pid"].as_i64()
+    {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    report
+}
+
+fn f(r: &serde_json::Value, key: &str) -> f64 {
+    r[key].as_f64().unwrap_or(f64::NAN)
+}
+
+fn latency(r: &serde_json::Value, which: &str, q: &str) -> f64 {
+    r[which][q].as_f64().unwrap_or(f64::NAN)
+}
+
+fn med(runs: &[serde_json::Value], get: impl Fn(&serde_json::Value) -> f64) -> f64 {
+    median(runs.iter().map(get).collect())
+}
+
+fn main() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || std::env::args().any(|a| a == "--list") {
+        eprintln!("post-copy benchmark: needs root; skipped");
+        return;
+    }
+    let reps = reps();
+    println!("post-copy and hybrid migration; medians of {reps} runs; 2 shared cores\n");
+
+    // 1: remote fault latency.
+    let pair = NetnsPair::create("phpc", 51).expect("namespaces");
+    let workload = "--size-mib 128 --threads 2 --write-mbps 20 --seed 3";
+    println!(
+        "1. remote fault latency, post-copy of 128 MiB, 2 writer threads faulting (all faults: fault → install; remote: request → install)"
+    );
+    println!(
+        "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}  (reference: QEMU preempt channel, 570 us mean)",
+        "path", "remote50", "remote99", "all p50", "all p99", "faults", "post ms"
+    );
+    for (name, path) in [("loopback", Path2::Loopback), ("veth", Path2::Veth(&pair))] {
+        let runs: Vec<_> = (0..reps)
+            .map(|_| migrate(&path, workload, &["--mode", "postcopy"]))
+            .collect();
+        println!(
+            "  {name:<10} {:>7.0}us {:>7.0}us {:>7.0}us {:>7.0}us {:>8.0} {:>10.0}",
+            med(&runs, |r| latency(r, "remote_fault_latency_us", "p50_us")),
+            med(&runs, |r| latency(r, "remote_fault_latency_us", "p99_us")),
+            med(&runs, |r| latency(r, "fault_latency_us", "p50_us")),
+            med(&runs, |r| latency(r, "fault_latency_us", "p99_us")),
+            med(&runs, |r| f(r, "faults")),
+            med(&runs, |r| f(r, "postcopy_ms")),
+        );
+    }
+    println!("  (percentiles are log2-bucket upper bounds, capped at the maximum)");
+
+    // 2: modes across write rates, over a 1 Gbit/s link.
+    let shaped = NetnsPair::create("phpcs", 52).expect("namespaces");
+    shaped.shape("1gbit").expect("tc tbf");
+    println!(
+        "\n2. 256 MiB, uniform writes, veth shaped to 1 Gbit/s (125 MB/s): downtime / total time in ms"
+    );
+    println!(
+        "  {:>8}  {:>19}  {:>19}  {:>19}   precopy switch / hybrid switch",
+        "MB/s", "precopy", "postcopy", "hybrid"
+    );
+    for rate in [0.0, 20.0, 100.0, 400.0] {
+        let workload = format!("--size-mib 256 --threads 2 --write-mbps {rate} --seed 5");
+        let mut by_mode: Vec<Vec<serde_json::Value>> = vec![Vec::new(), Vec::new(), Vec::new()];
+        for _ in 0..reps {
+            for (i, mode) in ["precopy", "postcopy", "hybrid"].iter().enumerate() {
+                by_mode[i].push(migrate(
+                    &Path2::Veth(&shaped),
+                    &workload,
+                    &["--mode", mode, "--max-rounds", "8"],
+                ));
+            }
+        }
+        let cell = |runs: &[serde_json::Value]| {
+            format!(
+                "{:>8.1} / {:>8.0}",
+                med(runs, |r| f(r, "downtime_ms")),
+                med(runs, |r| f(r, "total_ms"))
+            )
+        };
+        let reason = |runs: &[serde_json::Value]| {
+            runs[runs.len() / 2]["switch_reason"]
+                .as_str()
+                .unwrap_or("")
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_string()
+        };
+        println!(
+            "  {rate:>8.0}  {}  {}  {}   {} / {}",
+            cell(&by_mode[0]),
+            cell(&by_mode[1]),
+            cell(&by_mode[2]),
+            reason(&by_mode[0]),
+            reason(&by_mode[2])
+        );
+    }
+
+    // 3: with and without a recorded working set.
+    let slow = NetnsPair::create("phpcw", 53).expect("namespaces");
+    slow.shape("200mbit").expect("tc tbf");
+    let ws = std::env::temp_dir().join(format!("pagehop-ws-{}", std::process::id()));
+    let workload = "--size-mib 128 --threads 2 --write-mbps 40 --pattern skew --seed 9";
+    let record = migrate(
+        &Path2::Veth(&slow),
+        workload,
+        &[
+            "--mode",
+            "postcopy",
+            "--record-working-set",
+            ws.to_str().unwrap(),
+        ],
+    );
+    println!(
+        "\n3. post-copy of 128 MiB over 200 Mbit/s, skewed writers; working set recorded by an earlier migration ({} page requests)",
+        f(&record, "demand_requests")
+    );
+    println!(
+        "  {:<22} {:>8} {:>10} {:>10} {:>10} {:>10}",
+        "", "faults", "blocked ms", "all p50", "all p99", "post ms"
+    );
+    let mut without = Vec::new();
+    let mut with = Vec::new();
+    for _ in 0..reps {
+        without.push(migrate(
+            &Path2::Veth(&slow),
+            workload,
+            &["--mode", "postcopy"],
+        ));
+        with.push(migrate(
+            &Path2::Veth(&slow),
+            workload,
+            &[
+                "--mode",
+                "postcopy",
+                "--prefetch-from",
+                ws.to_str().unwrap(),
+            ],
+        ));
+    }
+    for (name, runs) in [("no working set", &without), ("--prefetch-from", &with)] {
+        println!(
+            "  {name:<22} {:>8.0} {:>10.0} {:>8.0}us {:>8.0}us {:>10.0}",
+            med(runs, |r| f(r, "faults")),
+            med(runs, |r| f(r, "blocked_ms")),
+            med(runs, |r| latency(r, "fault_latency_us", "p50_us")),
+            med(runs, |r| latency(r, "fault_latency_us", "p99_us")),
+            med(runs, |r| f(r, "postcopy_ms")),
+        );
+    }
+    let ratio = med(&with, |r| f(r, "blocked_ms")) / med(&without, |r| f(r, "blocked_ms"));
+    println!("  blocked time with / without: {ratio:.2}x");
+    let _ = std::fs::remove_file(Path::new(&ws));
+}
