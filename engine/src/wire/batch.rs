@@ -71,7 +71,15 @@ pub enum BatchError {
     },
     #[error("lz4 batch data decompresses to {got} bytes, expected {expected}")]
     Lz4Size { got: usize, expected: usize },
+    #[error(
+        "lz4 batch data of {data_len} bytes cannot decompress to {raw_len} bytes (lz4 expands at most {LZ4_MAX_RATIO}x)"
+    )]
+    Lz4Ratio { data_len: u32, raw_len: u32 },
 }
+
+/// lz4 turns one input byte into at most 255 output bytes (a match length
+/// extension byte), so a block of `n` bytes decompresses to at most `255 n`.
+const LZ4_MAX_RATIO: u64 = 255;
 
 /// Whether to compress page data.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -208,7 +216,8 @@ fn le_u64(b: &[u8]) -> u64 {
 
 /// Validates a `Pages` payload and, if it is lz4, decompresses its data into
 /// `scratch` (grown as needed to exactly the expected size, never beyond
-/// `MAX_BATCH_PAGES × page_size`).
+/// `MAX_BATCH_PAGES × page_size`, nor beyond what the lz4 block could
+/// decompress to: 255 times its size).
 pub fn decode_batch<'a>(
     payload: &'a [u8],
     page_size: usize,
@@ -302,6 +311,14 @@ pub fn decode_batch<'a>(
         }
         Cow::Borrowed(data)
     } else {
+        // Refused before the scratch buffer grows for it: a few bytes must
+        // not make the decoder allocate up to 4 GiB (large page sizes).
+        if raw_len as u64 > u64::from(data_len) * LZ4_MAX_RATIO {
+            return Err(BatchError::Lz4Ratio {
+                data_len,
+                raw_len: raw_len as u32,
+            });
+        }
         if scratch.len() < raw_len {
             scratch.resize(raw_len, 0);
         }
@@ -668,7 +685,18 @@ mod tests {
 
     #[test]
     fn lz4_size_must_match_exactly() {
-        let data = vec![3u8; 2 * PAGE];
+        // Compressible, but not so much that a one-page block could not
+        // hold two pages (see the lz4 ratio check).
+        let mut rng = XorShift(11);
+        let data: Vec<u8> = (0..2 * PAGE)
+            .map(|i| {
+                if i % PAGE < PAGE / 4 {
+                    rng.next() as u8
+                } else {
+                    3
+                }
+            })
+            .collect();
         let mut block = Vec::new();
         assert!(compress_pages(&data[..PAGE], Compress::Lz4, &mut block));
         // A block of one page claimed as two pages.
@@ -711,6 +739,47 @@ mod tests {
         batch_prefix(0, true, &[entry(0x1000, true)], 1, 0, &mut p);
         p.push(0);
         expect_err(&p, "data with no pages");
+    }
+
+    /// Found with the `frame_decoder` fuzz target: a 1-byte lz4 block
+    /// claiming three 1 GiB pages made the decoder allocate 3 GiB before
+    /// finding out that the block does not decompress.
+    #[test]
+    fn fuzz_regression_lz4_raw_len_beyond_any_block_is_refused_before_allocating() {
+        let gib = 1u64 << 30;
+        let mut p = Vec::new();
+        let entries = [entry(0, false), entry(gib, false), entry(2 * gib, false)];
+        batch_prefix(0, true, &entries, 1, 3 << 30, &mut p);
+        p.push(0);
+        let mut scratch = Vec::new();
+        match decode_batch(&p, 1 << 30, &mut scratch) {
+            Err(BatchError::Lz4Ratio {
+                data_len: 1,
+                raw_len,
+            }) => assert_eq!(raw_len, 3 << 30),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(scratch.capacity(), 0);
+        // The bound is lz4's own: the most compressible block still decodes.
+        let zeros = vec![0u8; 2048 * PAGE];
+        let mut block = Vec::new();
+        assert!(compress_pages(&zeros, Compress::Lz4, &mut block));
+        assert!((block.len() as u64) * LZ4_MAX_RATIO >= zeros.len() as u64);
+        let entries: Vec<u64> = (0..2048u64)
+            .map(|i| entry(i * PAGE as u64, false))
+            .collect();
+        let mut p = Vec::new();
+        batch_prefix(
+            0,
+            true,
+            &entries,
+            block.len() as u32,
+            zeros.len() as u32,
+            &mut p,
+        );
+        p.extend_from_slice(&block);
+        let b = decode_batch(&p, PAGE, &mut scratch).expect("max ratio");
+        assert_eq!(b.data(), &zeros[..]);
     }
 
     #[test]
