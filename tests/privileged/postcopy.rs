@@ -86,6 +86,23 @@ impl Scenario {
         cmd
     }
 
+    /// Starts send (output captured) and returns once recv says the
+    /// restored process runs, that is, once post-copy has begun.
+    fn send_until_running(&self, extra: &[&str]) -> Child {
+        let send = self
+            .send(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pagehop send");
+        wait_for_line(
+            &self.dir.path("recv.err"),
+            "post-copy: process",
+            Duration::from_secs(20),
+        );
+        send
+    }
+
     /// Runs send to the end; returns its JSON report.
     fn run_send(&self, extra: &[&str]) -> serde_json::Value {
         let out = self.send(extra).output().expect("run pagehop send");
@@ -340,17 +357,7 @@ fn killing_the_source_during_postcopy_stops_the_destination() {
         Some("20mbit"),
         &["--reconnect-timeout", "2"],
     );
-    let mut send = scenario
-        .send(&["--mode", "postcopy"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start pagehop send");
-    wait_for_line(
-        &scenario.dir.path("recv.err"),
-        "post-copy: process",
-        Duration::from_secs(20),
-    );
+    let mut send = scenario.send_until_running(&["--mode", "postcopy"]);
     std::thread::sleep(Duration::from_millis(500));
     send.kill().expect("kill pagehop send");
     let _ = send.wait();
@@ -390,17 +397,7 @@ fn connection_cut_during_postcopy_is_survived() {
         Some("50mbit"),
         &["--reconnect-timeout", "10"],
     );
-    let send = scenario
-        .send(&["--mode", "postcopy", "--reconnect-timeout", "10"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start pagehop send");
-    wait_for_line(
-        &scenario.dir.path("recv.err"),
-        "post-copy: process",
-        Duration::from_secs(20),
-    );
+    let send = scenario.send_until_running(&["--mode", "postcopy", "--reconnect-timeout", "10"]);
     std::thread::sleep(Duration::from_millis(1500));
     let cut = NetnsPair::command(&scenario.pair.a, "ss")
         .args(["-K", "dst", &scenario.pair.addr_b])

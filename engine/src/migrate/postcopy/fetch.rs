@@ -240,14 +240,7 @@ impl Fetch {
     pub fn run(mut self, start: &Start<'_>, control: &mut Conn) -> Result<DestStats, FetchError> {
         let started = Instant::now();
         let ps = self.fault_loop.page_size() as u64;
-        let mut source = Requests {
-            arrivals: Arc::clone(&self.arrivals),
-            priority: start.lanes.take_priority(0),
-            local: Vec::new(),
-            requested_at: HashMap::new(),
-            sent: 0,
-            page_size: ps,
-        };
+        let mut source = Requests::new(&self.arrivals, start.lanes.take_priority(0), ps);
         let mut remote_latency = LatencyHistogram::new();
         let mut bulk: VecDeque<u64> = VecDeque::new();
         let mut stats = DestStats::default();
@@ -272,9 +265,7 @@ impl Fetch {
                 let store = start.store.lock().expect("lock");
                 for page in pages {
                     installed += self.install(&store, page)?;
-                    if let Some(at) = source.requested_at.remove(&page) {
-                        remote_latency.record(monotonic_ns().saturating_sub(at));
-                    }
+                    source.answered(page, &mut remote_latency);
                 }
             }
             // The background, a bounded step at a time.
@@ -286,9 +277,7 @@ impl Fetch {
                 for _ in 0..BACKGROUND_STEP {
                     let page = match bulk.pop_front() {
                         Some(page) => {
-                            if let Some(at) = source.requested_at.remove(&page) {
-                                remote_latency.record(monotonic_ns().saturating_sub(at));
-                            }
+                            source.answered(page, &mut remote_latency);
                             page
                         }
                         None if self.local_next < self.local.len() => {
@@ -305,10 +294,10 @@ impl Fetch {
             if let Some((new_epoch, conn)) = start.lanes.take_control(epoch + 1) {
                 epoch = self.adopt(new_epoch, conn, control)?;
                 stats.reconnects += 1;
-                source.priority = start.lanes.take_priority(epoch);
-                for page in self.fault_loop.in_flight_pages() {
-                    source.ask(page, 1);
-                }
+                source.rearm(
+                    start.lanes.take_priority(epoch),
+                    &self.fault_loop.in_flight_pages(),
+                );
                 continue;
             }
             let missing = self.arrivals.outstanding.lock().expect("lock").count();
@@ -329,10 +318,10 @@ impl Fetch {
                 epoch = self.reconnect(start, control, epoch, &why)?;
                 stats.reconnects += 1;
                 stats.stopped_ms += stopped.elapsed().as_secs_f64() * 1e3;
-                source.priority = start.lanes.take_priority(epoch);
-                for page in self.fault_loop.in_flight_pages() {
-                    source.ask(page, 1);
-                }
+                source.rearm(
+                    start.lanes.take_priority(epoch),
+                    &self.fault_loop.in_flight_pages(),
+                );
                 continue;
             }
             let finished = self.arrivals.outstanding.lock().expect("lock").count() == 0
@@ -416,7 +405,7 @@ impl Fetch {
         start.lanes.cut_upto(epoch);
         let deadline = Instant::now() + self.reconnect_timeout;
         let waited = Instant::now();
-        let mut idle = Requests::idle(&self.arrivals, self.fault_loop.page_size() as u64);
+        let mut idle = Requests::new(&self.arrivals, None, self.fault_loop.page_size() as u64);
         let (new_epoch, conn) = loop {
             if let Some(found) = start.lanes.take_control(epoch + 1) {
                 break found;
@@ -480,15 +469,32 @@ struct Requests {
 }
 
 impl Requests {
-    /// A source that only queues (while the source is away).
-    fn idle(arrivals: &Arc<Arrivals>, page_size: u64) -> Self {
+    /// Asks on `priority`; without one (the source is away) it only queues.
+    fn new(arrivals: &Arc<Arrivals>, priority: Option<TcpStream>, page_size: u64) -> Self {
         Self {
             arrivals: Arc::clone(arrivals),
-            priority: None,
+            priority,
             local: Vec::new(),
             requested_at: HashMap::new(),
             sent: 0,
             page_size,
+        }
+    }
+
+    /// After a reconnect: the new priority lane, and the pages still awaited
+    /// asked for again on it.
+    fn rearm(&mut self, priority: Option<TcpStream>, in_flight: &[u64]) {
+        self.priority = priority;
+        for &page in in_flight {
+            self.ask(page, 1);
+        }
+    }
+
+    /// `page` was installed: records its request-to-install latency if it
+    /// was asked for.
+    fn answered(&mut self, page: u64, latency: &mut LatencyHistogram) {
+        if let Some(at) = self.requested_at.remove(&page) {
+            latency.record(monotonic_ns().saturating_sub(at));
         }
     }
 

@@ -334,10 +334,7 @@ fn reconnect_within(
     loop {
         match reconnect(epoch) {
             Ok(links) => return Ok(links),
-            Err(e) if Instant::now() < deadline => {
-                let _ = e;
-                std::thread::sleep(Duration::from_millis(200));
-            }
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
             Err(e) => {
                 return Err(MigrateError::Protocol(format!(
                     "post-copy: the destination stayed unreachable for {:.1} s after {}: last attempt: {}",
