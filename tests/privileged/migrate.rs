@@ -175,7 +175,15 @@ impl Drop for Cgroup {
 /// Migrates the running workload and checks the result. Between two network
 /// namespaces, or, with `cgroup` (a freeze through the source's cgroup v2
 /// directory, which `ip netns exec`'s private /sys cannot see), over loopback.
-fn migrate_workload(name: &str, index: u8, compress: &str, streams: &str, cgroup: bool) {
+/// Migrates the workload with `--mode mode` (precopy or stop-and-copy).
+fn migrate_workload(
+    name: &str,
+    index: u8,
+    mode: &str,
+    compress: &str,
+    streams: &str,
+    cgroup: bool,
+) {
     let dir = TempDir::new(name);
     let token = token_file(&dir);
     let pair = (!cgroup)
@@ -220,8 +228,9 @@ fn migrate_workload(name: &str, index: u8, compress: &str, streams: &str, cgroup
     ]);
     let group = cgroup.then(|| Cgroup::with_process(&format!("pagehop-test-{name}"), source.pid));
     std::thread::sleep(Duration::from_millis(300));
-    let mut send = send_cmd(ns_a);
-    send.args(["--pid", &source.pid.to_string(), "--to", &listen])
+    let mut send = pagehop_cmd(ns_a, "send");
+    send.args(["--mode", mode])
+        .args(["--pid", &source.pid.to_string(), "--to", &listen])
         .args([
             "--token-file",
             token.to_str().unwrap(),
@@ -253,9 +262,14 @@ fn migrate_workload(name: &str, index: u8, compress: &str, streams: &str, cgroup
         assert!(report.get(field).is_some(), "report lacks {field}");
     }
     assert_eq!(report["verify"], "ok", "verification: {report}");
-    assert_eq!(report["mode"], "precopy");
+    assert_eq!(report["mode"], mode);
     assert_eq!(report["streams"].as_u64(), streams.parse().ok());
-    assert_eq!(report["streams"].as_u64(), streams.parse().ok());
+    if mode == "stop-and-copy" {
+        // One round, sent while frozen: it is the whole migration.
+        assert_eq!(report["rounds"], 1, "{report}");
+        assert_eq!(report["per_round"][0]["pages"], report["pages_sent"]);
+        assert_eq!(report["final_round_pages"], report["pages_sent"]);
+    }
     let (ok, recv_out, recv_err) = recv.finish(Duration::from_secs(30));
     assert!(ok, "pagehop recv failed: {recv_err}");
     let recv_report: serde_json::Value =
@@ -304,7 +318,7 @@ fn migrate_workload(name: &str, index: u8, compress: &str, streams: &str, cgroup
 #[test]
 fn precopy_between_namespaces_with_compression() {
     if privileged("precopy_between_namespaces_with_compression") {
-        migrate_workload("precopy-lz4", 1, "lz4", "1", false);
+        migrate_workload("precopy-lz4", 1, "precopy", "lz4", "1", false);
     }
 }
 
@@ -312,7 +326,7 @@ fn precopy_between_namespaces_with_compression() {
 #[test]
 fn precopy_between_namespaces_without_compression() {
     if privileged("precopy_between_namespaces_without_compression") {
-        migrate_workload("precopy-raw", 2, "off", "3", false);
+        migrate_workload("precopy-raw", 2, "precopy", "off", "3", false);
     }
 }
 
@@ -320,7 +334,15 @@ fn precopy_between_namespaces_without_compression() {
 #[test]
 fn precopy_with_cgroup_freeze() {
     if privileged("precopy_with_cgroup_freeze") {
-        migrate_workload("precopy-cgroup", 3, "auto", "2", true);
+        migrate_workload("precopy-cgroup", 3, "precopy", "auto", "2", true);
+    }
+}
+
+/// The baseline: freeze, send every page, start the destination.
+#[test]
+fn stop_and_copy_between_namespaces() {
+    if privileged("stop_and_copy_between_namespaces") {
+        migrate_workload("stop-and-copy", 5, "stop-and-copy", "auto", "2", false);
     }
 }
 

@@ -26,6 +26,9 @@
 //! stopped for a post-copy switch it also holds a SIGSTOP, so that it stays
 //! stopped even if pagehop dies: once the destination runs, the source must
 //! never run again.
+//!
+//! `--mode stop-and-copy` is the baseline: no tracking and no rounds; it
+//! freezes, sends every resident page as round 0 and switches.
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -93,6 +96,9 @@ pub enum Mode {
     Postcopy,
     /// Pre-copy the pages that are not write-hot, then post-copy the rest.
     Hybrid,
+    /// Stop at once, send every page, then start the destination: no
+    /// tracking, no rounds (the downtime floor every live scheme must beat).
+    StopAndCopy,
 }
 
 impl Mode {
@@ -101,7 +107,13 @@ impl Mode {
             Mode::Precopy => "precopy",
             Mode::Postcopy => "postcopy",
             Mode::Hybrid => "hybrid",
+            Mode::StopAndCopy => "stop-and-copy",
         }
+    }
+
+    /// Whether the destination runs before it holds every page.
+    pub fn is_postcopy(self) -> bool {
+        matches!(self, Mode::Postcopy | Mode::Hybrid)
     }
 }
 
@@ -143,7 +155,7 @@ fn connect(
     epoch: u32,
 ) -> Result<(Conn, Vec<TcpStream>, Option<TcpStream>), MigrateError> {
     let mut caps = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
-    if opts.mode != Mode::Precopy {
+    if opts.mode.is_postcopy() {
         caps |= msg::CAP_POSTCOPY;
     }
     let open = |lane: Lane| -> Result<Conn, MigrateError> {
@@ -170,7 +182,7 @@ fn connect(
         Ok(conn)
     };
     let control = open(Lane::Control)?;
-    if opts.mode != Mode::Precopy && control.peer.capabilities & msg::CAP_POSTCOPY == 0 {
+    if opts.mode.is_postcopy() && control.peer.capabilities & msg::CAP_POSTCOPY == 0 {
         return Err(MigrateError::Protocol(format!(
             "--mode {} needs a destination that runs the process (pagehop recv --restore-cmd); \
              this one cannot serve post-copy",
@@ -181,10 +193,10 @@ fn connect(
     for _ in 0..opts.streams.max(1) {
         data.push(open(Lane::Data)?.into_stream());
     }
-    let priority = if opts.mode == Mode::Precopy {
-        None
-    } else {
+    let priority = if opts.mode.is_postcopy() {
         Some(open(Lane::Priority)?.into_stream())
+    } else {
+        None
     };
     Ok((control, data, priority))
 }
@@ -273,9 +285,9 @@ pub fn send(opts: SendOptions, progress: &mut dyn Progress) -> Result<Report, Mi
     );
     let (mut control, data, priority) = connect(&opts, page_size as u32, session_id, 0)?;
     // Tracking starts before round 0 reads anything, so no write is missed.
-    // Pure post-copy has no rounds and needs none.
+    // Pure post-copy and stop-and-copy have no rounds and need none.
     let mut session = match opts.mode {
-        Mode::Postcopy => None,
+        Mode::Postcopy | Mode::StopAndCopy => None,
         Mode::Precopy | Mode::Hybrid => Some(Session::start(TrackOptions {
             pid: target.pid,
             backend: opts.backend,
@@ -297,7 +309,7 @@ pub fn send(opts: SendOptions, progress: &mut dyn Progress) -> Result<Report, Mi
         None => precopy(
             &opts,
             &mut control,
-            session.as_mut().expect("pre-copy tracks"),
+            session.as_mut(),
             &mut streamer,
             progress,
         ),
@@ -536,42 +548,52 @@ fn freeze_and_collect(
     Ok((frozen, frozen_at))
 }
 
-/// Rounds, freeze, final round, switchover. On success the source is frozen.
+/// Rounds (none without a tracking session: stop-and-copy), freeze, final
+/// round, switchover. On success the source is frozen.
 fn precopy(
     opts: &SendOptions,
     control: &mut Conn,
-    session: &mut Session,
+    mut session: Option<&mut Session>,
     streamer: &mut PageStreamer,
     progress: &mut dyn Progress,
 ) -> Result<(Report, Box<dyn Frozen>), MigrateError> {
     let pid = opts.pid;
     let mut report = Report {
-        mode: "precopy",
+        mode: opts.mode.name(),
         ..Report::default()
     };
     // An acknowledgement that does not come within the stall timeout means the
     // destination is stuck: give up rather than hold the source.
     control.set_read_timeout(Some(opts.stall_timeout))?;
-    let RoundsEnd {
-        mut pages,
-        round,
-        mut layout,
-        reason,
-        ..
-    } = run_rounds(
-        opts,
-        control,
-        session,
-        streamer,
-        &Policy::Precopy,
-        &mut report,
-        progress,
-    )?;
-    report.switch_reason = reason;
+    let (mut pages, round, mut layout) = match session.as_deref_mut() {
+        Some(session) => {
+            let end = run_rounds(
+                opts,
+                control,
+                session,
+                streamer,
+                &Policy::Precopy,
+                &mut report,
+                progress,
+            )?;
+            report.switch_reason = end.reason;
+            (end.pages, end.round, end.layout)
+        }
+        None => {
+            let layout = Layout::read(pid)?;
+            send_layout(control, &layout)?;
+            report.switch_reason = "stop-and-copy: no pre-copy rounds".to_string();
+            (RangeSet::new(), 0, layout)
+        }
+    };
 
     // Stop the world.
-    let (frozen, frozen_at) =
-        freeze_and_collect(opts, control, Some(session), &mut layout, &mut pages)?;
+    let tracked = session.is_some();
+    let (frozen, frozen_at) = freeze_and_collect(opts, control, session, &mut layout, &mut pages)?;
+    if !tracked {
+        // Frozen, so the resident set is final: all of it goes now.
+        pages = initial_pages(pid, &layout)?;
+    }
     let (stats, took) = run_round(control, streamer, round, &pages)?;
     report.per_round.push(RoundReport {
         bandwidth_bytes_per_sec: stats.bytes_wire as f64 / took.as_secs_f64().max(1e-9),

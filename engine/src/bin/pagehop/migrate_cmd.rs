@@ -73,7 +73,8 @@ pub struct SendArgs {
     stall_timeout: f64,
     /// precopy: rounds, then stop and copy the rest. postcopy: stop at once,
     /// pages follow on demand. hybrid: pre-copy all but the write-hot pages,
-    /// then post-copy the rest.
+    /// then post-copy the rest. stop-and-copy: stop, send everything, start
+    /// (the baseline).
     #[arg(long, value_enum, default_value_t = Mode::Hybrid)]
     mode: Mode,
     /// Hybrid: a page dirty in this many consecutive rounds is write-hot and left for post-copy.
@@ -185,7 +186,7 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
         record_working_set: args.record_working_set,
         prefetch_from: args.prefetch_from,
     };
-    if opts.mode == Mode::Precopy
+    if !opts.mode.is_postcopy()
         && (opts.record_working_set.is_some() || opts.prefetch_from.is_some())
     {
         anyhow::bail!("--record-working-set and --prefetch-from need --mode postcopy or hybrid");
@@ -226,7 +227,7 @@ fn print_send_report(r: &Report, json: bool) -> anyhow::Result<()> {
         r.streams,
         r.send_mode
     )?;
-    if r.mode == "precopy" {
+    if r.mode == "precopy" || r.mode == "stop-and-copy" {
         writeln!(
             out,
             "  final round  {} pages; {} installed at the destination",
