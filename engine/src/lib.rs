@@ -15,6 +15,7 @@
 //! - [`page_bits`]: one bit per page over fixed ranges (post-copy's sent and arrived sets).
 //! - [`workload`]: the built-in workload used by tests, demos and benchmarks.
 //! - [`netns`]: two network namespaces joined by veth, for tests, demo and benchmarks.
+//! - [`bench`]: `pagehop bench`, the research harness: scenarios, baselines, results, plots.
 //! - [`migrate`]: `pagehop send` / `recv`: connections, rounds, switchover, verification.
 //! - [`reader`]: reads another process's pages (`process_vm_readv`) into caller buffers.
 //! - [`uring`]: the io_uring sender: registered buffers, send or send_zc, per-stream order.
@@ -24,6 +25,7 @@
 //! - [`faults`]: the destination's userfaultfd fault loop (post-copy's demand paging).
 //! - [`store`]: the destination's page store (memfd-backed, following the source layout).
 //! - [`sys`]: raw syscalls and ioctls with their `#[repr(C)]` structs.
+pub mod bench;
 pub mod bpf;
 pub mod faults;
 pub mod freeze;

@@ -118,6 +118,50 @@ impl NetnsPair {
         ])
     }
 
+    /// Shapes both directions to `rate_bits` per second with tbf: a burst
+    /// of 10 ms at that rate (at least 64 KiB, so that the bucket refills
+    /// between timer ticks) and up to 400 ms of queue.
+    pub fn shape_both(&self, rate_bits: u64) -> Result<(), NetnsError> {
+        let burst = (rate_bits / 8 / 100).max(64 << 10).to_string();
+        let rate = format!("{rate_bits}bit");
+        for (ns, dev) in [(&self.a, &self.dev_a), (&self.b, &self.dev_b)] {
+            ip(&[
+                "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
+                &rate, "burst", &burst, "latency", "400ms",
+            ])?;
+        }
+        Ok(())
+    }
+
+    /// Delay, jitter, loss and (optionally) a rate limit in both directions
+    /// with netem (see [`netem_available`]).
+    pub fn impair_both(
+        &self,
+        delay_ms: f64,
+        jitter_ms: f64,
+        loss_percent: f64,
+        rate_bits: Option<u64>,
+    ) -> Result<(), NetnsError> {
+        let mut netem = vec![
+            "delay".to_string(),
+            format!("{delay_ms}ms"),
+            format!("{jitter_ms}ms"),
+            "loss".to_string(),
+            format!("{loss_percent}%"),
+        ];
+        if let Some(bits) = rate_bits {
+            netem.extend(["rate".to_string(), format!("{bits}bit")]);
+        }
+        for (ns, dev) in [(&self.a, &self.dev_a), (&self.b, &self.dev_b)] {
+            let mut args = vec![
+                "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem",
+            ];
+            args.extend(netem.iter().map(String::as_str));
+            ip(&args)?;
+        }
+        Ok(())
+    }
+
     /// A command that runs `program` inside namespace `ns`.
     pub fn command(ns: &str, program: &str) -> Command {
         let mut cmd = Command::new("ip");
@@ -127,9 +171,27 @@ impl NetnsPair {
 
     fn destroy(&self) {
         for ns in [&self.a, &self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+            remove(ns);
         }
     }
+}
+
+/// Deletes namespace `ns` if it exists (for cleanup paths that cannot hold
+/// a [`NetnsPair`], such as a signal handler).
+pub fn remove(ns: &str) {
+    let _ = Command::new("ip").args(["netns", "del", ns]).output();
+}
+
+/// Whether this kernel has the netem qdisc (delay, jitter, loss): tried on
+/// the loopback device of a scratch namespace. The error is tc's own words.
+pub fn netem_available() -> Result<(), NetnsError> {
+    let ns = format!("phnetem-{}", std::process::id());
+    ip(&["netns", "add", &ns])?;
+    let tried = ip(&[
+        "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+    ]);
+    remove(&ns);
+    tried
 }
 
 impl Drop for NetnsPair {

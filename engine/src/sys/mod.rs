@@ -81,6 +81,26 @@ pub fn block_termination_signals() -> io::Result<()> {
     Ok(())
 }
 
+/// Makes `cmd`'s child start with SIGINT, SIGTERM and SIGHUP unblocked:
+/// children inherit the signal mask across fork and exec, and a program
+/// started with them blocked would ignore being told to stop.
+pub fn unblock_termination_signals_in_child(cmd: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    let set = termination_set();
+    // SAFETY: the closure runs between fork and exec and only calls
+    // pthread_sigmask, which is async-signal-safe, on a set built before
+    // the fork (no allocation, no locks).
+    unsafe {
+        cmd.pre_exec(move || {
+            let ret = libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+            if ret != 0 {
+                return Err(io::Error::from_raw_os_error(ret));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Waits for SIGINT, SIGTERM or SIGHUP (blocked beforehand) and returns it.
 pub fn wait_termination_signal() -> i32 {
     let set = termination_set();

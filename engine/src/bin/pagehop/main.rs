@@ -1,4 +1,5 @@
 //! The `pagehop` command line.
+mod bench_cmd;
 mod demo_cmd;
 mod migrate_cmd;
 mod track_cmd;
@@ -26,6 +27,8 @@ enum Command {
     Recv(migrate_cmd::RecvArgs),
     /// Live-migrate the built-in workload between two network namespaces here.
     Demo(demo_cmd::DemoArgs),
+    /// Run migration experiments (scenario files or the built-in set) with their baselines; write results, CSV, plots.
+    Bench(bench_cmd::BenchArgs),
 }
 
 /// Writes `value` as one line of JSON (the `--json` output of every command).
@@ -45,6 +48,7 @@ fn main() -> std::process::ExitCode {
         Command::Send(args) => migrate_cmd::run_send(args),
         Command::Recv(args) => migrate_cmd::run_recv(args),
         Command::Demo(args) => demo_cmd::run(args),
+        Command::Bench(args) => bench_cmd::run(args),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

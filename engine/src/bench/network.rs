@@ -1,0 +1,97 @@
+//! The link of a scenario: two network namespaces joined by a veth pair,
+//! shaped as the scenario says, and the raw-path baseline over it (one
+//! iperf3 TCP stream, source namespace to destination namespace).
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::cleanup::{self, Namespaces};
+use super::scenario::Network;
+use crate::netns::{NetnsError, NetnsPair};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error("creating the namespaces")]
+    Netns(#[from] NetnsError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("iperf3 baseline: {0}")]
+    Iperf(String),
+    #[error(transparent)]
+    Cleanup(#[from] cleanup::CleanupError),
+}
+
+/// Prefix of the namespaces (`phbench-a`, `phbench-b`); a run interrupted
+/// beyond catching (SIGKILL) leaves them, and the next run deletes them.
+const PREFIX: &str = "phbench";
+/// Subnet index of the pair (see [`NetnsPair::create`]).
+const SUBNET: u8 = 60;
+const IPERF_PORT: &str = "5301";
+
+/// A shaped link between two namespaces, deleted on drop.
+pub struct Link {
+    pub pair: NetnsPair,
+    _registered: Namespaces,
+}
+
+impl Link {
+    pub fn create(network: &Network) -> Result<Self, NetworkError> {
+        let pair = NetnsPair::create(PREFIX, SUBNET)?;
+        let registered = Namespaces::register(&[&pair.a, &pair.b]);
+        let rate = network.rate_bits().map_err(NetworkError::Invalid)?;
+        if network.needs_netem() {
+            pair.impair_both(
+                network.delay_ms,
+                network.jitter_ms,
+                network.loss_percent,
+                rate,
+            )?;
+        } else if let Some(bits) = rate {
+            pair.shape_both(bits)?;
+        }
+        Ok(Self {
+            pair,
+            _registered: registered,
+        })
+    }
+
+    /// One iperf3 TCP stream from the source namespace to the destination
+    /// namespace for `seconds`: the throughput (MB/s) the raw path gives.
+    pub fn iperf3_mbps(&self, seconds: u32) -> Result<f64, NetworkError> {
+        let mut server = cleanup::spawn(
+            NetnsPair::command(&self.pair.b, "iperf3")
+                .args(["-s", "-1", "-p", IPERF_PORT])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        )?;
+        // The server listens within milliseconds; retry the client briefly.
+        let mut last = String::new();
+        for _ in 0..20 {
+            std::thread::sleep(Duration::from_millis(100));
+            let out = client(&self.pair, seconds)
+                .output()
+                .map_err(|e| NetworkError::Iperf(format!("starting iperf3: {e}")))?;
+            let report: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+                Ok(v) => v,
+                Err(_) => {
+                    last = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                    continue;
+                }
+            };
+            if let Some(bits) = report["end"]["sum_received"]["bits_per_second"].as_f64() {
+                let _ = server.child.wait();
+                return Ok(bits / 8.0 / 1e6);
+            }
+            last = report["error"].as_str().unwrap_or("no result").to_string();
+        }
+        let _ = server.child.kill();
+        Err(NetworkError::Iperf(last))
+    }
+}
+
+fn client(pair: &NetnsPair, seconds: u32) -> Command {
+    let mut cmd = NetnsPair::command(&pair.a, "iperf3");
+    cmd.args(["-c", &pair.addr_b, "-p", IPERF_PORT, "-J", "-t"])
+        .arg(seconds.to_string())
+        .stdin(Stdio::null());
+    cmd
+}
