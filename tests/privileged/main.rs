@@ -5,6 +5,7 @@
 //! `PAGEHOP_REQUIRE_PRIVILEGED` is set (as `cargo xtask test` and CI do), in
 //! which case a skip is a failure. Run them one at a time
 //! (`--test-threads=1`): they share kernel state.
+mod bench;
 mod common;
 mod faults;
 mod inject;

@@ -1,4 +1,4 @@
-//! Project tasks: `cargo xtask setup | demo | test | bench | fuzz`.
+//! Project tasks: `cargo xtask setup | demo | test | bench | criterion | fuzz`.
 //!
 //! Every task first runs `scripts/setup.sh`, which installs what is missing
 //! (nightly rust-src, bpf-linker, iproute2) and does nothing otherwise.
@@ -24,8 +24,15 @@ enum Task {
     Demo,
     /// Run the whole test suite, privileged tests included (needs root).
     Test,
-    /// Run the benchmarks.
-    Bench,
+    /// Run the research harness (`pagehop bench`, release build): the
+    /// built-in scenario set, or what the arguments after `--` say.
+    Bench {
+        /// Arguments for `pagehop bench` (e.g. `-- --scenario FILE --only NAME`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Run the criterion micro-benchmarks and the other `cargo bench` targets.
+    Criterion,
     /// A short run of every fuzz target (cargo-fuzz, nightly); installs cargo-fuzz if missing.
     Fuzz {
         /// Seconds to fuzz each target.
@@ -112,12 +119,22 @@ fn test() -> anyhow::Result<()> {
 
 fn demo() -> anyhow::Result<()> {
     setup()?;
-    run(cargo().args(["build", "--release", "--package", "pagehop", "--bins"]))?;
-    let bin = root().join("target/release");
+    let bin = release_bins()?;
     run(Command::new(bin.join("pagehop")).args(["demo", "--size-mib", "512", "--write-mbps", "50"]))
 }
 
-fn bench() -> anyhow::Result<()> {
+fn release_bins() -> anyhow::Result<PathBuf> {
+    run(cargo().args(["build", "--release", "--package", "pagehop", "--bins"]))?;
+    Ok(root().join("target/release"))
+}
+
+fn bench(args: &[String]) -> anyhow::Result<()> {
+    setup()?;
+    let bin = release_bins()?;
+    run(Command::new(bin.join("pagehop")).arg("bench").args(args))
+}
+
+fn criterion() -> anyhow::Result<()> {
     setup()?;
     run(cargo().args(["bench", "--package", "pagehop"]))
 }
@@ -127,7 +144,8 @@ fn main() -> anyhow::Result<()> {
         Task::Setup => setup(),
         Task::Demo => demo(),
         Task::Test => test(),
-        Task::Bench => bench(),
+        Task::Bench { args } => bench(&args),
+        Task::Criterion => criterion(),
         Task::Fuzz { seconds, target } => fuzz::fuzz(seconds, target.as_deref()),
     }
 }

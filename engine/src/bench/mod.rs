@@ -71,6 +71,8 @@ pub struct BenchOptions {
     pub binaries: Binaries,
     /// Seconds of each iperf3 baseline.
     pub iperf3_seconds: u32,
+    /// Prefix of the two namespaces (see [`network::Link::create`]).
+    pub netns_prefix: String,
 }
 
 /// What a finished run produced.
@@ -120,7 +122,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
             scenario: s.name.clone(),
             source,
         };
-        let link = network::Link::create(&s.network).map_err(network_error)?;
+        let link = network::Link::create(&opts.netns_prefix, &s.network).map_err(network_error)?;
         let (mbps, error) = match link.iperf3_mbps(opts.iperf3_seconds) {
             Ok(v) => (Some(v), None),
             Err(e) => (None, Some(crate::track::error_chain(&e))),

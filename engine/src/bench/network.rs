@@ -20,9 +20,10 @@ pub enum NetworkError {
     Cleanup(#[from] cleanup::CleanupError),
 }
 
-/// Prefix of the namespaces (`phbench-a`, `phbench-b`); a run interrupted
-/// beyond catching (SIGKILL) leaves them, and the next run deletes them.
-const PREFIX: &str = "phbench";
+/// Default prefix of the namespaces (`phbench-a`, `phbench-b`); a run
+/// interrupted beyond catching (SIGKILL) leaves them, and the next run with
+/// the same prefix deletes them.
+pub const DEFAULT_PREFIX: &str = "phbench";
 /// Subnet index of the pair (see [`NetnsPair::create`]).
 const SUBNET: u8 = 60;
 const IPERF_PORT: &str = "5301";
@@ -34,8 +35,20 @@ pub struct Link {
 }
 
 impl Link {
-    pub fn create(network: &Network) -> Result<Self, NetworkError> {
-        let pair = NetnsPair::create(PREFIX, SUBNET)?;
+    /// `prefix` names the namespaces (`<prefix>-a`, `<prefix>-b`; at most
+    /// 12 characters, a-z, 0-9 and -).
+    pub fn create(prefix: &str, network: &Network) -> Result<Self, NetworkError> {
+        let valid = !prefix.is_empty()
+            && prefix.len() <= 12
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !valid {
+            return Err(NetworkError::Invalid(format!(
+                "namespace prefix {prefix:?}: 1-12 characters of a-z, 0-9 and -"
+            )));
+        }
+        let pair = NetnsPair::create(prefix, SUBNET)?;
         let registered = Namespaces::register(&[&pair.a, &pair.b]);
         let rate = network.rate_bits().map_err(NetworkError::Invalid)?;
         if network.needs_netem() {

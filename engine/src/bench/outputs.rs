@@ -244,12 +244,101 @@ fn latency_distributions(records: &[&Record]) -> Vec<Distribution> {
             }
         }
     }
+    // Up to one bucket past the slowest fault of any series.
+    let last = merged
+        .values()
+        .filter_map(|b| b.iter().rposition(|(_, c)| *c > 0))
+        .max()
+        .unwrap_or(0);
     merged
         .into_iter()
         .filter(|(_, b)| b.iter().any(|(_, c)| *c > 0))
-        .map(|((_, mode, what), buckets)| Distribution {
-            label: format!("{mode} {what}"),
-            buckets,
+        .map(|((_, mode, what), mut buckets)| {
+            buckets.truncate(last + 2);
+            Distribution {
+                label: format!("{mode} {what}"),
+                buckets,
+            }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::run::Record;
+
+    fn record(mode: &str, size_mib: u64, write_mbps: f64, rep: u32) -> Line {
+        let latency = serde_json::json!({
+            "count": 10, "mean_us": 50.0, "p50_us": 32, "p99_us": 256, "max_us": 300,
+            "buckets": [{"lt_us": 2, "count": 1}, {"lt_us": 4, "count": 6}, {"lt_us": null, "count": 3}]
+        });
+        Line::Migration(Box::new(Record {
+            scenario: "sweep".into(),
+            network: "1gbit".into(),
+            size_mib,
+            write_mbps,
+            mode: mode.into(),
+            rep,
+            ok: true,
+            error: None,
+            workload_downtime_ms: Some(12.0),
+            invariant: Some("ok".into()),
+            send: serde_json::json!({
+                "downtime_ms": 10.0 + rep as f64 + write_mbps, "total_ms": 1000.0 * size_mib as f64,
+                "bytes_wire": size_mib << 20, "throughput_bytes_per_sec": 1e8, "rounds": 2,
+                "fault_latency_us": if mode == "postcopy" { latency.clone() } else { serde_json::Value::Null },
+                "remote_fault_latency_us": if mode == "postcopy" { latency } else { serde_json::Value::Null },
+            }),
+            recv: serde_json::Value::Null,
+        }))
+    }
+
+    #[test]
+    fn every_output_is_written_from_records_alone() {
+        let dir = std::env::temp_dir().join(format!("pagehop-outputs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut lines = vec![Line::Iperf3 {
+            scenario: "sweep".into(),
+            network: "1gbit".into(),
+            mbps: Some(117.0),
+            error: None,
+        }];
+        for rep in 0..2 {
+            for size in [16, 64] {
+                for rate in [0.0, 50.0] {
+                    for mode in ["stop-and-copy", "precopy", "postcopy"] {
+                        lines.push(record(mode, size, rate, rep));
+                    }
+                }
+            }
+        }
+        let files = write_all(&dir, &lines, &[]).unwrap();
+        let names: Vec<String> = files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+            .collect();
+        for want in [
+            "summary.csv",
+            "summary.md",
+            "sweep-downtime-vs-write-rate.svg",
+            "sweep-total-time-vs-arena-size.svg",
+            "sweep-wire-bytes.svg",
+            "sweep-fault-latency.svg",
+        ] {
+            assert!(names.iter().any(|n| n == want), "{want} missing: {names:?}");
+        }
+        let svg = std::fs::read_to_string(dir.join("sweep-downtime-vs-write-rate.svg")).unwrap();
+        assert!(
+            svg.starts_with("<svg") && svg.contains("postcopy 16 MiB"),
+            "{svg}"
+        );
+        let latency = std::fs::read_to_string(dir.join("sweep-fault-latency.svg")).unwrap();
+        assert!(latency.contains("postcopy all faults") && latency.contains("postcopy remote"));
+        let md = std::fs::read_to_string(dir.join("summary.md")).unwrap();
+        assert!(md.contains("![sweep-wire-bytes.svg](sweep-wire-bytes.svg)"));
+        let csv = std::fs::read_to_string(dir.join("summary.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 1 + 2 * 2 * 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

@@ -278,8 +278,17 @@ fn cell(s: Option<Spread>, scale: f64, digits: usize) -> String {
     }
 }
 
+/// A ratio with two significant digits below 1 (0.0034x), two decimals up to 10.
 fn ratio(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| format!("{v:.2}x"))
+    match v {
+        None => "–".into(),
+        Some(v) if v >= 10.0 => format!("{v:.0}x"),
+        Some(v) if v >= 0.1 || v == 0.0 => format!("{v:.2}x"),
+        Some(v) => {
+            let digits = (1 - v.log10().floor() as i32).max(2) as usize;
+            format!("{v:.digits$}x")
+        }
+    }
 }
 
 /// `summary.md`: per scenario, a table with every figure next to its baseline.
@@ -287,7 +296,8 @@ pub fn markdown(rows: &[Row], scenarios: &[Scenario]) -> String {
     let mut out = String::from(
         "Medians over the successful repetitions, (min–max) across them. \
          × s&c: the median over stop-and-copy's median at the same point. \
-         % iperf3: pagehop's throughput over one iperf3 stream on the same link.\n",
+         % iperf3: pagehop's throughput over one iperf3 stream on the same link. \
+         Fault p50: the upper bound of the log2 bucket that holds the median.\n",
     );
     let mut names: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
     names.dedup();
@@ -411,9 +421,12 @@ mod tests {
         assert_eq!(header.len(), hybrid_line.len());
         let md = markdown(&rows, &[]);
         assert!(
-            md.contains("| 64 MiB | 10 MB/s | hybrid | 20.0 (10.0–30.0) | 0.04x |"),
+            md.contains("| 64 MiB | 10 MB/s | hybrid | 20.0 (10.0–30.0) | 0.040x |"),
             "{md}"
         );
+        assert_eq!(ratio(Some(0.0034)), "0.0034x");
+        assert_eq!(ratio(Some(1.5)), "1.50x");
+        assert_eq!(ratio(Some(12.3)), "12x");
         assert!(md.contains("100.0 MB/s"));
     }
 }

@@ -91,6 +91,10 @@ pub struct Report {
     pub demand_requests: u64,
     pub demand_pages: u64,
     pub prefetched_pages: u64,
+    /// Post-copy: page data and frame bytes of the answers on the priority
+    /// lane (included in `bytes_raw` and `bytes_wire`).
+    pub demand_bytes_raw: u64,
+    pub demand_bytes_wire: u64,
     /// Post-copy: pages pushed in the background.
     pub background_pages: u64,
     /// Post-copy: page faults at the destination, fault-to-install latency

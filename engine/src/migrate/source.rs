@@ -365,17 +365,17 @@ pub fn send(opts: SendOptions, progress: &mut dyn Progress) -> Result<Report, Mi
     let t = streamer.totals;
     report.pages_sent = t.pages + report.demand_pages;
     report.zero_pages = t.zero_pages;
-    report.bytes_raw = t.bytes_raw;
-    report.bytes_wire = t.bytes_wire;
-    report.compression_ratio = if t.bytes_wire > 0 {
-        t.bytes_raw as f64 / t.bytes_wire as f64
+    report.bytes_raw = t.bytes_raw + report.demand_bytes_raw;
+    report.bytes_wire = t.bytes_wire + report.demand_bytes_wire;
+    report.compression_ratio = if report.bytes_wire > 0 {
+        report.bytes_raw as f64 / report.bytes_wire as f64
     } else {
         1.0
     };
     let transfer_s: f64 =
         (report.per_round.iter().map(|r| r.ms).sum::<f64>() + report.postcopy_ms) / 1e3;
     report.throughput_bytes_per_sec = if transfer_s > 0.0 {
-        t.bytes_wire as f64 / transfer_s
+        report.bytes_wire as f64 / transfer_s
     } else {
         0.0
     };
@@ -704,6 +704,8 @@ fn postcopy(
     report.demand_requests = outcome.demand_requests;
     report.demand_pages = outcome.demand_pages;
     report.prefetched_pages = outcome.prefetched_pages;
+    report.demand_bytes_wire = outcome.demand_bytes_wire;
+    report.demand_bytes_raw = outcome.demand_bytes_raw;
     report.background_pages = outcome.background_pages;
     report.reconnects = outcome.reconnects;
     report.installed_pages = outcome.installed_pages;

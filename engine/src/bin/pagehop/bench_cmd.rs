@@ -22,6 +22,10 @@ pub struct BenchArgs {
     /// Seconds of each iperf3 baseline.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=60))]
     iperf3_seconds: u32,
+    /// Names of the two network namespaces: PREFIX-a and PREFIX-b (to run
+    /// two benches at once, give them different prefixes).
+    #[arg(long, value_name = "PREFIX", default_value = bench::network::DEFAULT_PREFIX)]
+    netns_prefix: String,
     /// Check the scenarios and this machine, print the plan, run nothing.
     #[arg(long)]
     check: bool,
@@ -104,6 +108,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             pagehop: exe,
         },
         iperf3_seconds: args.iperf3_seconds,
+        netns_prefix: args.netns_prefix,
     };
     let outcome = bench::run(&opts, &mut |line| eprintln!("{line}"))?;
     println!(

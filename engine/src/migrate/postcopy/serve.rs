@@ -70,6 +70,9 @@ pub struct Outcome {
     /// Pages sent on the priority lane (requested and prefetched).
     pub demand_pages: u64,
     pub prefetched_pages: u64,
+    /// Bytes of page data (non-zero pages) and of frames on the priority lane.
+    pub demand_bytes_raw: u64,
+    pub demand_bytes_wire: u64,
     pub background_pages: u64,
     pub reconnects: u32,
     /// Requested pages in the order first asked for (for the working set).
@@ -87,6 +90,8 @@ struct Shared {
     requests: AtomicU64,
     pages: AtomicU64,
     prefetched: AtomicU64,
+    bytes_raw: AtomicU64,
+    bytes_wire: AtomicU64,
     requested: Mutex<Vec<u64>>,
     failed: AtomicBool,
 }
@@ -205,6 +210,12 @@ fn serve_requests(
         std::io::Write::write_all(&mut writer, &out).map_err(ConnError::from)?;
         shared.requests.fetch_add(1, Ordering::Relaxed);
         shared
+            .bytes_raw
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        shared
+            .bytes_wire
+            .fetch_add(out.len() as u64, Ordering::Relaxed);
+        shared
             .pages
             .fetch_add(pages.len() as u64, Ordering::Relaxed);
         let _ = hints.try_send(end);
@@ -257,6 +268,8 @@ pub fn serve(
         requests: AtomicU64::new(0),
         pages: AtomicU64::new(0),
         prefetched: AtomicU64::new(0),
+        bytes_raw: AtomicU64::new(0),
+        bytes_wire: AtomicU64::new(0),
         requested: Mutex::new(Vec::new()),
         failed: AtomicBool::new(false),
     });
@@ -318,6 +331,8 @@ pub fn serve(
     outcome.demand_requests = shared.requests.load(Ordering::Relaxed);
     outcome.demand_pages = shared.pages.load(Ordering::Relaxed);
     outcome.prefetched_pages = shared.prefetched.load(Ordering::Relaxed);
+    outcome.demand_bytes_raw = shared.bytes_raw.load(Ordering::Relaxed);
+    outcome.demand_bytes_wire = shared.bytes_wire.load(Ordering::Relaxed);
     outcome.requested = std::mem::take(&mut *shared.requested.lock().expect("lock"));
     outcome.dest = dest;
     outcome.installed_pages = installed;

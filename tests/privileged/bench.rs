@@ -1,0 +1,248 @@
+//! `pagehop bench` end to end: a small scenario set run for real (veth
+//! shaped with tc, iperf3, every mode with its baseline), the scenarios it
+//! must refuse, and an interrupted run that must leave nothing behind.
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+
+fn bench(args: &[&str]) -> std::process::Output {
+    Command::new(PAGEHOP)
+        .arg("bench")
+        .args(args)
+        .output()
+        .expect("run pagehop bench")
+}
+
+fn namespaces() -> String {
+    let out = Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .expect("ip netns");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn bench_runs_a_scenario_with_its_baselines_and_writes_the_results() {
+    if !privileged("bench_runs_a_scenario_with_its_baselines_and_writes_the_results") {
+        return;
+    }
+    let dir = TempDir::new("bench-run");
+    let scenario = dir.path("s.toml");
+    std::fs::write(
+        &scenario,
+        "[[scenario]]\nname = \"small\"\nrepetitions = 1\n\
+         modes = [\"precopy\", \"postcopy\", \"hybrid\"]\n\
+         workload = { size_mib = 8, write_mbps = [0, 20], threads = 2 }\n\
+         network = { rate = \"500mbit\" }\nengine = { max_rounds = 4 }\n",
+    )
+    .unwrap();
+    let out_dir = dir.path("results");
+    let out = bench(&[
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--iperf3-seconds",
+        "1",
+        "--netns-prefix",
+        "phbt",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pagehop bench failed:\n{stderr}");
+    let runs = std::fs::read_to_string(out_dir.join("runs.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = runs
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    // One iperf3 baseline, then 2 points x 4 modes (stop-and-copy added).
+    assert_eq!(lines.len(), 1 + 8, "{runs}");
+    assert_eq!(lines[0]["kind"], "iperf3");
+    assert!(lines[0]["mbps"].as_f64().unwrap() > 1.0, "{}", lines[0]);
+    let mut modes: Vec<&str> = Vec::new();
+    for r in &lines[1..] {
+        assert_eq!(r["kind"], "migration");
+        assert_eq!(r["ok"], true, "{r}");
+        assert_eq!(r["invariant"], "ok", "{r}");
+        assert_eq!(r["send"]["mode"], r["mode"], "{r}");
+        assert!(r["send"]["downtime_ms"].as_f64().unwrap() > 0.0);
+        assert!(r["recv"]["restored_pid"].is_i64(), "{r}");
+        let seen = r["workload_downtime_ms"]
+            .as_f64()
+            .expect("workload downtime");
+        assert!(seen > 0.0 && seen < 60_000.0, "{r}");
+        modes.push(r["mode"].as_str().unwrap());
+    }
+    for mode in ["stop-and-copy", "precopy", "postcopy", "hybrid"] {
+        assert_eq!(modes.iter().filter(|m| **m == mode).count(), 2, "{modes:?}");
+    }
+    let csv = std::fs::read_to_string(out_dir.join("summary.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 8, "{csv}");
+    let md = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
+    assert!(md.contains("| 8 MiB | 20 MB/s | hybrid |"), "{md}");
+    assert!(md.contains("Raw path (iperf3"), "{md}");
+    for svg in [
+        "small-downtime-vs-write-rate.svg",
+        "small-wire-bytes.svg",
+        "small-fault-latency.svg",
+    ] {
+        let text = std::fs::read_to_string(out_dir.join(svg)).unwrap_or_default();
+        assert!(text.starts_with("<svg"), "{svg} missing");
+    }
+    assert!(!namespaces().contains("phbt-"), "namespaces left behind");
+}
+
+#[test]
+fn bench_refuses_scenarios_it_cannot_run() {
+    if !privileged("bench_refuses_scenarios_it_cannot_run") {
+        return;
+    }
+    let dir = TempDir::new("bench-refuse");
+    let write = |name: &str, body: &str| {
+        let path = dir.path(name);
+        std::fs::write(&path, format!("[[scenario]]\nname = \"x\"\n{body}")).unwrap();
+        path
+    };
+    // This kernel has no netem: delay and loss must be refused, not dropped.
+    let delay = write(
+        "delay.toml",
+        "workload = { size_mib = 8 }\nnetwork = { rate = \"20mbit\", delay_ms = 30 }",
+    );
+    let out = bench(&["--scenario", delay.to_str().unwrap(), "--check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    if crate_has_netem() {
+        eprintln!("this kernel has netem; the delay scenario is runnable");
+        assert!(out.status.success(), "{err}");
+    } else {
+        assert!(!out.status.success());
+        assert!(
+            err.contains("netem") && err.contains("30 ms of delay"),
+            "{err}"
+        );
+    }
+    for (body, needle) in [
+        ("workload = { size_mib = 0 }", "size_mib = 0"),
+        (
+            "workload = { size_mib = 8 }\nnetwork = { rate = \"fast\" }",
+            "rate",
+        ),
+        ("workload = { size_mib = 8, threads = 0 }", "threads = 0"),
+        ("workload = { size_mib = 4000000 }", "size_mib = 4000000"),
+        (
+            "workload = { size_mib = 8 }\nmodes = [\"teleport\"]",
+            "teleport",
+        ),
+    ] {
+        let file = write("bad.toml", body);
+        let out = bench(&["--scenario", file.to_str().unwrap(), "--check"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{body} was accepted");
+        assert!(err.contains(needle), "{body}: {err}");
+    }
+    // More memory than this machine has.
+    let huge = write("huge.toml", "workload = { size_mib = 65536 }");
+    let out = bench(&["--scenario", huge.to_str().unwrap(), "--check"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("MiB are available"),
+        "{err}"
+    );
+    // Not root.
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid",
+            "65534",
+            "--regid",
+            "65534",
+            "--clear-groups",
+            PAGEHOP,
+        ])
+        .args(["bench", "--check"])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs root"), "{err}");
+    // The built-in set itself is runnable here.
+    let out = bench(&["--check"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn crate_has_netem() -> bool {
+    pagehop::netns::netem_available().is_ok()
+}
+
+#[test]
+fn interrupted_bench_cleans_up_its_namespaces_and_processes() {
+    if !privileged("interrupted_bench_cleans_up_its_namespaces_and_processes") {
+        return;
+    }
+    let dir = TempDir::new("bench-interrupt");
+    let scenario = dir.path("slow.toml");
+    // Long enough to be interrupted mid-migration: 16 MiB over 5 Mbit/s.
+    std::fs::write(
+        &scenario,
+        "[[scenario]]\nname = \"slow\"\nrepetitions = 1\nmodes = [\"postcopy\"]\n\
+         workload = { size_mib = 16, write_mbps = 1 }\nnetwork = { rate = \"5mbit\" }\n",
+    )
+    .unwrap();
+    let out_dir = dir.path("results");
+    let mut child = Command::new(PAGEHOP)
+        .args(["bench", "--iperf3-seconds", "1", "--netns-prefix", "phbi"])
+        .arg("--scenario")
+        .arg(&scenario)
+        .arg("--out")
+        .arg(&out_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start pagehop bench");
+    let bench_pid = child.id();
+    let scratch = std::env::temp_dir().join(format!("pagehop-bench-{bench_pid}"));
+    // Wait until a migration is under way: the source workload and the
+    // restored one are both running.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let ps = Command::new("pgrep")
+            .args(["-f", &format!("pagehop-bench-{bench_pid}/restored")])
+            .output()
+            .unwrap();
+        if !ps.stdout.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no migration started");
+        assert!(child.try_wait().unwrap().is_none(), "bench ended early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(namespaces().contains("phbi-a"));
+    // SAFETY: kill has no memory-safety preconditions.
+    unsafe { libc::kill(bench_pid as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("cleaned up"), "{err}");
+    assert!(!namespaces().contains("phbi-"), "namespaces left behind");
+    assert!(!scratch.exists(), "scratch directory left behind");
+    std::thread::sleep(Duration::from_millis(200));
+    for pattern in [
+        format!("pagehop-bench-{bench_pid}"),
+        "pagehop-workload --size-mib 16 --threads 2 --pattern uniform".to_string(),
+        "phbi-".to_string(),
+    ] {
+        let ps = Command::new("pgrep")
+            .args(["-af", &pattern])
+            .output()
+            .unwrap();
+        assert!(
+            ps.stdout.is_empty(),
+            "processes left behind: {}",
+            String::from_utf8_lossy(&ps.stdout)
+        );
+    }
+    // What was measured before the interruption stays.
+    let runs = std::fs::read_to_string(out_dir.join("runs.jsonl")).unwrap();
+    assert!(runs.contains("\"kind\":\"iperf3\""), "{runs}");
+}
