@@ -210,7 +210,7 @@ fn scenario_plots(
         plot::distribution(
             &path,
             &format!("{name}: destination fault latency, all runs ({network})"),
-            "fault → page installed (µs, log2 buckets)",
+            "fault → page installed (log2 buckets)",
             &latency,
         )?;
         files.push(path);

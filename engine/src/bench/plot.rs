@@ -239,9 +239,13 @@ pub fn distribution(
             if (x - i).abs() > 0.01 || i < 0.0 {
                 return String::new();
             }
+            // Every other bound when there are many, so that labels do not collide.
+            if buckets > 12 && i as usize % 2 == 1 {
+                return String::new();
+            }
             match bound_of.get(i as usize) {
                 Some(Some(us)) if *us >= 1000 => format!("<{}ms", us / 1000),
-                Some(Some(us)) => format!("<{us}"),
+                Some(Some(us)) => format!("<{us}µs"),
                 Some(None) => "more".into(),
                 None => String::new(),
             }
