@@ -157,9 +157,10 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
                     done += 1;
                     failed += usize::from(!record.ok);
                     progress(&format!(
-                        "   [{done}/{total}] {} MiB, {} MB/s, {mode}, #{}: {}",
+                        "   [{done}/{total}] {} MiB, {} MB/s, {}, #{}: {}",
                         point.size_mib,
                         point.write_mbps,
+                        mode.name(),
                         rep + 1,
                         describe(&record)
                     ));

@@ -233,7 +233,7 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
     // Generous: every page a few times over the link, plus start-up.
     let limit =
         Duration::from_secs_f64(120.0 + 8.0 * transfer_secs(spec, spec.point.size_mib + 16));
-    let status = wait_exit(&mut send, limit)?;
+    let status = wait_exit(&mut send, "pagehop send", limit)?;
     let send_text = send_out.recv().unwrap_or_default();
     record.send = serde_json::from_str(send_text.trim()).unwrap_or(serde_json::Value::Null);
     if !status {
@@ -244,7 +244,7 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
             recv_err.text().trim()
         )));
     }
-    let recv_ok = wait_exit(&mut recv, Duration::from_secs(60))?;
+    let recv_ok = wait_exit(&mut recv, "pagehop recv", Duration::from_secs(60))?;
     record.recv = serde_json::from_str(recv_out.recv().unwrap_or_default().trim())
         .unwrap_or(serde_json::Value::Null);
     if !recv_ok {
@@ -306,7 +306,7 @@ fn path_str(path: &Path) -> &str {
 
 /// Waits for `group`'s leader to exit within `limit` (killing it after);
 /// whether it succeeded.
-fn wait_exit(group: &mut Group, limit: Duration) -> Result<bool, RunError> {
+fn wait_exit(group: &mut Group, name: &str, limit: Duration) -> Result<bool, RunError> {
     let deadline = Instant::now() + limit;
     loop {
         match group.child.try_wait() {
@@ -314,8 +314,7 @@ fn wait_exit(group: &mut Group, limit: Duration) -> Result<bool, RunError> {
             Ok(None) if Instant::now() > deadline => {
                 let _ = group.child.kill();
                 return Err(RunError::Failed(format!(
-                    "{:?} did not finish within {limit:?}",
-                    group.pid()
+                    "{name} did not finish within {limit:?}"
                 )));
             }
             Ok(None) => std::thread::sleep(Duration::from_millis(10)),

@@ -7,9 +7,18 @@
 //! every combination of them (its *points*), each in every mode, with
 //! stop-and-copy always added as the baseline, `repetitions` times.
 use std::collections::BTreeSet;
-use std::fmt;
 
 use serde::{Deserialize, Deserializer};
+
+pub use crate::migrate::source::Mode;
+
+/// The order modes are run and reported in: the baseline first.
+pub const MODE_ORDER: [Mode; 4] = [
+    Mode::StopAndCopy,
+    Mode::Precopy,
+    Mode::Postcopy,
+    Mode::Hybrid,
+];
 
 /// The built-in scenario set.
 pub const BUILTIN: &str = include_str!("builtin.toml");
@@ -26,39 +35,6 @@ pub enum ScenarioError {
     },
     #[error("{origin}: no scenario in the file (it needs at least one [[scenario]] table)")]
     Empty { origin: String },
-}
-
-/// How pages move: the modes of `pagehop send --mode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Mode {
-    StopAndCopy,
-    Precopy,
-    Postcopy,
-    Hybrid,
-}
-
-impl Mode {
-    /// The `--mode` value, also the report's `mode`.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mode::StopAndCopy => "stop-and-copy",
-            Mode::Precopy => "precopy",
-            Mode::Postcopy => "postcopy",
-            Mode::Hybrid => "hybrid",
-        }
-    }
-
-    /// Whether the destination starts before it holds every page.
-    pub fn is_postcopy(self) -> bool {
-        matches!(self, Mode::Postcopy | Mode::Hybrid)
-    }
-}
-
-impl fmt::Display for Mode {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
 }
 
 /// One value or a list of them (`size_mib = 64` or `size_mib = [64, 256]`).
@@ -296,13 +272,10 @@ impl Scenario {
 
     /// The modes to run, baseline first, each once.
     pub fn modes_with_baseline(&self) -> Vec<Mode> {
-        let set: BTreeSet<Mode> = self
-            .modes
-            .iter()
-            .copied()
-            .chain([Mode::StopAndCopy])
-            .collect();
-        set.into_iter().collect()
+        MODE_ORDER
+            .into_iter()
+            .filter(|m| *m == Mode::StopAndCopy || self.modes.contains(m))
+            .collect()
     }
 
     /// Migrations this scenario runs.

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::run::{Line, Record};
-use super::scenario::{Mode, Scenario};
+use super::scenario::{MODE_ORDER, Mode, Scenario};
 
 /// Median and spread of one metric over the successful repetitions.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -174,15 +174,10 @@ pub fn rows(lines: &[Line]) -> Vec<Row> {
     };
     // Rows sorted by scenario (first seen), size, rate, mode rank.
     let rank = |mode: &str| {
-        [
-            Mode::StopAndCopy,
-            Mode::Precopy,
-            Mode::Postcopy,
-            Mode::Hybrid,
-        ]
-        .iter()
-        .position(|m| m.name() == mode)
-        .unwrap_or(9)
+        MODE_ORDER
+            .iter()
+            .position(|m| m.name() == mode)
+            .unwrap_or(MODE_ORDER.len())
     };
     let scenario_rank = |name: &str| order.iter().position(|k| k.0 == name).unwrap_or(0);
     let mut keys = order.clone();

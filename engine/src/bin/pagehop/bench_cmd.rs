@@ -93,6 +93,13 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let exe = std::env::current_exe()?;
+    let workload = exe.with_file_name("pagehop-workload");
+    anyhow::ensure!(
+        workload.is_file(),
+        "{} not found: pagehop bench runs the pagehop-workload built next to it \
+         (cargo build --release --bins, or cargo xtask bench)",
+        workload.display()
+    );
     let opts = BenchOptions {
         scenarios,
         scenario_text: text,
@@ -104,7 +111,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             PathBuf::from("bench-results").join(bench::utc_stamp(now))
         }),
         binaries: Binaries {
-            workload: exe.with_file_name("pagehop-workload"),
+            workload,
             pagehop: exe,
         },
         iperf3_seconds: args.iperf3_seconds,
