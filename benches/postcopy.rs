@@ -2,10 +2,10 @@
 //!
 //! 1. remote fault latency (request sent → page installed) over loopback and
 //!    over the veth pair between two network namespaces;
-//! 2. downtime and total time of precopy, postcopy and hybrid as the write
-//!    rate grows, over a veth shaped to 1 Gbit/s: where pre-copy stops
-//!    converging, hybrid still switches within milliseconds;
-//! 3. post-copy with and without a recorded working set (`--prefetch-from`).
+//! 2. post-copy with and without a recorded working set (`--prefetch-from`).
+//!
+//! The modes side by side across write rates, sizes and links, with their
+//! baselines, are `pagehop bench`'s (`cargo xtask bench`).
 //!
 //! The restored workload starts its writers at once (`--resume-lazy`), so it
 //! faults the way a service would. Each configuration runs
@@ -157,55 +157,7 @@ fn main() {
     }
     println!("  (percentiles are log2-bucket upper bounds, capped at the maximum)");
 
-    // 2: modes across write rates, over a 1 Gbit/s link.
-    let shaped = NetnsPair::create("phpcs", 52).expect("namespaces");
-    shaped.shape("1gbit").expect("tc tbf");
-    println!(
-        "\n2. 256 MiB, uniform writes, veth shaped to 1 Gbit/s (125 MB/s): downtime / total time in ms"
-    );
-    println!(
-        "  {:>8}  {:>19}  {:>19}  {:>19}   precopy switch / hybrid switch",
-        "MB/s", "precopy", "postcopy", "hybrid"
-    );
-    for rate in [0.0, 20.0, 100.0, 400.0] {
-        let workload = format!("--size-mib 256 --threads 2 --write-mbps {rate} --seed 5");
-        let mut by_mode: Vec<Vec<serde_json::Value>> = vec![Vec::new(), Vec::new(), Vec::new()];
-        for _ in 0..reps {
-            for (i, mode) in ["precopy", "postcopy", "hybrid"].iter().enumerate() {
-                by_mode[i].push(migrate(
-                    &Path2::Veth(&shaped),
-                    &workload,
-                    &["--mode", mode, "--max-rounds", "8"],
-                ));
-            }
-        }
-        let cell = |runs: &[serde_json::Value]| {
-            format!(
-                "{:>8.1} / {:>8.0}",
-                med(runs, |r| f(r, "downtime_ms")),
-                med(runs, |r| f(r, "total_ms"))
-            )
-        };
-        let reason = |runs: &[serde_json::Value]| {
-            runs[runs.len() / 2]["switch_reason"]
-                .as_str()
-                .unwrap_or("")
-                .split(':')
-                .next()
-                .unwrap_or("")
-                .to_string()
-        };
-        println!(
-            "  {rate:>8.0}  {}  {}  {}   {} / {}",
-            cell(&by_mode[0]),
-            cell(&by_mode[1]),
-            cell(&by_mode[2]),
-            reason(&by_mode[0]),
-            reason(&by_mode[2])
-        );
-    }
-
-    // 3: with and without a recorded working set.
+    // 2: with and without a recorded working set.
     let slow = NetnsPair::create("phpcw", 53).expect("namespaces");
     slow.shape("200mbit").expect("tc tbf");
     let ws = std::env::temp_dir().join(format!("pagehop-ws-{}", std::process::id()));
@@ -221,7 +173,7 @@ fn main() {
         ],
     );
     println!(
-        "\n3. post-copy of 128 MiB over 200 Mbit/s, skewed writers; working set recorded by an earlier migration ({} page requests)",
+        "\n2. post-copy of 128 MiB over 200 Mbit/s, skewed writers; working set recorded by an earlier migration ({} page requests)",
         f(&record, "demand_requests")
     );
     println!(
