@@ -96,7 +96,7 @@ impl NetnsPair {
     }
 
     /// Limits the a → b direction to `rate` (a tc rate such as `20mbit`) with
-    /// a token-bucket filter (this kernel has tbf and htb, not netem).
+    /// a token-bucket filter.
     pub fn shape(&self, rate: &str) -> Result<(), NetnsError> {
         ip(&[
             "netns",
@@ -134,7 +134,9 @@ impl NetnsPair {
     }
 
     /// Delay, jitter, loss and (optionally) a rate limit in both directions
-    /// with netem (see [`netem_available`]).
+    /// with netem (see [`netem_available`]). Its queue holds the delay plus
+    /// 400 ms at the rate (as [`Self::shape_both`] does), at least 1000
+    /// packets, so that netem itself drops nothing it was not asked to.
     pub fn impair_both(
         &self,
         delay_ms: f64,
@@ -142,7 +144,13 @@ impl NetnsPair {
         loss_percent: f64,
         rate_bits: Option<u64>,
     ) -> Result<(), NetnsError> {
+        let queue_s = (delay_ms + jitter_ms) / 1e3 + 0.4;
+        let limit = rate_bits.map_or(10_000, |bits| {
+            ((bits as f64 / 8.0 * queue_s / 1500.0) as u64).max(1000)
+        });
         let mut netem = vec![
+            "limit".to_string(),
+            limit.to_string(),
             "delay".to_string(),
             format!("{delay_ms}ms"),
             format!("{jitter_ms}ms"),
@@ -185,12 +193,14 @@ pub fn remove(ns: &str) {
 /// Whether this kernel has the netem qdisc (delay, jitter, loss): tried on
 /// the loopback device of a scratch namespace. The error is tc's own words.
 pub fn netem_available() -> Result<(), NetnsError> {
-    let ns = format!("phnetem-{}", std::process::id());
-    ip(&["netns", "add", &ns])?;
+    // A fixed name: a probe killed midway is deleted by the next one.
+    let ns = "phnetem-probe";
+    remove(ns);
+    ip(&["netns", "add", ns])?;
     let tried = ip(&[
-        "netns", "exec", &ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
+        "netns", "exec", ns, "tc", "qdisc", "add", "dev", "lo", "root", "netem", "delay", "1ms",
     ]);
-    remove(&ns);
+    remove(ns);
     tried
 }
 

@@ -182,15 +182,17 @@ fn interrupted_bench_cleans_up_its_namespaces_and_processes() {
     }
     let dir = TempDir::new("bench-interrupt");
     let scenario = dir.path("slow.toml");
-    // Long enough to be interrupted mid-migration: 16 MiB over 5 Mbit/s.
+    // Stop-and-copy (the baseline, first) takes about 4 s at 20 Mbit/s;
+    // the post-copy run after it takes as long, with the restored workload
+    // running all the while: that is when the signal comes.
     std::fs::write(
         &scenario,
         "[[scenario]]\nname = \"slow\"\nrepetitions = 1\nmodes = [\"postcopy\"]\n\
-         workload = { size_mib = 16, write_mbps = 1 }\nnetwork = { rate = \"5mbit\" }\n",
+         workload = { size_mib = 8, write_mbps = 1 }\nnetwork = { rate = \"20mbit\" }\n",
     )
     .unwrap();
     let out_dir = dir.path("results");
-    let mut child = Command::new(PAGEHOP)
+    let child = Command::new(PAGEHOP)
         .args(["bench", "--iperf3-seconds", "1", "--netns-prefix", "phbi"])
         .arg("--scenario")
         .arg(&scenario)
@@ -200,38 +202,48 @@ fn interrupted_bench_cleans_up_its_namespaces_and_processes() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start pagehop bench");
+    // A failed assertion must not leave the bench running.
+    let mut child = KillOnDrop(Some(child));
+    let child = child.0.as_mut().unwrap();
     let bench_pid = child.id();
     let scratch = std::env::temp_dir().join(format!("pagehop-bench-{bench_pid}"));
-    // Wait until a migration is under way: the source workload and the
-    // restored one are both running.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let runs = out_dir.join("runs.jsonl");
+    let restored_log = scratch.join("restored-postcopy.log");
+    // The baseline recorded, then the post-copy run's workload resumed.
+    let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let ps = Command::new("pgrep")
-            .args(["-f", &format!("pagehop-bench-{bench_pid}/restored")])
-            .output()
-            .unwrap();
-        if !ps.stdout.is_empty() {
+        let recorded = std::fs::read_to_string(&runs).unwrap_or_default();
+        let log = std::fs::read_to_string(&restored_log).unwrap_or_default();
+        if recorded.lines().count() >= 2 && log.contains("resumed") {
             break;
         }
-        assert!(Instant::now() < deadline, "no migration started");
+        assert!(Instant::now() < deadline, "the post-copy run never started");
         assert!(child.try_wait().unwrap().is_none(), "bench ended early");
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(20));
     }
     assert!(namespaces().contains("phbi-a"));
+    // The bench's own workloads: the source (if still there) and the restored one.
+    let ours = "--size-mib 8 --threads 2 --pattern uniform --fill random";
+    let running = Command::new("pgrep")
+        .args(["-f", "--", ours])
+        .output()
+        .unwrap();
+    assert!(
+        !running.stdout.is_empty(),
+        "no workload running at the signal"
+    );
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(bench_pid as i32, libc::SIGINT) };
-    let out = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(130), "{err}");
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
     assert!(err.contains("cleaned up"), "{err}");
     assert!(!namespaces().contains("phbi-"), "namespaces left behind");
     assert!(!scratch.exists(), "scratch directory left behind");
     std::thread::sleep(Duration::from_millis(200));
-    for pattern in [
-        format!("pagehop-bench-{bench_pid}"),
-        "pagehop-workload --size-mib 16 --threads 2 --pattern uniform".to_string(),
-        "phbi-".to_string(),
-    ] {
+    // recv and send carry the scratch directory in their arguments.
+    for pattern in [format!("pagehop-bench-{bench_pid}"), ours.to_string()] {
         let ps = Command::new("pgrep")
             .args(["-af", &pattern])
             .output()
@@ -245,4 +257,19 @@ fn interrupted_bench_cleans_up_its_namespaces_and_processes() {
     // What was measured before the interruption stays.
     let runs = std::fs::read_to_string(out_dir.join("runs.jsonl")).unwrap();
     assert!(runs.contains("\"kind\":\"iperf3\""), "{runs}");
+}
+
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0
+            && matches!(child.try_wait(), Ok(None))
+        {
+            // SIGINT first: the bench cleans up after itself.
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+        }
+    }
 }

@@ -64,9 +64,8 @@ pub enum BenchError {
 }
 
 pub struct BenchOptions {
+    /// What to run (written to the results as `scenarios.toml`).
     pub scenarios: Vec<Scenario>,
-    /// The scenario file text, copied into the results.
-    pub scenario_text: String,
     pub out: PathBuf,
     pub binaries: Binaries,
     /// Seconds of each iperf3 baseline.
@@ -80,6 +79,8 @@ pub struct Outcome {
     pub dir: PathBuf,
     pub runs: usize,
     pub failed: usize,
+    /// Scenarios that could not run at all (their link could not be built).
+    pub skipped: Vec<String>,
     pub files: Vec<PathBuf>,
 }
 
@@ -98,7 +99,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     }
     std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let copy = dir.join("scenarios.toml");
-    std::fs::write(&copy, &opts.scenario_text).map_err(io("writing", &copy))?;
+    std::fs::write(&copy, scenario::to_toml(&opts.scenarios)).map_err(io("writing", &copy))?;
     let env = dir.join("environment.json");
     std::fs::write(&env, environment().to_string() + "\n").map_err(io("writing", &env))?;
     let mut jsonl = std::fs::File::create(&runs_path).map_err(io("creating", &runs_path))?;
@@ -111,6 +112,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
     let mut lines = Vec::new();
     let mut done = 0;
     let mut failed = 0;
+    let mut skipped = Vec::new();
     for s in &opts.scenarios {
         progress(&format!(
             "== {}: {} ({} runs)",
@@ -118,11 +120,20 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
             s.network.label(),
             s.runs()
         ));
-        let network_error = |source| BenchError::Network {
-            scenario: s.name.clone(),
-            source,
+        let link = match network::Link::create(&opts.netns_prefix, &s.network) {
+            Ok(link) => link,
+            Err(source) => {
+                // The other scenarios still run; the run fails at the end.
+                let e = BenchError::Network {
+                    scenario: s.name.clone(),
+                    source,
+                };
+                let message = crate::track::error_chain(&e);
+                progress(&format!("   skipped: {message}"));
+                skipped.push(message);
+                continue;
+            }
         };
-        let link = network::Link::create(&opts.netns_prefix, &s.network).map_err(network_error)?;
         let (mbps, error) = match link.iperf3_mbps(opts.iperf3_seconds) {
             Ok(v) => (Some(v), None),
             Err(e) => (None, Some(crate::track::error_chain(&e))),
@@ -177,6 +188,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         dir: dir.clone(),
         runs: done,
         failed,
+        skipped,
         files,
     })
 }

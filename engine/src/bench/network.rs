@@ -2,7 +2,7 @@
 //! shaped as the scenario says, and the raw-path baseline over it (one
 //! iperf3 TCP stream, source namespace to destination namespace).
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::cleanup::{self, Namespaces};
 use super::scenario::Network;
@@ -35,21 +35,12 @@ pub struct Link {
 }
 
 impl Link {
-    /// `prefix` names the namespaces (`<prefix>-a`, `<prefix>-b`; at most
-    /// 12 characters, a-z, 0-9 and -).
+    /// `prefix` names the namespaces (see [`check_prefix`]).
     pub fn create(prefix: &str, network: &Network) -> Result<Self, NetworkError> {
-        let valid = !prefix.is_empty()
-            && prefix.len() <= 12
-            && prefix
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !valid {
-            return Err(NetworkError::Invalid(format!(
-                "namespace prefix {prefix:?}: 1-12 characters of a-z, 0-9 and -"
-            )));
-        }
+        check_prefix(prefix)?;
+        // Registered first: a signal while they are being built deletes them too.
+        let registered = Namespaces::register(&[&format!("{prefix}-a"), &format!("{prefix}-b")]);
         let pair = NetnsPair::create(prefix, SUBNET)?;
-        let registered = Namespaces::register(&[&pair.a, &pair.b]);
         let rate = network.rate_bits().map_err(NetworkError::Invalid)?;
         if network.needs_netem() {
             pair.impair_both(
@@ -70,7 +61,7 @@ impl Link {
     /// One iperf3 TCP stream from the source namespace to the destination
     /// namespace for `seconds`: the throughput (MB/s) the raw path gives.
     pub fn iperf3_mbps(&self, seconds: u32) -> Result<f64, NetworkError> {
-        let mut server = cleanup::spawn(
+        let _server = cleanup::spawn(
             NetnsPair::command(&self.pair.b, "iperf3")
                 .args(["-s", "-1", "-p", IPERF_PORT])
                 .stdout(Stdio::null())
@@ -78,33 +69,65 @@ impl Link {
         )?;
         // The server listens within milliseconds; retry the client briefly.
         let mut last = String::new();
-        for _ in 0..20 {
+        for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(100));
-            let out = client(&self.pair, seconds)
-                .output()
-                .map_err(|e| NetworkError::Iperf(format!("starting iperf3: {e}")))?;
-            let report: serde_json::Value = match serde_json::from_slice(&out.stdout) {
+            let mut client = cleanup::spawn(&mut client(&self.pair, seconds))?;
+            let stdout = client.child.stdout.take();
+            let reader = std::thread::spawn(move || {
+                let mut text = String::new();
+                if let Some(mut out) = stdout {
+                    let _ = std::io::Read::read_to_string(&mut out, &mut text);
+                }
+                text
+            });
+            let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 15);
+            while client.child.try_wait().ok().flatten().is_none() {
+                if Instant::now() > deadline {
+                    let _ = client.child.kill();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let text = reader.join().unwrap_or_default();
+            let report: serde_json::Value = match serde_json::from_str(&text) {
                 Ok(v) => v,
                 Err(_) => {
-                    last = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                    last = "iperf3 printed no report".into();
                     continue;
                 }
             };
             if let Some(bits) = report["end"]["sum_received"]["bits_per_second"].as_f64() {
-                let _ = server.child.wait();
                 return Ok(bits / 8.0 / 1e6);
             }
             last = report["error"].as_str().unwrap_or("no result").to_string();
         }
-        let _ = server.child.kill();
         Err(NetworkError::Iperf(last))
     }
 }
 
+/// A namespace prefix: 1-12 characters of a-z, 0-9 and - (device names
+/// derived from it must fit the kernel's 15).
+pub fn check_prefix(prefix: &str) -> Result<(), NetworkError> {
+    let valid = !prefix.is_empty()
+        && prefix.len() <= 12
+        && prefix
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !valid {
+        return Err(NetworkError::Invalid(format!(
+            "namespace prefix {prefix:?}: 1-12 characters of a-z, 0-9 and -"
+        )));
+    }
+    Ok(())
+}
+
 fn client(pair: &NetnsPair, seconds: u32) -> Command {
     let mut cmd = NetnsPair::command(&pair.a, "iperf3");
-    cmd.args(["-c", &pair.addr_b, "-p", IPERF_PORT, "-J", "-t"])
+    cmd.args(["-c", &pair.addr_b, "-p", IPERF_PORT, "-J"])
+        .args(["--connect-timeout", "3000", "-t"])
         .arg(seconds.to_string())
-        .stdin(Stdio::null());
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
     cmd
 }

@@ -155,12 +155,14 @@ fn workload_args(spec: &RunSpec<'_>) -> Vec<String> {
     .to_vec()
 }
 
-/// Seconds the link needs for `mib` MiB at the scenario's rate (0 unshaped).
+/// Seconds the link needs for `mib` MiB at the scenario's rate (unshaped:
+/// at 100 MB/s, well below what this path gives).
 fn transfer_secs(spec: &RunSpec<'_>, mib: u64) -> f64 {
-    match spec.scenario.network.rate_bits() {
-        Ok(Some(bits)) => (mib << 20) as f64 * 8.0 / bits as f64,
-        _ => 0.0,
-    }
+    let bits = match spec.scenario.network.rate_bits() {
+        Ok(Some(bits)) => bits as f64,
+        _ => 800e6,
+    };
+    (mib << 20) as f64 * 8.0 / bits
 }
 
 fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
@@ -175,21 +177,23 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
         what: "writing the token file",
         source,
     })?;
-    let log = dir.join(format!("restored-{}.log", spec.rep));
+    let log = dir.join(format!("restored-{}.log", spec.mode.name()));
     let _ = std::fs::remove_file(&log);
     let args = workload_args(spec);
     let listen = format!("{}:{PORT}", pair.addr_b);
     let restore = format!(
         "exec {} --resume --resume-lazy --check-on-exit {} > {} 2>&1",
-        spec.binaries.workload.display(),
+        shell_quote(&spec.binaries.workload.to_string_lossy()),
         args.join(" "),
-        log.display()
+        shell_quote(&log.to_string_lossy())
     );
     let mut recv = cleanup::spawn(
-        NetnsPair::command(&pair.b, path_str(&spec.binaries.pagehop))
+        NetnsPair::command(&pair.b, path_str(&spec.binaries.pagehop)?)
             .args(["recv", "--listen", &listen, "--json"])
             .args(["--reconnect-timeout", "2", "--token-file"])
             .arg(&token)
+            .arg("--socket")
+            .arg(dir.join("uffd.sock"))
             .args(["--restore-cmd", &restore])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -219,7 +223,7 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
     std::thread::sleep(WARMUP);
 
     let mut send = cleanup::spawn(
-        NetnsPair::command(&pair.a, path_str(&spec.binaries.pagehop))
+        NetnsPair::command(&pair.a, path_str(&spec.binaries.pagehop)?)
             .args(["send", "--pid", &source.pid().to_string(), "--to", &listen])
             .args(["--json", "--mode", spec.mode.name(), "--token-file"])
             .arg(&token)
@@ -300,8 +304,14 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
     Ok(())
 }
 
-fn path_str(path: &Path) -> &str {
-    path.to_str().expect("binary paths are UTF-8")
+fn path_str(path: &Path) -> Result<&str, RunError> {
+    path.to_str()
+        .ok_or_else(|| RunError::Failed(format!("{} is not a UTF-8 path", path.display())))
+}
+
+/// `text` as one single-quoted `sh` word.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// Waits for `group`'s leader to exit within `limit` (killing it after);
@@ -423,4 +433,13 @@ fn heartbeat_ns(line: &str) -> Option<u64> {
         .next()?
         .parse()
         .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shell_quote_survives_spaces_and_quotes() {
+        assert_eq!(super::shell_quote("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(super::shell_quote("it's"), "'it'\\''s'");
+    }
 }

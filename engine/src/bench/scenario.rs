@@ -8,7 +8,7 @@
 //! stop-and-copy always added as the baseline, `repetitions` times.
 use std::collections::BTreeSet;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub use crate::migrate::source::Mode;
 
@@ -41,6 +41,15 @@ pub enum ScenarioError {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OneOrMany<T>(pub Vec<T>);
 
+impl<T: Serialize> Serialize for OneOrMany<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0.as_slice() {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+}
+
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
@@ -56,7 +65,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Workload {
     /// Arena size(s) in MiB.
@@ -88,7 +97,7 @@ fn default_fill() -> String {
 }
 
 /// The link between the two namespaces.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Network {
     /// "unshaped", or a tc rate such as "5mbit", "20mbit", "1gbit".
@@ -173,18 +182,26 @@ pub fn parse_rate(rate: &str) -> Result<Option<u64>, String> {
 }
 
 /// Engine options passed to `pagehop send`; unset ones keep send's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Engine {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub max_rounds: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub downtime_target_ms: Option<u64>,
     /// auto, lz4 or off.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub compress: Option<String>,
     /// auto, on or off.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub zerocopy: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub streams: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hot_after: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub postcopy_below_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub prefetch_pages: Option<u32>,
 }
 
@@ -217,7 +234,7 @@ impl Engine {
 }
 
 /// One scenario as written in the file.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
     pub name: String,
@@ -242,10 +259,18 @@ fn default_modes() -> Vec<Mode> {
     vec![Mode::Precopy, Mode::Postcopy, Mode::Hybrid]
 }
 
-#[derive(Deserialize)]
+#[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     scenario: Vec<Scenario>,
+}
+
+/// `scenarios` as a scenario file (what a run records of what it ran).
+pub fn to_toml(scenarios: &[Scenario]) -> String {
+    toml::to_string(&File {
+        scenario: scenarios.to_vec(),
+    })
+    .expect("scenarios serialize")
 }
 
 /// One workload configuration of a scenario.
@@ -339,10 +364,12 @@ impl Scenario {
         }
         let n = &self.network;
         n.rate_bits().map_err(|e| format!("network.{e}"))?;
+        // Beyond these, connections time out (10 s handshakes) rather than
+        // measure anything.
         for (field, value, max) in [
-            ("delay_ms", n.delay_ms, 10_000.0),
-            ("jitter_ms", n.jitter_ms, 10_000.0),
-            ("loss_percent", n.loss_percent, 100.0),
+            ("delay_ms", n.delay_ms, 1_000.0),
+            ("jitter_ms", n.jitter_ms, 1_000.0),
+            ("loss_percent", n.loss_percent, 50.0),
         ] {
             if !(value.is_finite() && (0.0..=max).contains(&value)) {
                 return Err(format!("network.{field} = {value}: must be 0..={max}"));
@@ -482,6 +509,12 @@ mod tests {
                    [[scenario]]\nname = \"x\"\nworkload = { size_mib = 8 }";
         assert!(parse(dup, "t").unwrap_err().to_string().contains("second"));
         assert!(matches!(parse("", "t"), Err(ScenarioError::Parse { .. })));
+    }
+
+    #[test]
+    fn scenarios_round_trip_through_toml() {
+        let set = parse(BUILTIN, "builtin").unwrap();
+        assert_eq!(parse(&to_toml(&set), "written").unwrap(), set);
     }
 
     #[test]

@@ -73,7 +73,7 @@ impl Metric {
             Metric::WorkloadDowntimeMs => "workload_downtime_ms",
             Metric::TotalMs => "total_ms",
             Metric::WireMib => "wire_mib",
-            Metric::ThroughputMbps => "throughput_mbps",
+            Metric::ThroughputMbps => "throughput_mb_per_s",
             Metric::Rounds => "rounds",
             Metric::FaultP50Us => "fault_p50_us",
             Metric::RemoteFaultP50Us => "remote_fault_p50_us",
@@ -228,7 +228,7 @@ pub fn csv(rows: &[Row]) -> String {
         let _ = write!(out, ",{c}_median,{c}_min,{c}_max");
     }
     out += ",stop_and_copy_downtime_ms,downtime_vs_stop_and_copy,stop_and_copy_total_ms,\
-             total_vs_stop_and_copy,iperf3_mbps,throughput_vs_iperf3\n";
+             total_vs_stop_and_copy,iperf3_mb_per_s,throughput_vs_iperf3\n";
     for r in rows {
         let _ = write!(
             out,

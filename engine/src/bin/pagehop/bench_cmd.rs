@@ -72,6 +72,15 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
             s.repetitions = reps;
         }
     }
+    bench::network::check_prefix(&args.netns_prefix)?;
+    let exe = std::env::current_exe()?;
+    let workload = exe.with_file_name("pagehop-workload");
+    anyhow::ensure!(
+        workload.is_file(),
+        "{} not found: pagehop bench runs the pagehop-workload built next to it \
+         (cargo build --release --bins, or cargo xtask bench)",
+        workload.display()
+    );
     // Before any thread exists, so that every thread inherits the mask.
     bench::cleanup::watch_signals(|sig| {
         eprintln!("pagehop bench: signal {sig}: stopped; namespaces and processes cleaned up");
@@ -92,17 +101,8 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
         println!("ok: this machine can run {origin}");
         return Ok(());
     }
-    let exe = std::env::current_exe()?;
-    let workload = exe.with_file_name("pagehop-workload");
-    anyhow::ensure!(
-        workload.is_file(),
-        "{} not found: pagehop bench runs the pagehop-workload built next to it \
-         (cargo build --release --bins, or cargo xtask bench)",
-        workload.display()
-    );
     let opts = BenchOptions {
         scenarios,
-        scenario_text: text,
         out: args.out.unwrap_or_else(|| {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
@@ -127,6 +127,14 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     for file in &outcome.files {
         println!("  {}", file.display());
     }
+    for skipped in &outcome.skipped {
+        eprintln!("pagehop bench: skipped {skipped}");
+    }
+    anyhow::ensure!(
+        outcome.skipped.is_empty(),
+        "{} scenario(s) could not run",
+        outcome.skipped.len()
+    );
     anyhow::ensure!(
         outcome.failed == 0,
         "{} of {} migrations failed (see runs.jsonl)",
