@@ -8,6 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use pagehop::netns::NetnsPair;
+use pagehop::workload::heartbeat_ns;
 
 use crate::common::*;
 
@@ -109,13 +110,7 @@ fn send_cmd(ns: Option<&str>) -> Command {
 
 /// The last heartbeat timestamp of a source workload's remaining output.
 fn last_heartbeat_ns(lines: &[String]) -> Option<u64> {
-    lines.iter().rev().find_map(|l| {
-        l.strip_prefix("heartbeat t_ns=")?
-            .split_whitespace()
-            .next()?
-            .parse()
-            .ok()
-    })
+    lines.iter().rev().find_map(|l| heartbeat_ns(l))
 }
 
 pub(crate) fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> String {
@@ -294,13 +289,7 @@ fn migrate_workload(
     // Downtime as a client of the workload sees it: its last heartbeat on the
     // source to its first on the destination.
     let text = wait_for_line(&log, "heartbeat", Duration::from_secs(5));
-    let first_dest = text.lines().find_map(|l| {
-        l.strip_prefix("heartbeat t_ns=")?
-            .split_whitespace()
-            .next()?
-            .parse::<u64>()
-            .ok()
-    });
+    let first_dest = text.lines().find_map(heartbeat_ns);
     if let (Some(a), Some(b)) = (last_heartbeat_ns(&source_lines), first_dest) {
         println!(
             "{name}: heartbeat gap {:.1} ms (report downtime {} ms)",

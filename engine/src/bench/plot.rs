@@ -23,6 +23,19 @@ fn failed<E: std::fmt::Display>(path: &Path) -> impl Fn(E) -> PlotError + '_ {
 
 const SIZE: (u32, u32) = (860, 520);
 
+/// A chart with the title and the axis-label room every plot here uses.
+fn builder<'a, 'b>(
+    root: &'a DrawingArea<SVGBackend<'b>, plotters::coord::Shift>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, SVGBackend<'b>> {
+    let mut b = ChartBuilder::on(root);
+    b.caption(title, ("sans-serif", 20))
+        .margin(14)
+        .x_label_area_size(44)
+        .y_label_area_size(64);
+    b
+}
+
 /// The colour of a mode (any other label gets one by its position).
 fn colour(label: &str, index: usize) -> RGBColor {
     match label {
@@ -59,11 +72,7 @@ pub fn lines(
     let x_pad = ((x_max - x_min) * 0.05).max(0.5);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(&err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(14)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
+    let mut chart = builder(&root, title)
         .build_cartesian_2d(
             (x_min - x_pad)..(x_max + x_pad),
             ((y_min * 0.7).max(1e-3)..(y_max * 1.5).max(1e-2)).log_scale(),
@@ -136,11 +145,7 @@ pub fn grouped_bars(
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(&err)?;
     let n = groups.len().max(1) as f64;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(14)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
+    let mut chart = builder(&root, title)
         .build_cartesian_2d(-0.5..(n - 0.5), 0.0..(y_max * 1.2))
         .map_err(&err)?;
     let labels = groups.to_vec();
@@ -224,11 +229,7 @@ pub fn distribution(
     let y_max = shares.iter().flatten().copied().fold(1.0, f64::max);
     let root = SVGBackend::new(path, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(&err)?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(title, ("sans-serif", 20))
-        .margin(14)
-        .x_label_area_size(44)
-        .y_label_area_size(64)
+    let mut chart = builder(&root, title)
         .build_cartesian_2d(-0.5..(buckets as f64 - 0.5), 0.0..(y_max * 1.15))
         .map_err(&err)?;
     chart

@@ -19,6 +19,7 @@ use super::cleanup::{self, Group};
 use super::network::Link;
 use super::scenario::{Mode, Point, Scenario};
 use crate::netns::NetnsPair;
+use crate::workload::heartbeat_ns;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -425,14 +426,6 @@ fn heartbeats(stdout: ChildStdout) -> Heartbeats {
         }
     });
     Heartbeats { last_ns }
-}
-
-fn heartbeat_ns(line: &str) -> Option<u64> {
-    line.strip_prefix("heartbeat t_ns=")?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 #[cfg(test)]

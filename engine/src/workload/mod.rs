@@ -63,6 +63,15 @@ pub use pattern::{Pattern, WriteRate};
 pub use resume::ResumeError;
 pub use run::run;
 
+/// The timestamp of a `heartbeat t_ns=...` output line (None for other lines).
+pub fn heartbeat_ns(line: &str) -> Option<u64> {
+    line.strip_prefix("heartbeat t_ns=")?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
 /// Default arena address: far from the heap, the stacks and shared libraries.
 pub const DEFAULT_ARENA_ADDR: usize = 0x6000_0000_0000;
 

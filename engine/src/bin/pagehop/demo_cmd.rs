@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use pagehop::netns::NetnsPair;
+use pagehop::workload::heartbeat_ns;
 
 #[derive(Args)]
 pub struct DemoArgs {
@@ -21,14 +22,6 @@ pub struct DemoArgs {
 fn sibling(name: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     Ok(exe.with_file_name(name))
-}
-
-fn heartbeat_ns(line: &str) -> Option<u64> {
-    line.strip_prefix("heartbeat t_ns=")?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 pub fn run(args: DemoArgs) -> anyhow::Result<()> {
