@@ -217,7 +217,7 @@ pub fn rows(lines: &[Line]) -> Vec<Row> {
 }
 
 fn num(v: Option<f64>) -> String {
-    v.map_or(String::new(), |v| format!("{v:.3}"))
+    v.map_or(String::new(), |v| format!("{v:.6}"))
 }
 
 /// `summary.csv`: one row per (scenario, point, mode).
