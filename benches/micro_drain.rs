@@ -11,8 +11,8 @@
 //! - `synthetic`: the same hand-off over the same events from a `Vec`: the
 //!   difference to `ring` is the ring buffer's own cost;
 //! - `to_dirty_set`: what `UffdWpTracker::collect` does with the fault list
-//!   before its PAGEMAP_SCAN calls (mirrored here, as the tracker needs a
-//!   traced process): page addresses to ranges, clipped to the registered
+//!   before its PAGEMAP_SCAN calls (`tracker::plan_scan`, the tracker's own
+//!   code; the tracker itself needs a traced process): page addresses to ranges, clipped to the registered
 //!   ranges, merged with last interval's pending pages, clean gaps of up to
 //!   256 pages coalesced, and the cost model's choice against a full scan;
 //!   for 16384 faults at random pages of a 1 GiB heap.
@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use pagehop::bpf::Probes;
 use pagehop::pages::{Range, RangeSet};
+use pagehop::tracker::plan_scan;
 use pagehop_common::FaultEvent;
 
 mod micro_common;
@@ -34,11 +35,6 @@ use micro_common::{PAGE, config};
 const PS: u64 = PAGE as u64;
 /// Fault events per pass.
 const EVENTS: usize = 16384;
-
-/// As `tracker::uffd_wp`: coalescing gap and scan cost model.
-const COALESCE_GAP_PAGES: u64 = 256;
-const SCAN_CALL_NS: u64 = 4_000;
-const SCAN_PAGE_NS: u64 = 5;
 
 fn xorshift(x: &mut u64) -> u64 {
     *x ^= *x << 13;
@@ -228,22 +224,7 @@ fn drain(c: &mut Criterion) {
     g.bench_function(BenchmarkId::new("to_dirty_set", EVENTS), |b| {
         b.iter_batched_ref(
             || faults.clone(),
-            |faults| {
-                let faulted = RangeSet::from_pages(faults, PS).intersection(&registered);
-                let mut c = faulted.clone();
-                c.union(&pending);
-                let c = RangeSet::from_ranges(c.coalesced(COALESCE_GAP_PAGES * PS))
-                    .intersection(&registered);
-                let cost = |r: &RangeSet| {
-                    r.ranges().len() as u64 * SCAN_CALL_NS + r.pages(PS) * SCAN_PAGE_NS
-                };
-                let candidates = if cost(&c) >= cost(&registered) {
-                    registered.clone()
-                } else {
-                    c
-                };
-                (faulted, candidates)
-            },
+            |faults| plan_scan(faults, &pending, &registered, PS),
             BatchSize::SmallInput,
         )
     });

@@ -24,7 +24,7 @@ use crate::wp::WpError;
 
 pub use none::NoneTracker;
 pub use soft_dirty::{SoftDirtyTracker, kernel_has_soft_dirty};
-pub use uffd_wp::UffdWpTracker;
+pub use uffd_wp::{ScanPlan, UffdWpTracker, plan_scan};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]

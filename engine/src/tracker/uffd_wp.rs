@@ -41,6 +41,41 @@ fn scan_cost(ranges: &RangeSet, page_size: u64) -> u64 {
     ranges.ranges().len() as u64 * SCAN_CALL_NS + ranges.pages(page_size) * SCAN_PAGE_NS
 }
 
+/// What one collection scans, from the interval's write faults.
+pub struct ScanPlan {
+    /// The faulted pages, as ranges, within the registered ranges.
+    pub faulted: RangeSet,
+    /// The ranges to scan for written pages.
+    pub candidates: RangeSet,
+}
+
+/// The ranges one collection scans: the faulted pages plus last interval's
+/// `pending` ones, clipped to `registered`, with clean gaps of up to 256
+/// pages merged; or all of `registered` when the cost
+/// model says one scan of everything is cheaper. `faults` (page addresses)
+/// is sorted in place.
+pub fn plan_scan(
+    faults: &mut [u64],
+    pending: &RangeSet,
+    registered: &RangeSet,
+    page_size: u64,
+) -> ScanPlan {
+    let faulted = RangeSet::from_pages(faults, page_size).intersection(registered);
+    let mut c = faulted.clone();
+    c.union(pending);
+    let c =
+        RangeSet::from_ranges(c.coalesced(COALESCE_GAP_PAGES * page_size)).intersection(registered);
+    let candidates = if scan_cost(&c, page_size) >= scan_cost(registered, page_size) {
+        registered.clone()
+    } else {
+        c
+    };
+    ScanPlan {
+        faulted,
+        candidates,
+    }
+}
+
 pub struct UffdWpTracker {
     backend: Backend,
     wp: WpSession,
@@ -113,22 +148,20 @@ impl DirtyTracker for UffdWpTracker {
 
     fn collect(&mut self) -> Result<Collected, TrackerError> {
         let registered = self.wp.registered().clone();
-        let faulted =
-            RangeSet::from_pages(&mut self.faults, self.page_size).intersection(&registered);
-        self.faults.clear();
-        let candidates = if self.backend == Backend::PagemapScan || mem::take(&mut self.full_scan) {
-            registered.clone()
-        } else {
-            let mut c = faulted.clone();
-            c.union(&self.pending);
-            let c = RangeSet::from_ranges(c.coalesced(COALESCE_GAP_PAGES * self.page_size))
-                .intersection(&registered);
-            if scan_cost(&c, self.page_size) >= scan_cost(&registered, self.page_size) {
-                registered.clone()
-            } else {
-                c
+        let full = self.backend == Backend::PagemapScan || mem::take(&mut self.full_scan);
+        let ScanPlan {
+            faulted,
+            candidates,
+        } = if full {
+            ScanPlan {
+                faulted: RangeSet::from_pages(&mut self.faults, self.page_size)
+                    .intersection(&registered),
+                candidates: registered.clone(),
             }
+        } else {
+            plan_scan(&mut self.faults, &self.pending, &registered, self.page_size)
         };
+        self.faults.clear();
         self.scratch.clear();
         for &range in candidates.ranges() {
             self.pagemap.take_written(range, &mut self.scratch)?;
