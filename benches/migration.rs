@@ -10,17 +10,16 @@
 //! Each configuration runs PAGEHOP_BENCH_REPS times (default 3), interleaved;
 //! medians are printed. `cargo bench --bench migration` (needs root, iproute2,
 //! iperf3: `cargo xtask setup` installs them).
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use pagehop::netns::NetnsPair;
 
+mod bench_migrate;
 mod common;
+use bench_migrate::Path;
 use common::median;
 
-const WORKLOAD: &str = env!("CARGO_BIN_EXE_pagehop-workload");
-const PAGEHOP: &str = env!("CARGO_BIN_EXE_pagehop");
 const PORT: u16 = 7700;
 
 fn reps() -> usize {
@@ -67,7 +66,8 @@ impl Migration {
     }
 }
 
-/// Migrates a fresh workload from namespace a to b; returns send's report.
+/// Migrates a fresh workload from namespace a to b (`--mode precopy`);
+/// returns send's report.
 fn migrate(
     pair: &NetnsPair,
     size_mib: u64,
@@ -75,70 +75,16 @@ fn migrate(
     fill: &str,
     send_args: &[&str],
 ) -> Migration {
-    let dir = std::env::temp_dir().join(format!("pagehop-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let listen = format!("{}:{PORT}", pair.addr_b);
     let common = format!("--size-mib {size_mib} --threads 1 --fill {fill}");
-    let restore = format!("exec {WORKLOAD} --resume {common} > /dev/null 2>&1");
-    let token = dir.join("token");
-    std::fs::write(&token, "pagehop-benchmark-token-0123456789").unwrap();
-    let recv = NetnsPair::command(&pair.b, PAGEHOP)
-        .args([
-            "recv",
-            "--listen",
-            &listen,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--restore-cmd",
-            &restore,
-            "--json",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("recv");
-    let mut source = Command::new(WORKLOAD)
-        .args(common.split(' '))
-        .args(["--write-mbps", &write_mbps.to_string()])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("workload");
-    let mut lines = BufReader::new(source.stdout.take().unwrap()).lines();
-    lines.next();
-    std::thread::spawn(move || for _ in lines {});
-    std::thread::sleep(Duration::from_millis(500));
-    let out = NetnsPair::command(&pair.a, PAGEHOP)
-        .args([
-            "send",
-            "--pid",
-            &source.id().to_string(),
-            "--to",
-            &listen,
-            "--token-file",
-            token.to_str().unwrap(),
-            "--json",
-            "--mode",
-            "precopy",
-        ])
-        .args(send_args)
-        .output()
-        .expect("send");
-    let recv_out = recv.wait_with_output().expect("recv");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "send failed: {}\nrecv: {}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&recv_out.stderr)
-        );
-    });
-    let _ = source.wait();
-    if let Ok(r) = serde_json::from_slice::<serde_json::Value>(&recv_out.stdout)
-        && let Some(pid) = r["restored_pid"].as_i64()
-    {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
-    let _ = std::fs::remove_dir_all(&dir);
+    let mut args = vec!["--mode", "precopy"];
+    args.extend_from_slice(send_args);
+    let report = bench_migrate::migrate(
+        &Path::Veth(pair),
+        PORT,
+        &format!("{common} --write-mbps {write_mbps}"),
+        &common,
+        &args,
+    );
     Migration { report }
 }
 

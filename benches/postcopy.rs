@@ -11,18 +11,13 @@
 //! faults the way a service would. Each configuration runs
 //! PAGEHOP_BENCH_REPS times (default 3), interleaved; medians are printed.
 //! `cargo bench --bench postcopy` (needs root and iproute2).
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
 use pagehop::netns::NetnsPair;
 
+mod bench_migrate;
 mod common;
+use bench_migrate::Path;
 use common::median;
 
-const WORKLOAD: &str = env!("CARGO_BIN_EXE_pagehop-workload");
-const PAGEHOP: &str = env!("CARGO_BIN_EXE_pagehop");
 const PORT: u16 = 7750;
 
 fn reps() -> usize {
@@ -32,82 +27,15 @@ fn reps() -> usize {
         .unwrap_or(3)
 }
 
-/// Where the migration runs: between namespaces `a` → `b`, or over loopback.
-enum Path2<'a> {
-    Veth(&'a NetnsPair),
-    Loopback,
-}
-
-impl Path2<'_> {
-    fn command(&self, side_b: bool) -> Command {
-        match self {
-            Path2::Veth(pair) => {
-                NetnsPair::command(if side_b { &pair.b } else { &pair.a }, PAGEHOP)
-            }
-            Path2::Loopback => Command::new(PAGEHOP),
-        }
-    }
-
-    fn listen(&self) -> String {
-        match self {
-            Path2::Veth(pair) => format!("{}:{PORT}", pair.addr_b),
-            Path2::Loopback => format!("127.0.0.1:{PORT}"),
-        }
-    }
-}
-
-/// Migrates a fresh workload; returns send's JSON report.
-fn migrate(path: &Path2<'_>, workload: &str, send_args: &[&str]) -> serde_json::Value {
-    let dir = std::env::temp_dir().join(format!("pagehop-pcbench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let listen = path.listen();
-    let restore = format!("exec {WORKLOAD} --resume {workload} --resume-lazy > /dev/null 2>&1");
-    let token = dir.join("token");
-    std::fs::write(&token, "pagehop-benchmark-token-0123456789").unwrap();
-    let recv = path
-        .command(true)
-        .args(["recv", "--listen", &listen, "--token-file"])
-        .arg(&token)
-        .args(["--restore-cmd", &restore, "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("recv");
-    let mut source = Command::new(WORKLOAD)
-        .args(workload.split(' '))
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("workload");
-    let mut lines = BufReader::new(source.stdout.take().unwrap()).lines();
-    lines.next();
-    std::thread::spawn(move || for _ in lines {});
-    std::thread::sleep(Duration::from_millis(500));
-    let out = path
-        .command(false)
-        .args(["send", "--pid", &source.id().to_string(), "--to", &listen])
-        .arg("--token-file")
-        .arg(&token)
-        .arg("--json")
-        .args(send_args)
-        .output()
-        .expect("send");
-    let recv_out = recv.wait_with_output().expect("recv");
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "send failed: {}\nrecv: {}",
-            String::from_utf8_lossy(&out.stderr),
-            String::from_utf8_lossy(&recv_out.stderr)
-        )
-    });
-    let _ = source.wait();
-    if let Ok(r) = serde_json::from_slice::<serde_json::Value>(&recv_out.stdout)
-        && let Some(pid) = r["restored_pid"].as_i64()
-    {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-    }
-    let _ = std::fs::remove_dir_all(&dir);
-    report
+/// Migrates a fresh workload started with `workload`; returns send's report.
+fn migrate(path: &Path<'_>, workload: &str, send_args: &[&str]) -> serde_json::Value {
+    bench_migrate::migrate(
+        path,
+        PORT,
+        workload,
+        &format!("{workload} --resume-lazy"),
+        send_args,
+    )
 }
 
 fn f(r: &serde_json::Value, key: &str) -> f64 {
@@ -141,7 +69,7 @@ fn main() {
         "  {:<10} {:>9} {:>9} {:>9} {:>9} {:>8} {:>10}  (reference: QEMU preempt channel, 570 us mean)",
         "path", "remote50", "remote99", "all p50", "all p99", "faults", "post ms"
     );
-    for (name, path) in [("loopback", Path2::Loopback), ("veth", Path2::Veth(&pair))] {
+    for (name, path) in [("loopback", Path::Loopback), ("veth", Path::Veth(&pair))] {
         let runs: Vec<_> = (0..reps)
             .map(|_| migrate(&path, workload, &["--mode", "postcopy"]))
             .collect();
@@ -163,7 +91,7 @@ fn main() {
     let ws = std::env::temp_dir().join(format!("pagehop-ws-{}", std::process::id()));
     let workload = "--size-mib 128 --threads 2 --write-mbps 40 --pattern skew --seed 9";
     let record = migrate(
-        &Path2::Veth(&slow),
+        &Path::Veth(&slow),
         workload,
         &[
             "--mode",
@@ -184,12 +112,12 @@ fn main() {
     let mut with = Vec::new();
     for _ in 0..reps {
         without.push(migrate(
-            &Path2::Veth(&slow),
+            &Path::Veth(&slow),
             workload,
             &["--mode", "postcopy"],
         ));
         with.push(migrate(
-            &Path2::Veth(&slow),
+            &Path::Veth(&slow),
             workload,
             &[
                 "--mode",
@@ -211,5 +139,5 @@ fn main() {
     }
     let ratio = med(&with, |r| f(r, "blocked_ms")) / med(&without, |r| f(r, "blocked_ms"));
     println!("  blocked time with / without: {ratio:.2}x");
-    let _ = std::fs::remove_file(Path::new(&ws));
+    let _ = std::fs::remove_file(&ws);
 }
