@@ -98,24 +98,7 @@ impl NetnsPair {
     /// Limits the a → b direction to `rate` (a tc rate such as `20mbit`) with
     /// a token-bucket filter.
     pub fn shape(&self, rate: &str) -> Result<(), NetnsError> {
-        ip(&[
-            "netns",
-            "exec",
-            &self.a,
-            "tc",
-            "qdisc",
-            "add",
-            "dev",
-            &self.dev_a,
-            "root",
-            "tbf",
-            "rate",
-            rate,
-            "burst",
-            "64kb",
-            "latency",
-            "400ms",
-        ])
+        tbf(&self.a, &self.dev_a, rate, "64kb")
     }
 
     /// Shapes both directions to `rate_bits` per second with tbf: a burst
@@ -124,13 +107,8 @@ impl NetnsPair {
     pub fn shape_both(&self, rate_bits: u64) -> Result<(), NetnsError> {
         let burst = (rate_bits / 8 / 100).max(64 << 10).to_string();
         let rate = format!("{rate_bits}bit");
-        for (ns, dev) in [(&self.a, &self.dev_a), (&self.b, &self.dev_b)] {
-            ip(&[
-                "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate",
-                &rate, "burst", &burst, "latency", "400ms",
-            ])?;
-        }
-        Ok(())
+        tbf(&self.a, &self.dev_a, &rate, &burst)?;
+        tbf(&self.b, &self.dev_b, &rate, &burst)
     }
 
     /// Delay, jitter, loss and (optionally) a rate limit in both directions
@@ -182,6 +160,14 @@ impl NetnsPair {
             remove(ns);
         }
     }
+}
+
+/// A token-bucket filter as the root qdisc of `dev` in `ns`, with 400 ms of queue.
+fn tbf(ns: &str, dev: &str, rate: &str, burst: &str) -> Result<(), NetnsError> {
+    ip(&[
+        "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate,
+        "burst", burst, "latency", "400ms",
+    ])
 }
 
 /// Deletes namespace `ns` if it exists (for cleanup paths that cannot hold

@@ -10,8 +10,9 @@
 //! same lock, so nothing starts after the cleanup.
 use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CleanupError {
@@ -110,6 +111,22 @@ pub fn spawn(cmd: &mut Command) -> Result<Group, CleanupError> {
 impl Group {
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
+    }
+
+    /// Waits up to `limit` for the leader to exit; kills it and returns
+    /// `None` when it does not.
+    pub fn wait_within(&mut self, limit: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //! shaped as the scenario says, and the raw-path baseline over it (one
 //! iperf3 TCP stream, source namespace to destination namespace).
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::cleanup::{self, Namespaces};
 use super::scenario::Network;
@@ -72,23 +72,11 @@ impl Link {
         for _ in 0..10 {
             std::thread::sleep(Duration::from_millis(100));
             let mut client = cleanup::spawn(&mut client(&self.pair, seconds))?;
-            let stdout = client.child.stdout.take();
-            let reader = std::thread::spawn(move || {
-                let mut text = String::new();
-                if let Some(mut out) = stdout {
-                    let _ = std::io::Read::read_to_string(&mut out, &mut text);
-                }
-                text
-            });
-            let deadline = Instant::now() + Duration::from_secs(u64::from(seconds) + 15);
-            while client.child.try_wait().ok().flatten().is_none() {
-                if Instant::now() > deadline {
-                    let _ = client.child.kill();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let text = reader.join().unwrap_or_default();
+            let text = super::run::read_all(client.child.stdout.take());
+            let limit = Duration::from_secs(u64::from(seconds) + 15);
+            // A client that does not finish is killed; its text then fails to parse.
+            let _ = client.wait_within(limit);
+            let text = text.recv().unwrap_or_default();
             let report: serde_json::Value = match serde_json::from_str(&text) {
                 Ok(v) => v,
                 Err(_) => {

@@ -276,31 +276,19 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
     unsafe { libc::kill(restored, libc::SIGTERM) };
     let check_within = Duration::from_secs(30 + spec.point.size_mib / 8);
     let text = wait_file_line(&log, "exit ", check_within);
-    if !text.lines().any(|l| l.starts_with("exit ")) {
+    let Some(exit) = text.lines().find(|l| l.starts_with("exit ")) else {
         let tail: Vec<&str> = text.lines().rev().take(3).collect();
         return Err(RunError::Failed(format!(
             "the restored workload (pid {restored}) did not report its exit check within {check_within:?}; \
              its output ends with: {}",
             tail.into_iter().rev().collect::<Vec<_>>().join(" | ")
         )));
-    }
-    record.invariant = text
-        .lines()
-        .find(|l| l.starts_with("exit "))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|w| w.strip_prefix("invariant="))
-        })
-        .map(|v| {
-            if v == "ok" {
-                v.to_string()
-            } else {
-                text.lines()
-                    .find(|l| l.starts_with("exit "))
-                    .unwrap_or_default()
-                    .to_string()
-            }
-        });
+    };
+    // "ok", or the whole exit line, which names the bad page.
+    record.invariant = exit
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("invariant="))
+        .map(|v| if v == "ok" { v } else { exit }.to_string());
     drop(recv);
     Ok(())
 }
@@ -318,29 +306,20 @@ fn shell_quote(text: &str) -> String {
 /// Waits for `group`'s leader to exit within `limit` (killing it after);
 /// whether it succeeded.
 fn wait_exit(group: &mut Group, name: &str, limit: Duration) -> Result<bool, RunError> {
-    let deadline = Instant::now() + limit;
-    loop {
-        match group.child.try_wait() {
-            Ok(Some(status)) => return Ok(status.success()),
-            Ok(None) if Instant::now() > deadline => {
-                let _ = group.child.kill();
-                return Err(RunError::Failed(format!(
-                    "{name} did not finish within {limit:?}"
-                )));
-            }
-            Ok(None) => std::thread::sleep(Duration::from_millis(10)),
-            Err(source) => {
-                return Err(RunError::Io {
-                    what: "waiting for a child",
-                    source,
-                });
-            }
-        }
+    match group.wait_within(limit) {
+        Ok(Some(status)) => Ok(status.success()),
+        Ok(None) => Err(RunError::Failed(format!(
+            "{name} did not finish within {limit:?}"
+        ))),
+        Err(source) => Err(RunError::Io {
+            what: "waiting for a child",
+            source,
+        }),
     }
 }
 
 /// Reads `pipe` to its end on a thread; the text arrives on the channel.
-fn read_all(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
+pub(super) fn read_all(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     if let Some(mut pipe) = pipe {
         std::thread::spawn(move || {
