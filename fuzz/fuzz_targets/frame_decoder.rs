@@ -19,10 +19,10 @@
 use std::fmt::Debug;
 
 use libfuzzer_sys::fuzz_target;
-use pagehop::wire::FrameReader;
-use pagehop::wire::batch::{self, decode_batch};
-use pagehop::wire::frame::{FrameKind, encode_frame};
-use pagehop::wire::msg::{
+use pagehop_wire::FrameReader;
+use pagehop_wire::batch::{self, decode_batch};
+use pagehop_wire::frame::{FrameKind, encode_frame};
+use pagehop_wire::msg::{
     Attach, Auth, Done, EndOfRound, ErrorMsg, Hello, Layout, LayoutAck, Message, PageRequest,
     Pending, Stats, Switchover, VerifyDigests, VerifyResult,
 };

@@ -10,8 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pagehop::migrate::image::{self, RunKind};
-use pagehop::store::PageState;
+use pagehop_wire::image::{self, PageState, RunKind};
 
 /// Pages looked at per input: zero runs may be very long.
 const MAX_PAGES: usize = 1 << 14;

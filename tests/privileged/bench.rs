@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use crate::common::*;
 
 fn bench(args: &[&str]) -> std::process::Output {
-    Command::new(PAGEHOP)
+    Command::new(pagehop_bin())
         .arg("bench")
         .args(args)
         .output()
@@ -155,7 +155,7 @@ fn bench_refuses_scenarios_it_cannot_run() {
             "--regid",
             "65534",
             "--clear-groups",
-            PAGEHOP,
+            pagehop_bin(),
         ])
         .args(["bench", "--check"])
         .output()
@@ -172,7 +172,7 @@ fn bench_refuses_scenarios_it_cannot_run() {
 }
 
 fn crate_has_netem() -> bool {
-    pagehop::netns::netem_available().is_ok()
+    pagehop_bench::netns::netem_available().is_ok()
 }
 
 #[test]
@@ -192,7 +192,7 @@ fn interrupted_bench_cleans_up_its_namespaces_and_processes() {
     )
     .unwrap();
     let out_dir = dir.path("results");
-    let child = Command::new(PAGEHOP)
+    let child = Command::new(pagehop_bin())
         .args(["bench", "--iperf3-seconds", "1", "--netns-prefix", "phbi"])
         .arg("--scenario")
         .arg(&scenario)

@@ -7,8 +7,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-pub const WORKLOAD: &str = env!("CARGO_BIN_EXE_pagehop-workload");
-pub const PAGEHOP: &str = env!("CARGO_BIN_EXE_pagehop");
+pub use pagehop_bench::bins::pagehop as pagehop_bin;
+pub use pagehop_bench::bins::workload as workload_bin;
 
 /// True when the test may run; panics instead of skipping when required.
 pub fn privileged(test: &str) -> bool {
@@ -57,7 +57,7 @@ pub struct Workload {
 
 impl Workload {
     pub fn spawn(args: &[&str]) -> Self {
-        let mut child = Command::new(WORKLOAD)
+        let mut child = Command::new(workload_bin())
             .args(args)
             .stdout(Stdio::piped())
             .spawn()
@@ -296,7 +296,7 @@ pub fn compare(truth: &[Batch], log: &[LoggedInterval], pid: i32, scope: (u64, u
 }
 
 pub fn run_pagehop(args: &[&str]) -> Output {
-    Command::new(PAGEHOP)
+    Command::new(pagehop_bin())
         .args(args)
         .output()
         .expect("run pagehop")

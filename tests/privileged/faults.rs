@@ -1,4 +1,4 @@
-//! The post-copy fault loop (`pagehop::faults`) against a real process.
+//! The post-copy fault loop (`pagehop::dest::faults`) against a real process.
 //!
 //! Each test forks a child of the test binary. The child maps anonymous
 //! regions at fixed addresses, creates a userfaultfd with
@@ -13,8 +13,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Barrier, mpsc};
 use std::time::{Duration, Instant};
 
-use pagehop::faults::{FaultError, FaultLoop, PageSource, Waker};
-use pagehop::handoff::{self, HandoffListener};
+use pagehop::dest::faults::{FaultError, FaultLoop, PageSource, Waker};
+use pagehop::dest::handoff::{self, HandoffListener};
 use pagehop::sys::uffd;
 
 use crate::common::{TempDir, privileged};
@@ -162,7 +162,8 @@ fn child_main(
     }
     let fd = uffd::userfaultfd(libc::O_CLOEXEC | libc::O_NONBLOCK)
         .map_err(|e| format!("userfaultfd: {e}"))?;
-    uffd::api(fd.as_fd(), pagehop::faults::FEATURES).map_err(|e| format!("UFFDIO_API: {e}"))?;
+    uffd::api(fd.as_fd(), pagehop::dest::faults::FEATURES)
+        .map_err(|e| format!("UFFDIO_API: {e}"))?;
     for &(start, pages) in regions {
         uffd::register(
             fd.as_fd(),

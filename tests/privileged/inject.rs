@@ -1,5 +1,5 @@
 //! Syscall injection and taking a userfaultfd out of processes pagehop did not
-//! start (`pagehop::inject`), and driving the taken uffd from outside.
+//! start (`pagehop::source::inject`), and driving the taken uffd from outside.
 //!
 //! Needs root (ptrace of arbitrary processes, /proc/PID/syscall). Targets are
 //! ordinary child processes (`sleep`, `cat`, `bash`, `python3`); being our
@@ -11,9 +11,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use pagehop::inject::*;
+use pagehop::source::inject::*;
+use pagehop::source::target::TargetError;
 use pagehop::sys::uffd::*;
-use pagehop::target::TargetError;
 
 use crate::common::privileged;
 

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pagehop::netns::NetnsPair;
-use pagehop::workload::heartbeat_ns;
+use pagehop_bench::netns::NetnsPair;
+use pagehop_workload::heartbeat_ns;
 
 use crate::common::*;
 
@@ -93,8 +93,8 @@ fn wait_listening(ns: Option<&str>, port: u16) {
 /// `pagehop SUBCOMMAND`, inside namespace `ns` if given.
 fn pagehop_cmd(ns: Option<&str>, subcommand: &str) -> Command {
     let mut cmd = match ns {
-        Some(ns) => NetnsPair::command(ns, PAGEHOP),
-        None => Command::new(PAGEHOP),
+        Some(ns) => NetnsPair::command(ns, pagehop_bin()),
+        None => Command::new(pagehop_bin()),
     };
     cmd.arg(subcommand);
     cmd
@@ -194,8 +194,9 @@ fn migrate_workload(
     let log = dir.path("resumed.log");
     let workload_args = "--size-mib 64 --threads 2 --report-ms 100";
     let restore = format!(
-        "exec {WORKLOAD} --resume {workload_args} > {} 2>&1",
-        log.display()
+        "exec {bin} --resume {workload_args} > {} 2>&1",
+        log.display(),
+        bin = workload_bin()
     );
     let listen = format!("{host}:{port}");
     let recv = Recv::start(
@@ -596,7 +597,7 @@ fn image_dir_receives_a_documented_image_and_the_source_can_stay_stopped() {
         return;
     }
     // Without a token, recv only listens on loopback.
-    let refused = Command::new(PAGEHOP)
+    let refused = Command::new(pagehop_bin())
         .args([
             "recv",
             "--listen",
@@ -795,7 +796,7 @@ fn stalled_destination_is_given_up() {
     if !privileged("stalled_destination_is_given_up") {
         return;
     }
-    use pagehop::migrate::conn::Conn;
+    use pagehop::wire::conn::Conn;
     use pagehop::wire::msg::Role;
     let listener = TcpListener::bind("127.0.0.1:7461").expect("listen");
     std::thread::spawn(move || {

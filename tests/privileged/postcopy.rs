@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use pagehop::netns::NetnsPair;
+use pagehop_bench::netns::NetnsPair;
 
 use crate::common::*;
 use crate::migrate::wait_for_line;
@@ -44,11 +44,12 @@ impl Scenario {
         let listen = format!("{}:{}", pair.addr_b, 7600 + index as u16);
         let restored_log = dir.path("restored.log");
         let restore = format!(
-            "exec {WORKLOAD} --resume {} {resume_extra} > {} 2>&1",
+            "exec {bin} --resume {} {resume_extra} > {} 2>&1",
             workload.join(" "),
-            restored_log.display()
+            restored_log.display(),
+            bin = workload_bin()
         );
-        let recv = NetnsPair::command(&pair.b, PAGEHOP)
+        let recv = NetnsPair::command(&pair.b, pagehop_bin())
             .arg("recv")
             .args(["--listen", &listen, "--token-file"])
             .arg(dir.path("token"))
@@ -76,7 +77,7 @@ impl Scenario {
     }
 
     fn send(&self, extra: &[&str]) -> Command {
-        let mut cmd = NetnsPair::command(&self.pair.a, PAGEHOP);
+        let mut cmd = NetnsPair::command(&self.pair.a, pagehop_bin());
         cmd.arg("send")
             .args(["--pid", &self.source.pid.to_string(), "--to", &self.listen])
             .arg("--token-file")

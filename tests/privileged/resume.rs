@@ -1,5 +1,5 @@
 //! Resuming a migrated workload (`pagehop-workload --resume`) through the
-//! uffd handoff (`pagehop::handoff`) and the installer (`pagehop::install`).
+//! uffd handoff (`pagehop::dest::handoff`) and the installer (`pagehop::dest::install`).
 //!
 //! The source side is faked: a normal workload runs for a second, is frozen
 //! with SIGSTOP at whatever instant, and its arena is read out of
@@ -14,12 +14,12 @@ use std::process::{Child, ChildStderr, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use pagehop::handoff::{self, Handoff, HandoffError, HandoffListener};
-use pagehop::install::{InstallError, Installer};
-use pagehop::workload::Layout;
-use pagehop::workload::arena::{Header, ThreadSlot};
+use pagehop::dest::handoff::{self, Handoff, HandoffError, HandoffListener};
+use pagehop::dest::install::{InstallError, Installer};
+use pagehop_workload::Layout;
+use pagehop_workload::arena::{Header, ThreadSlot};
 
-use crate::common::{TempDir, WORKLOAD, Workload, privileged};
+use crate::common::{TempDir, Workload, privileged, workload_bin};
 
 const SIZE_MIB: usize = 16;
 const THREADS: usize = 2;
@@ -164,7 +164,7 @@ struct Resumed {
 
 impl Resumed {
     fn spawn(socket: &std::path::Path, seed: &str, extra: &[&str]) -> Self {
-        let mut child = Command::new(WORKLOAD)
+        let mut child = Command::new(workload_bin())
             .args(shape_args(seed, "40"))
             .arg("--resume")
             .args(extra)

@@ -3,10 +3,10 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use pagehop::layout::Layout;
-use pagehop::pages::RangeSet;
-use pagehop::track::{Session, TrackOptions};
-use pagehop::tracker::Backend;
+use pagehop::mem::layout::Layout;
+use pagehop::mem::pages::RangeSet;
+use pagehop::source::track::{Session, TrackOptions};
+use pagehop::source::tracker::Backend;
 
 use crate::common::*;
 
@@ -294,7 +294,7 @@ fn track_leaves_target_as_it_was(ending: Ending) {
     } else {
         "60"
     };
-    let mut track = Command::new(PAGEHOP)
+    let mut track = Command::new(pagehop_bin())
         .args([
             "track",
             "--pid",
@@ -409,7 +409,7 @@ fn bad_targets_are_refused_clearly() {
             "--reuid=65534",
             "--regid=65534",
             "--clear-groups",
-            PAGEHOP,
+            pagehop_bin(),
             "track",
             "--pid",
             &pid,
@@ -422,7 +422,7 @@ fn bad_targets_are_refused_clearly() {
         "unprivileged run: {stderr}"
     );
     // This kernel has no soft-dirty bits: the backend must say so, not track wrongly.
-    if !pagehop::tracker::kernel_has_soft_dirty() {
+    if !pagehop::source::tracker::kernel_has_soft_dirty() {
         assert_refused(
             &["track", "--pid", &pid, "--backend", "soft-dirty"],
             "CONFIG_MEM_SOFT_DIRTY",

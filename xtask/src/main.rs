@@ -108,7 +108,7 @@ fn test() -> anyhow::Result<()> {
         .args([
             "test",
             "--package",
-            "pagehop",
+            "pagehop-tests",
             "--test",
             "privileged",
             "--",
@@ -124,7 +124,7 @@ fn demo() -> anyhow::Result<()> {
 }
 
 fn release_bins() -> anyhow::Result<PathBuf> {
-    run(cargo().args(["build", "--release", "--package", "pagehop", "--bins"]))?;
+    run(cargo().args(["build", "--release", "--bins"]))?;
     Ok(root().join("target/release"))
 }
 
@@ -136,7 +136,9 @@ fn bench(args: &[String]) -> anyhow::Result<()> {
 
 fn criterion() -> anyhow::Result<()> {
     setup()?;
-    run(cargo().args(["bench", "--package", "pagehop"]))
+    // Benchmarks run the release binaries; cargo builds only a package's own.
+    release_bins()?;
+    run(cargo().args(["bench", "--package", "pagehop-bench"]))
 }
 
 fn main() -> anyhow::Result<()> {

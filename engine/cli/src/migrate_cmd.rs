@@ -1,0 +1,332 @@
+//! `pagehop send` and `pagehop recv`.
+use std::io::{IsTerminal, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::choices::{BackendArg, CompressArg, ModeArg, ZeroCopyArg};
+use pagehop::recv::{RecvOptions, RecvReport, recv};
+use pagehop::send::{SendOptions, send};
+use pagehop::source::freeze::FreezeMethod;
+use pagehop::wire::auth::{TOKEN_ENV, Token};
+use pagehop::{Progress, Quiet, Report, RoundReport};
+
+/// Where the shared token comes from: `--token-file`, else $PAGEHOP_TOKEN.
+fn load_token(file: &Option<PathBuf>) -> anyhow::Result<Option<Token>> {
+    Ok(match file {
+        Some(path) => Some(Token::from_file(path)?),
+        None => Token::from_env(TOKEN_ENV)?,
+    })
+}
+
+#[derive(Args)]
+pub struct SendArgs {
+    /// Process to migrate.
+    #[arg(long)]
+    pid: i32,
+    /// Destination `pagehop recv` address (HOST:PORT).
+    #[arg(long)]
+    to: SocketAddr,
+    /// File holding the token shared with the destination (default: $PAGEHOP_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t = BackendArg::Ebpf)]
+    backend: BackendArg,
+    /// lz4-compress page batches: auto skips batches that do not shrink.
+    #[arg(long, value_enum, default_value_t = CompressArg::Auto)]
+    compress: CompressArg,
+    /// Zero-copy sends: auto starts with them and drops them when the kernel copies anyway.
+    #[arg(long, value_enum, default_value_t = ZeroCopyArg::Auto)]
+    zerocopy: ZeroCopyArg,
+    /// Parallel data connections.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    streams: u16,
+    /// Switch over once the rest would go within this many milliseconds.
+    #[arg(long, default_value_t = 50)]
+    downtime_target: u64,
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    max_rounds: u32,
+    /// Freeze the processes of this cgroup v2 directory (a container) instead of ptrace-stopping the process.
+    #[arg(long, value_name = "PATH")]
+    cgroup: Option<PathBuf>,
+    /// After a successful migration, leave the source stopped instead of killing it.
+    #[arg(long)]
+    leave_stopped: bool,
+    /// Compare every page of the frozen source with the destination by hash.
+    #[arg(long)]
+    verify: bool,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Give the migration up (the source runs on) when the destination takes
+    /// no data for this many seconds.
+    #[arg(long, default_value_t = 30.0)]
+    stall_timeout: f64,
+    /// precopy: rounds, then stop and copy the rest. postcopy: stop at once,
+    /// pages follow on demand. hybrid: pre-copy all but the write-hot pages,
+    /// then post-copy the rest. stop-and-copy: stop, send everything, start
+    /// (the baseline).
+    #[arg(long, value_enum, default_value_t = ModeArg::Hybrid)]
+    mode: ModeArg,
+    /// Hybrid: a page dirty in this many consecutive rounds is write-hot and left for post-copy.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..))]
+    hot_after: u32,
+    /// Hybrid: switch to post-copy once at most this many MiB are left
+    /// (also on --max-rounds, or when the rounds stop converging).
+    #[arg(long, default_value_t = 64)]
+    postcopy_below_mib: u64,
+    /// Post-copy: unsent pages sent along with each page request's answer.
+    #[arg(long, default_value_t = 16)]
+    prefetch_pages: u32,
+    /// Post-copy: seconds to keep reconnecting after a connection breaks (0: give up at once).
+    #[arg(long, default_value_t = 10.0)]
+    reconnect_timeout: f64,
+    /// Post-copy: write the pages the destination asked for (then the
+    /// write-hot ones) to FILE, for --prefetch-from in a later migration.
+    #[arg(long, value_name = "FILE")]
+    record_working_set: Option<PathBuf>,
+    /// Post-copy: push the working set recorded in FILE before anything else.
+    #[arg(long, value_name = "FILE")]
+    prefetch_from: Option<PathBuf>,
+}
+
+/// A non-negative number of seconds.
+fn seconds(value: f64, flag: &str) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| anyhow::anyhow!("{flag} must be a non-negative number of seconds"))
+}
+
+struct TerminalProgress;
+
+impl Progress for TerminalProgress {
+    fn round(&mut self, r: &RoundReport) {
+        eprintln!(
+            "round {:>3}: {:>8} pages ({:>6} zero) in {:>8.1} ms, {:>8.1} MB/s; {:>8} pages dirtied meanwhile",
+            r.round,
+            r.pages,
+            r.zero_pages,
+            r.ms,
+            r.bandwidth_bytes_per_sec / 1e6,
+            r.dirty_pages_after
+        );
+    }
+}
+
+/// Ctrl-C, SIGTERM or SIGHUP during a migration: the process exits, which
+/// drops the userfaultfd (all tracking) and detaches ptrace (a ptrace freeze);
+/// a cgroup freeze is thawed first, since the kernel would not. Once the
+/// destination runs, the source is killed instead: never both.
+fn abort_on_signal(pid: i32, cgroup: Option<PathBuf>) -> anyhow::Result<()> {
+    pagehop::sys::block_termination_signals()?;
+    std::thread::spawn(move || {
+        let sig = pagehop::sys::wait_termination_signal();
+        if pagehop::send::source_needed() {
+            // Post-copy: the destination runs on memory still held here.
+            eprintln!(
+                "pagehop send: signal {sig}: post-copy interrupted; the source stays stopped \
+                 (the destination still needs its memory)"
+            );
+        } else if pagehop::send::destination_runs() {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            eprintln!("pagehop send: signal {sig}: the destination runs; source killed");
+        } else {
+            eprintln!("pagehop send: signal {sig}: migration aborted; the source runs on");
+        }
+        if let Some(cgroup) = cgroup {
+            let _ = std::fs::write(cgroup.join("cgroup.freeze"), "0");
+        }
+        std::process::exit(128 + sig);
+    });
+    Ok(())
+}
+
+pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
+    abort_on_signal(args.pid, args.cgroup.clone())?;
+    let opts = SendOptions {
+        pid: args.pid,
+        to: args.to,
+        token: load_token(&args.token_file)?,
+        backend: args.backend.into(),
+        compress: args.compress.into(),
+        zerocopy: args.zerocopy.into(),
+        streams: args.streams as usize,
+        downtime_target: Duration::from_millis(args.downtime_target),
+        max_rounds: args.max_rounds,
+        freeze: args
+            .cgroup
+            .map_or(FreezeMethod::Ptrace, FreezeMethod::Cgroup),
+        leave_stopped: args.leave_stopped,
+        verify: args.verify,
+        connect_timeout: Duration::from_secs(10),
+        stall_timeout: Duration::try_from_secs_f64(args.stall_timeout)
+            .ok()
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| {
+                anyhow::anyhow!("--stall-timeout must be a positive number of seconds")
+            })?,
+        mode: args.mode.into(),
+        hot_after: args.hot_after,
+        postcopy_below: args.postcopy_below_mib << 20,
+        prefetch_pages: args.prefetch_pages,
+        reconnect_timeout: seconds(args.reconnect_timeout, "--reconnect-timeout")?,
+        record_working_set: args.record_working_set,
+        prefetch_from: args.prefetch_from,
+    };
+    if !opts.mode.is_postcopy()
+        && (opts.record_working_set.is_some() || opts.prefetch_from.is_some())
+    {
+        anyhow::bail!("--record-working-set and --prefetch-from need --mode postcopy or hybrid");
+    }
+    let mut progress: Box<dyn Progress> = if !args.json && std::io::stderr().is_terminal() {
+        Box::new(TerminalProgress)
+    } else {
+        Box::new(Quiet)
+    };
+    let report = send(opts, progress.as_mut())?;
+    print_send_report(&report, args.json)?;
+    if report.verify.starts_with("mismatch") {
+        anyhow::bail!("verification failed: {}", report.verify);
+    }
+    Ok(())
+}
+
+fn print_send_report(r: &Report, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        return crate::write_json_line(&mut out, r);
+    }
+    writeln!(
+        out,
+        "migrated ({}) in {:.1} ms: downtime {:.1} ms, {} rounds",
+        r.mode, r.total_ms, r.downtime_ms, r.rounds
+    )?;
+    writeln!(out, "  switch       {}", r.switch_reason)?;
+    writeln!(
+        out,
+        "  sent         {} pages ({} zero), {:.1} MiB raw, {:.1} MiB on the wire (x{:.2}), {:.0} MB/s, {} stream(s), {} sends",
+        r.pages_sent,
+        r.zero_pages,
+        r.bytes_raw as f64 / (1 << 20) as f64,
+        r.bytes_wire as f64 / (1 << 20) as f64,
+        r.compression_ratio,
+        r.throughput_bytes_per_sec / 1e6,
+        r.streams,
+        r.send_mode
+    )?;
+    if r.mode == "precopy" || r.mode == "stop-and-copy" {
+        writeln!(
+            out,
+            "  final round  {} pages; {} installed at the destination",
+            r.final_round_pages, r.installed_pages
+        )?;
+    } else {
+        writeln!(
+            out,
+            "  post-copy    {} pages pending at the switch, done in {:.1} ms: {} on demand ({} requests, {} prefetched), {} in the background{}",
+            r.final_round_pages,
+            r.postcopy_ms,
+            r.demand_pages,
+            r.demand_requests,
+            r.prefetched_pages,
+            r.background_pages,
+            if r.reconnects > 0 {
+                format!(", {} reconnect(s)", r.reconnects)
+            } else {
+                String::new()
+            }
+        )?;
+        if let (Some(all), Some(remote)) = (&r.fault_latency_us, &r.remote_fault_latency_us) {
+            writeln!(
+                out,
+                "  faults       {} at the destination: latency p50 {} us, p99 {} us, max {} us; remote p50 {} us, p99 {} us ({} pages); threads blocked {:.1} ms",
+                r.faults,
+                all.p50_us,
+                all.p99_us,
+                all.max_us,
+                remote.p50_us,
+                remote.p99_us,
+                remote.count,
+                r.blocked_ms
+            )?;
+        }
+    }
+    writeln!(out, "  verify       {}", r.verify)?;
+    writeln!(
+        out,
+        "  pagehop cost {:.1} ms CPU (setup {:.1} ms)",
+        r.engine_cpu_ms, r.setup_ms
+    )?;
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct RecvArgs {
+    /// Address to listen on (HOST:PORT). Non-loopback addresses need a token.
+    #[arg(long)]
+    listen: SocketAddr,
+    /// File holding the token shared with the source (default: $PAGEHOP_TOKEN).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Command that starts the destination process at switchover (run with sh -c;
+    /// it finds the userfaultfd handoff socket in $PAGEHOP_UFFD_SOCKET).
+    #[arg(long, value_name = "CMD", conflicts_with = "image_dir")]
+    restore_cmd: Option<String>,
+    /// Write the received memory to DIR instead (format: see pagehop::wire::image).
+    #[arg(long, value_name = "DIR")]
+    image_dir: Option<PathBuf>,
+    /// Path of the handoff socket (default: a fresh path under /run or /tmp).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Print the final report as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Post-copy: seconds to wait for a source whose connections broke (the
+    /// process is held stopped meanwhile).
+    #[arg(long, default_value_t = 10.0)]
+    reconnect_timeout: f64,
+}
+
+pub fn run_recv(args: RecvArgs) -> anyhow::Result<()> {
+    let socket_path = args.socket.unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("pagehop-uffd-{}.sock", std::process::id()))
+    });
+    let opts = RecvOptions {
+        listen: args.listen,
+        token: load_token(&args.token_file)?,
+        restore_cmd: args.restore_cmd,
+        image_dir: args.image_dir,
+        socket_path,
+        handshake_timeout: Duration::from_secs(10),
+        restore_timeout: Duration::from_secs(30),
+        reconnect_timeout: seconds(args.reconnect_timeout, "--reconnect-timeout")?,
+    };
+    let json = args.json;
+    let mut log = |line: &str| eprintln!("pagehop recv: {line}");
+    let report = recv(opts, &mut log)?;
+    print_recv_report(&report, json)
+}
+
+fn print_recv_report(r: &RecvReport, json: bool) -> anyhow::Result<()> {
+    let mut out = std::io::stdout().lock();
+    if json {
+        return crate::write_json_line(&mut out, r);
+    }
+    writeln!(
+        out,
+        "received {} pages ({} zero) in {} rounds from {}; installed {} in {:.1} ms{}; verify {}",
+        r.pages_received,
+        r.zero_pages_received,
+        r.rounds,
+        r.source,
+        r.pages_installed,
+        r.install_ms,
+        r.restored_pid
+            .map(|p| format!(" into pid {p}"))
+            .unwrap_or_default(),
+        r.verify
+    )?;
+    Ok(())
+}

@@ -1,0 +1,720 @@
+//! The destination's userfaultfd fault loop: the heart of post-copy.
+//!
+//! The restored process creates a userfaultfd, negotiates [`FEATURES`] with
+//! `UFFDIO_API`, registers its memory in MISSING mode and hands the uffd over
+//! (normally through [`crate::handoff`]). [`FaultLoop`] owns it from then on:
+//!
+//! ```text
+//!  process threads ──fault──> uffd ──read (all queued msgs)──> run_once
+//!                                                                │ new pages only
+//!                                                                v
+//!                                         PageSource::request(addr, pages)
+//!                                                                │ later, e.g. from the network
+//!  threads wake <── UFFDIO_COPY / ZEROPAGE / WAKE <── deliver(addr, data)
+//! ```
+//!
+//! One thread drives the loop: `run_once` polls the uffds (and the [`Waker`],
+//! which a receiver thread signals after queueing data), reads every queued
+//! message of a ready uffd in one `read`, handles them in order, and then
+//! issues the requests of new pages (contiguous pages of one batch become one
+//! request). `deliver` installs data as it arrives.
+//!
+//! # Addresses
+//! [`PageSource::request`] and [`FaultLoop::deliver`] speak *source*
+//! addresses: the addresses of the layout the source sent. They equal the
+//! process's addresses until the process moves a range with mremap; the loop
+//! follows `UFFD_EVENT_REMAP` and translates both ways.
+//!
+//! # Coalescing
+//! A page is requested at most once while its request is in flight, however
+//! many threads (or fork children) fault on it; every faulting thread is
+//! recorded as a waiter and woken by the one install. Delivered pages are
+//! remembered as present per address space; a fault on a present page (a
+//! fault that raced with the install) is answered with `UFFDIO_WAKE` and is
+//! never requested again. `deliver` of a page nobody waits for (background
+//! push) installs it into every address space that lacks it.
+//!
+//! # Events (what the loop does, and why)
+//! - **fork** (`UFFD_FEATURE_EVENT_FORK`): the message carries a new uffd for
+//!   the child. The loop keeps it as a new address space ([`SpaceId`],
+//!   reported in [`Progress::forks`]) that starts with the parent's
+//!   bookkeeping and is served like the parent: the child's missing pages
+//!   were missing in the parent at fork time, so the source data is right
+//!   for both, and one in-flight request serves both. The child's pid is not
+//!   in the message. Without the feature the kernel unregisters the child's
+//!   ranges and the child silently reads zeroes where pages were missing.
+//! - **remap** (`EVENT_REMAP`): present pages, zero-filled ranges and source
+//!   addresses move to the new place; the old place becomes new memory.
+//!   Threads still blocked on the old place are woken (they fault again on
+//!   whatever is there now).
+//! - **remove** (`EVENT_REMOVE`, madvise `MADV_DONTNEED`/`MADV_REMOVE`): the
+//!   range is **zero-filled from now on**, not re-requested. The process
+//!   threw the contents away, so on Linux it must read zeroes, and resending
+//!   the source's copy would resurrect stale data (CRIU's lazy-pages daemon
+//!   does the same). Later faults there get `UFFDIO_ZEROPAGE`, in-flight
+//!   data for it is dropped, and threads blocked in it are woken to fault again.
+//! - **unmap** (`EVENT_UNMAP`): the range is forgotten (and treated as new
+//!   memory should it ever be registered again); threads blocked in it are
+//!   woken with `UFFDIO_WAKE` so that none waits forever (they fault again
+//!   and get whatever the address holds now, or SIGSEGV).
+//!
+//! Without `EVENT_REMOVE`/`EVENT_UNMAP` the loop cannot see those changes and
+//! would install source data over memory the process dropped. With
+//! `UFFD_FEATURE_THREAD_ID` the faulting thread's id is available in the
+//! message; the loop does not need it. Pending events make
+//! `UFFDIO_COPY` fail with `EAGAIN` until they are read; a delivery that
+//! stays busy is parked and retried after the next `run_once` reads them.
+//!
+//! # Metrics
+//! [`FaultStats`] counts faults, requests, delivered pages and coalesced
+//! duplicates; [`LatencyHistogram`] holds, per fault message, the time from
+//! the `read` that returned it to the install (or wake) that resolved it,
+//! on `CLOCK_MONOTONIC`.
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::install::{InstallError, Installer};
+use pagehop_mem::pages::Range;
+use pagehop_sys::monotonic_ns;
+use pagehop_sys::uffd::{self, UffdEvent, UffdMsg};
+
+mod book;
+mod histogram;
+use pagehop_sys::fd as sys;
+
+use book::Book;
+pub use histogram::{BUCKETS, Bucket, LatencyHistogram, LatencySummary};
+
+/// Features the process should request with `UFFDIO_API` (all are in Linux
+/// 4.14+). See the module docs for what is lost without each.
+pub const FEATURES: u64 = uffd::UFFD_FEATURE_EVENT_FORK
+    | uffd::UFFD_FEATURE_EVENT_REMAP
+    | uffd::UFFD_FEATURE_EVENT_REMOVE
+    | uffd::UFFD_FEATURE_EVENT_UNMAP
+    | uffd::UFFD_FEATURE_THREAD_ID;
+
+/// Messages read per `read` call (32 bytes each).
+const MSG_BATCH: usize = 256;
+/// Longest request issued for one run of contiguous faulting pages.
+const MAX_REQUEST_PAGES: u32 = 256;
+
+/// Errors of the fault loop.
+#[derive(Debug, thiserror::Error)]
+pub enum FaultError {
+    #[error("page size {page_size} is not a power of two")]
+    PageSize { page_size: usize },
+    #[error("delivery at {addr:#x} of {len} bytes is not whole pages (page size {page_size})")]
+    Unaligned {
+        addr: u64,
+        len: usize,
+        page_size: u64,
+    },
+    #[error("making the userfaultfd non-blocking")]
+    NonBlocking(#[source] io::Error),
+    #[error("creating the waker eventfd")]
+    Waker(#[source] io::Error),
+    #[error("polling the userfaultfds")]
+    Poll(#[source] io::Error),
+    #[error("reading messages from the userfaultfd of space {space}")]
+    Read {
+        space: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("adopting the userfaultfd {ufd} of a forked child")]
+    ForkFd {
+        ufd: u32,
+        #[source]
+        source: io::Error,
+    },
+    #[error("installing page {addr:#x} in space {space}")]
+    Install {
+        space: u32,
+        addr: u64,
+        #[source]
+        source: InstallError,
+    },
+    #[error("UFFDIO_WAKE at {addr:#x} in space {space}")]
+    Wake {
+        space: u32,
+        addr: u64,
+        #[source]
+        source: io::Error,
+    },
+    #[error("the page source failed to request {pages} pages at {addr:#x}")]
+    Source {
+        addr: u64,
+        pages: u32,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+type Result<T, E = FaultError> = std::result::Result<T, E>;
+
+/// Where the pages come from (the network, in post-copy).
+pub trait PageSource: Send {
+    /// Starts fetching `pages` pages at `addr` (page-aligned); the data arrives later through `FaultLoop::deliver`.
+    fn request(&mut self, addr: u64, pages: u32) -> Result<(), FaultError>;
+}
+
+/// One address space served by the loop: 0 is the process whose uffd was
+/// given to [`FaultLoop::new`], later ones are fork children.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct SpaceId(pub u32);
+
+impl std::fmt::Display for SpaceId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// Counters of the loop's whole life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct FaultStats {
+    /// Page-fault messages read.
+    pub faults: u64,
+    /// `PageSource::request` calls.
+    pub requests: u64,
+    /// Pages asked for by those calls.
+    pub pages_requested: u64,
+    /// Faults that joined a request already in flight instead of making one.
+    pub duplicates: u64,
+    /// Pages installed from deliveries (per address space).
+    pub pages_delivered: u64,
+    /// Faults on pages already present, answered with `UFFDIO_WAKE`, plus
+    /// deliveries that found the page present (`EEXIST`).
+    pub present_wakes: u64,
+    /// Faults in zapped/unmapped ranges answered with `UFFDIO_ZEROPAGE`.
+    pub zero_filled: u64,
+    /// Deliveries not installed: the page was zapped, unmapped or moved away,
+    /// or no longer exists in the process.
+    pub discarded: u64,
+    /// Deliveries parked because an event was pending (retried later).
+    pub parked: u64,
+    pub forks: u64,
+    pub remaps: u64,
+    pub removes: u64,
+    pub unmaps: u64,
+    /// Messages with an event code the loop does not know (ignored).
+    pub unknown_events: u64,
+}
+
+/// What one `run_once` did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Messages read (faults and events).
+    pub messages: usize,
+    /// Page-fault messages among them.
+    pub faults: usize,
+    /// Requests issued to the source.
+    pub requests: usize,
+    /// Address spaces added by fork events.
+    pub forks: Vec<SpaceId>,
+    /// Address spaces whose process exited (found when installing or waking).
+    pub gone: Vec<SpaceId>,
+    /// The [`Waker`] was signalled.
+    pub woken: bool,
+}
+
+/// Interrupts a `run_once` that is waiting in poll, from any thread (e.g. a
+/// receiver that has just queued data for `deliver`).
+#[derive(Debug, Clone)]
+pub struct Waker(Arc<OwnedFd>);
+
+impl Waker {
+    pub fn wake(&self) -> io::Result<()> {
+        sys::eventfd_signal(self.0.as_fd())
+    }
+}
+
+/// A thread blocked on a page, waiting for its request.
+#[derive(Debug, Clone, Copy)]
+struct Waiter {
+    space: SpaceId,
+    /// The page in the waiter's address space.
+    addr: u64,
+    /// When its fault message was read.
+    read_ns: u64,
+}
+
+#[derive(Debug)]
+struct Space {
+    /// `None` once the process is gone.
+    installer: Option<Installer>,
+    book: Book,
+}
+
+/// How one install into one space ended.
+enum Outcome {
+    Installed,
+    WasPresent,
+    Busy,
+    Discarded,
+    Gone,
+}
+
+/// The fault loop; see the module docs.
+#[derive(Debug)]
+pub struct FaultLoop {
+    page_size: u64,
+    spaces: Vec<Space>,
+    /// Source page -> threads waiting for it. An entry whose waiters all went
+    /// away (unmap, remove) stays until delivery, so it is not requested twice.
+    in_flight: HashMap<u64, Vec<Waiter>>,
+    /// Deliveries that met a pending event, with their data.
+    parked: Vec<(u64, Option<Vec<u8>>)>,
+    waker: Waker,
+    msgs: Vec<UffdMsg>,
+    ready: Vec<bool>,
+    stats: FaultStats,
+    latency: LatencyHistogram,
+}
+
+impl FaultLoop {
+    /// A loop serving the process that owns `uffd` (see the module docs for
+    /// what the process must have set up). The uffd is made non-blocking.
+    pub fn new(uffd: OwnedFd, page_size: usize) -> Result<Self> {
+        if !page_size.is_power_of_two() {
+            return Err(FaultError::PageSize { page_size });
+        }
+        sys::set_nonblocking(uffd.as_fd()).map_err(FaultError::NonBlocking)?;
+        let waker = Waker(Arc::new(sys::eventfd().map_err(FaultError::Waker)?));
+        Ok(Self {
+            page_size: page_size as u64,
+            spaces: vec![Space {
+                installer: Some(Installer::with_page_size(uffd, page_size)),
+                book: Book::default(),
+            }],
+            in_flight: HashMap::new(),
+            parked: Vec::new(),
+            waker,
+            msgs: vec![UffdMsg::default(); MSG_BATCH],
+            ready: Vec::new(),
+            stats: FaultStats::default(),
+            latency: LatencyHistogram::new(),
+        })
+    }
+
+    pub fn page_size(&self) -> usize {
+        self.page_size as usize
+    }
+
+    /// A handle that makes a waiting `run_once` return.
+    pub fn waker(&self) -> Waker {
+        self.waker.clone()
+    }
+
+    pub fn stats(&self) -> FaultStats {
+        self.stats
+    }
+
+    /// Latency of every resolved fault message.
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
+    }
+
+    /// Pages requested and not delivered yet.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+
+    /// Source addresses of the pages requested and not delivered yet (to ask
+    /// again after the source reconnects).
+    pub fn in_flight_pages(&self) -> Vec<u64> {
+        let mut pages: Vec<u64> = self.in_flight.keys().copied().collect();
+        pages.sort_unstable();
+        pages
+    }
+
+    /// Address spaces still served (their process has not been seen to exit).
+    pub fn live_spaces(&self) -> Vec<SpaceId> {
+        (0..self.spaces.len() as u32)
+            .map(SpaceId)
+            .filter(|id| self.spaces[id.0 as usize].installer.is_some())
+            .collect()
+    }
+
+    /// Pages known present in `space`.
+    pub fn present_pages(&self, space: SpaceId) -> usize {
+        self.spaces
+            .get(space.0 as usize)
+            .map_or(0, |s| s.book.present_pages())
+    }
+
+    /// Waits up to `timeout` for messages on any uffd (or the waker), reads
+    /// every queued message of each ready uffd in one `read`, handles them,
+    /// issues the requests of new pages, and retries parked deliveries.
+    pub fn run_once(&mut self, source: &mut dyn PageSource, timeout: Duration) -> Result<Progress> {
+        let mut progress = Progress::default();
+        let timeout = if self.parked.is_empty() {
+            timeout
+        } else {
+            timeout.min(Duration::from_millis(1))
+        };
+        let live: Vec<usize> = (0..self.spaces.len())
+            .filter(|&i| self.spaces[i].installer.is_some())
+            .collect();
+        {
+            let mut fds = vec![self.waker.0.as_fd()];
+            fds.extend(live.iter().map(|&i| {
+                self.spaces[i]
+                    .installer
+                    .as_ref()
+                    .expect("live space")
+                    .uffd()
+            }));
+            let mut ready = std::mem::take(&mut self.ready);
+            let polled = sys::poll_in(&fds, timeout, &mut ready);
+            self.ready = ready;
+            polled.map_err(FaultError::Poll)?;
+        }
+        if self.ready.first() == Some(&true) {
+            sys::eventfd_drain(self.waker.0.as_fd()).map_err(FaultError::Poll)?;
+            progress.woken = true;
+        }
+        let mut wanted = Vec::new();
+        for (k, &i) in live.iter().enumerate() {
+            if self.ready.get(k + 1) == Some(&true) {
+                self.read_and_handle(SpaceId(i as u32), &mut wanted, &mut progress)?;
+            }
+        }
+        progress.requests = self.issue(source, wanted)?;
+        for (addr, data) in std::mem::take(&mut self.parked) {
+            self.deliver_page(addr, data.as_deref(), &mut progress)?;
+        }
+        Ok(progress)
+    }
+
+    /// Installs delivered data at source address `addr`: `Some(data)` is one
+    /// or more whole pages, `None` one zero page. Wakes the threads waiting
+    /// for those pages; a page found present already (`EEXIST`) is woken and
+    /// skipped. Returns the spaces found gone on the way.
+    pub fn deliver(&mut self, addr: u64, data: Option<&[u8]>) -> Result<Vec<SpaceId>> {
+        let ps = self.page_size;
+        let len = data.map_or(ps as usize, <[u8]>::len);
+        if !addr.is_multiple_of(ps) || len == 0 || !(len as u64).is_multiple_of(ps) {
+            return Err(FaultError::Unaligned {
+                addr,
+                len,
+                page_size: ps,
+            });
+        }
+        let mut progress = Progress::default();
+        for (k, at) in (addr..addr + len as u64).step_by(ps as usize).enumerate() {
+            let page = data.map(|d| &d[k * ps as usize..(k + 1) * ps as usize]);
+            self.deliver_page(at, page, &mut progress)?;
+        }
+        Ok(progress.gone)
+    }
+
+    fn read_and_handle(
+        &mut self,
+        space: SpaceId,
+        wanted: &mut Vec<u64>,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        let fd = self.spaces[space.0 as usize]
+            .installer
+            .as_ref()
+            .expect("live space")
+            .uffd();
+        let n = match uffd::read_msgs(fd, &mut self.msgs) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(source) => {
+                return Err(FaultError::Read {
+                    space: space.0,
+                    source,
+                });
+            }
+        };
+        let read_ns = monotonic_ns();
+        progress.messages += n;
+        for i in 0..n {
+            let msg = self.msgs[i];
+            match msg.event() {
+                UffdEvent::Pagefault { address, .. } => {
+                    progress.faults += 1;
+                    self.fault(
+                        space,
+                        address & !(self.page_size - 1),
+                        read_ns,
+                        wanted,
+                        progress,
+                    )?;
+                }
+                UffdEvent::Fork { ufd } => {
+                    let fd = sys::adopt_fork_fd(ufd)
+                        .and_then(|fd| sys::set_nonblocking(fd.as_fd()).map(|()| fd))
+                        .map_err(|source| FaultError::ForkFd { ufd, source })?;
+                    let book = self.spaces[space.0 as usize].book.clone();
+                    let child = SpaceId(self.spaces.len() as u32);
+                    self.spaces.push(Space {
+                        installer: Some(Installer::with_page_size(fd, self.page_size as usize)),
+                        book,
+                    });
+                    self.stats.forks += 1;
+                    progress.forks.push(child);
+                }
+                UffdEvent::Remap { from, to, len } => {
+                    self.stats.remaps += 1;
+                    self.release_waiters(space, Range::new(from, from + len), progress)?;
+                    self.spaces[space.0 as usize].book.remap(from, to, len);
+                }
+                UffdEvent::Remove { start, end } => {
+                    self.stats.removes += 1;
+                    let range = Range::new(start, end);
+                    self.spaces[space.0 as usize].book.remove(range);
+                    self.release_waiters(space, range, progress)?;
+                }
+                UffdEvent::Unmap { start, end } => {
+                    self.stats.unmaps += 1;
+                    let range = Range::new(start, end);
+                    self.spaces[space.0 as usize].book.unmap(range);
+                    self.release_waiters(space, range, progress)?;
+                }
+                UffdEvent::Unknown { .. } => self.stats.unknown_events += 1,
+            }
+        }
+        Ok(())
+    }
+
+    /// One page fault at page `addr` of `space`.
+    fn fault(
+        &mut self,
+        space: SpaceId,
+        addr: u64,
+        read_ns: u64,
+        wanted: &mut Vec<u64>,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        self.stats.faults += 1;
+        let ps = self.page_size;
+        let s = &mut self.spaces[space.0 as usize];
+        let Some(installer) = s.installer.as_ref() else {
+            return Ok(());
+        };
+        if s.book.is_present(addr) {
+            self.stats.present_wakes += 1;
+            self.wake(space, addr, ps, progress)?;
+            self.latency.record(monotonic_ns().saturating_sub(read_ns));
+            return Ok(());
+        }
+        if s.book.is_local(addr) {
+            let outcome = classify(installer.zero(addr, ps), space, addr)?;
+            match outcome {
+                Outcome::Installed | Outcome::WasPresent => {
+                    if matches!(outcome, Outcome::WasPresent) {
+                        self.wake(space, addr, ps, progress)?;
+                    }
+                    self.spaces[space.0 as usize].book.set_present(addr);
+                    self.stats.zero_filled += 1;
+                    self.latency.record(monotonic_ns().saturating_sub(read_ns));
+                }
+                // An event is pending: let the thread fault again after it is read.
+                Outcome::Busy | Outcome::Discarded => self.wake(space, addr, ps, progress)?,
+                Outcome::Gone => self.gone(space, progress),
+            }
+            return Ok(());
+        }
+        let source_addr = s.book.source_of(addr);
+        let waiter = Waiter {
+            space,
+            addr,
+            read_ns,
+        };
+        match self.in_flight.get_mut(&source_addr) {
+            Some(waiters) => {
+                self.stats.duplicates += 1;
+                waiters.push(waiter);
+            }
+            None => {
+                self.in_flight.insert(source_addr, vec![waiter]);
+                wanted.push(source_addr);
+            }
+        }
+        Ok(())
+    }
+
+    /// Issues requests for `wanted` source pages, contiguous runs merged.
+    fn issue(&mut self, source: &mut dyn PageSource, mut wanted: Vec<u64>) -> Result<usize> {
+        wanted.sort_unstable();
+        let ps = self.page_size;
+        let mut requests = 0;
+        let mut i = 0;
+        while i < wanted.len() {
+            let start = wanted[i];
+            let mut pages = 1u32;
+            while pages < MAX_REQUEST_PAGES
+                && wanted.get(i + pages as usize) == Some(&(start + pages as u64 * ps))
+            {
+                pages += 1;
+            }
+            source.request(start, pages)?;
+            self.stats.requests += 1;
+            self.stats.pages_requested += pages as u64;
+            requests += 1;
+            i += pages as usize;
+        }
+        Ok(requests)
+    }
+
+    /// Drops the waiters of `space` in `range` (their page became local or
+    /// went away) and wakes the range, so that no thread waits forever.
+    fn release_waiters(
+        &mut self,
+        space: SpaceId,
+        range: Range,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        for waiters in self.in_flight.values_mut() {
+            waiters.retain(|w| !(w.space == space && range.contains(w.addr)));
+        }
+        self.wake(space, range.start, range.len(), progress)
+    }
+
+    fn deliver_page(
+        &mut self,
+        source_addr: u64,
+        data: Option<&[u8]>,
+        progress: &mut Progress,
+    ) -> Result<()> {
+        let ps = self.page_size;
+        let waiters = self.in_flight.remove(&source_addr).unwrap_or_default();
+        // Targets: each waiting (space, page), then every other live space
+        // where the page belongs and is missing.
+        let mut targets: Vec<(SpaceId, u64)> = Vec::new();
+        for w in &waiters {
+            if !targets.contains(&(w.space, w.addr)) {
+                targets.push((w.space, w.addr));
+            }
+        }
+        for (i, s) in self.spaces.iter().enumerate() {
+            let space = SpaceId(i as u32);
+            if s.installer.is_none() || targets.iter().any(|t| t.0 == space) {
+                continue;
+            }
+            if let Some(addr) = s.book.place_of(source_addr)
+                && !s.book.is_present(addr)
+            {
+                targets.push((space, addr));
+            }
+        }
+        if targets.is_empty() {
+            self.stats.discarded += 1;
+        }
+        for (k, &(space, addr)) in targets.iter().enumerate() {
+            let s = &self.spaces[space.0 as usize];
+            let Some(installer) = s.installer.as_ref() else {
+                continue;
+            };
+            let outcome = if s.book.is_local(addr) {
+                Outcome::Discarded
+            } else if s.book.is_present(addr) {
+                Outcome::WasPresent
+            } else {
+                let result = match data {
+                    Some(page) => installer.copy(addr, page),
+                    None => installer.zero(addr, ps),
+                };
+                classify(result, space, addr)?
+            };
+            match outcome {
+                Outcome::Installed => {
+                    self.stats.pages_delivered += 1;
+                    self.spaces[space.0 as usize].book.set_present(addr);
+                }
+                Outcome::WasPresent => {
+                    self.stats.present_wakes += 1;
+                    self.wake(space, addr, ps, progress)?;
+                    self.spaces[space.0 as usize].book.set_present(addr);
+                }
+                Outcome::Discarded => {
+                    self.stats.discarded += 1;
+                    self.wake(space, addr, ps, progress)?;
+                }
+                Outcome::Gone => self.gone(space, progress),
+                Outcome::Busy => {
+                    // Keep the waiters of this and later targets; retry after
+                    // the pending event has been read.
+                    let rest: Vec<Waiter> = waiters
+                        .iter()
+                        .filter(|w| targets[k..].contains(&(w.space, w.addr)))
+                        .copied()
+                        .collect();
+                    self.record_served(&waiters, &targets[..k]);
+                    self.in_flight.insert(source_addr, rest);
+                    self.parked.push((source_addr, data.map(<[u8]>::to_vec)));
+                    self.stats.parked += 1;
+                    return Ok(());
+                }
+            }
+        }
+        self.record_served(&waiters, &targets);
+        Ok(())
+    }
+
+    /// Records the latency of the waiters whose (space, page) is in `served`.
+    fn record_served(&mut self, waiters: &[Waiter], served: &[(SpaceId, u64)]) {
+        let now = monotonic_ns();
+        for w in waiters {
+            if served.contains(&(w.space, w.addr)) {
+                self.latency.record(now.saturating_sub(w.read_ns));
+            }
+        }
+    }
+
+    fn wake(&mut self, space: SpaceId, addr: u64, len: u64, progress: &mut Progress) -> Result<()> {
+        let Some(installer) = self.spaces[space.0 as usize].installer.as_ref() else {
+            return Ok(());
+        };
+        match uffd::wake(installer.uffd(), addr, len) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
+                self.gone(space, progress);
+                Ok(())
+            }
+            Err(source) => Err(FaultError::Wake {
+                space: space.0,
+                addr,
+                source,
+            }),
+        }
+    }
+
+    /// The process of `space` exited: close its uffd and forget its waiters.
+    fn gone(&mut self, space: SpaceId, progress: &mut Progress) {
+        if self.spaces[space.0 as usize].installer.take().is_some() {
+            progress.gone.push(space);
+        }
+        for waiters in self.in_flight.values_mut() {
+            waiters.retain(|w| w.space != space);
+        }
+    }
+}
+
+/// Sorts an install result into what the loop does next.
+fn classify(result: Result<(), InstallError>, space: SpaceId, addr: u64) -> Result<Outcome> {
+    match result {
+        Ok(()) => Ok(Outcome::Installed),
+        Err(InstallError::AlreadyPresent { .. }) => Ok(Outcome::WasPresent),
+        Err(InstallError::Busy { .. }) => Ok(Outcome::Busy),
+        Err(InstallError::ProcessGone { .. }) => Ok(Outcome::Gone),
+        // No registered mapping there any more (ENOENT), or not one this uffd
+        // may fill (EINVAL): the page has nowhere to go.
+        Err(InstallError::Copy { source, .. } | InstallError::Zero { source, .. })
+            if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) =>
+        {
+            Ok(Outcome::Discarded)
+        }
+        Err(source) => Err(FaultError::Install {
+            space: space.0,
+            addr,
+            source,
+        }),
+    }
+}

@@ -1,0 +1,607 @@
+//! The destination side of post-copy: serves the restored process's page
+//! faults while the rest of its memory streams in.
+//!
+//! One thread drives everything that installs pages, so that the fault
+//! loop's bookkeeping (present pages, discarded ranges, fork children) sees
+//! every install in order. Each turn it:
+//! 1. runs [`FaultLoop::run_once`]; a fault on a page still pending at the
+//!    source becomes a `PageRequest` on the priority lane, any other fault is
+//!    answered from the store (or with a zero page) right after;
+//! 2. installs pages that arrived on the priority lane (their faults wait);
+//! 3. installs at most [`BACKGROUND_STEP`] pages of the background (pages
+//!    that arrived on the data lanes, then pre-copy pages from the store), so
+//!    that a fault never waits behind more than that;
+//! 4. checks the connections. A break stops the process tree (SIGSTOP: no
+//!    thread may run on towards a page that cannot come), cuts the old
+//!    connections, and waits up to `--reconnect-timeout` for the source to
+//!    come back with the next epoch; it then gets the `Pending` list of what
+//!    is still missing, the requests in flight are asked again, and the
+//!    process continues.
+//!
+//! The receiver threads put pages into the store first and only then clear
+//! them from `outstanding` and queue them here, so a page that is not
+//! outstanding is always readable from the store.
+use std::collections::{HashMap, VecDeque};
+use std::io::Write;
+use std::net::TcpStream;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{Receiver, Sender};
+
+use crate::faults::{FaultError, FaultLoop, LatencyHistogram, PageSource};
+use crate::store::{PageState, PageStore};
+use pagehop_mem::page_bits::PageBits;
+use pagehop_mem::pages::RangeSet;
+use pagehop_sys::monotonic_ns;
+use pagehop_wire::conn::{Conn, ConnError};
+use pagehop_wire::msg::{Done, MAX_PENDING_RANGES, Message, PageRequest, Pending, Stats};
+use pagehop_wire::stats::DestStats;
+
+/// Background pages installed per turn, between two looks at the faults.
+const BACKGROUND_STEP: usize = 64;
+/// How long a turn waits for faults when there is no background work.
+const IDLE_WAIT: Duration = Duration::from_millis(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error(transparent)]
+    Faults(#[from] FaultError),
+    #[error(
+        "post-copy: the source has been gone for {waited:.1} s ({why}); the restored process {pid} \
+         is left stopped with {missing} pages still on the source: it must not be continued \
+         (it would read zero pages); kill it or migrate again"
+    )]
+    SourceLost {
+        pid: i32,
+        missing: u64,
+        waited: f64,
+        why: String,
+    },
+    #[error("post-copy: sending to the source")]
+    Control(#[source] ConnError),
+}
+
+/// Connections the acceptor hands over during a migration: reconnected
+/// control lanes, priority lanes, and every connection by epoch (to cut them).
+#[derive(Default)]
+pub struct Lanes {
+    priority: Mutex<Option<(u32, TcpStream)>>,
+    controls: Mutex<Vec<(u32, Conn)>>,
+    links: Mutex<Vec<(u32, TcpStream)>>,
+}
+
+impl Lanes {
+    /// Remembers a connection so that a break can cut it.
+    pub fn register(&self, epoch: u32, stream: &TcpStream) {
+        if let Ok(s) = stream.try_clone() {
+            self.links.lock().expect("lock").push((epoch, s));
+        }
+    }
+
+    /// A priority lane (its write half); the newest epoch wins.
+    pub fn attach_priority(&self, epoch: u32, stream: TcpStream) {
+        let mut slot = self.priority.lock().expect("lock");
+        if slot.as_ref().is_none_or(|(e, _)| *e <= epoch) {
+            *slot = Some((epoch, stream));
+        }
+    }
+
+    /// A control lane of a reconnecting source.
+    pub fn attach_control(&self, epoch: u32, conn: Conn) {
+        self.controls.lock().expect("lock").push((epoch, conn));
+    }
+
+    fn take_priority(&self, min_epoch: u32) -> Option<TcpStream> {
+        let mut slot = self.priority.lock().expect("lock");
+        match slot.take() {
+            Some((e, s)) if e >= min_epoch => Some(s),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    fn take_control(&self, min_epoch: u32) -> Option<(u32, Conn)> {
+        let mut controls = self.controls.lock().expect("lock");
+        let at = controls.iter().position(|(e, _)| *e >= min_epoch)?;
+        Some(controls.swap_remove(at))
+    }
+
+    /// Cuts every connection of `epoch` or older.
+    fn cut_upto(&self, epoch: u32) {
+        let mut links = self.links.lock().expect("lock");
+        links.retain(|(e, s)| {
+            if *e <= epoch {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}
+
+/// Where the receiver threads report post-copy pages.
+pub struct Arrivals {
+    /// Pages still on the source.
+    outstanding: Mutex<PageBits>,
+    demand: (Sender<Vec<u64>>, Receiver<Vec<u64>>),
+    bulk: (Sender<Vec<u64>>, Receiver<Vec<u64>>),
+    waker: crate::faults::Waker,
+    /// A connection of the current epoch broke.
+    lost: AtomicBool,
+    epoch: AtomicU32,
+    demand_pages: AtomicU64,
+    bulk_pages: AtomicU64,
+}
+
+impl Arrivals {
+    /// Received pages (already in the store). `priority`: they came on the
+    /// priority lane.
+    pub fn arrived(&self, priority: bool, pages: Vec<u64>) {
+        let (counter, tx) = if priority {
+            (&self.demand_pages, &self.demand.0)
+        } else {
+            (&self.bulk_pages, &self.bulk.0)
+        };
+        counter.fetch_add(pages.len() as u64, Ordering::Relaxed);
+        // Queued before they stop being outstanding: "nothing outstanding and
+        // nothing queued" then means everything was queued.
+        let _ = tx.send(pages.clone());
+        {
+            let mut outstanding = self.outstanding.lock().expect("lock");
+            for &p in &pages {
+                outstanding.clear(p);
+            }
+        }
+        let _ = self.waker.wake();
+    }
+
+    /// A receiving connection of `epoch` ended or delivered bad data.
+    pub fn stream_ended(&self, epoch: u32) {
+        let missing = self.outstanding.lock().expect("lock").count();
+        if missing > 0 && epoch >= self.epoch.load(Ordering::SeqCst) {
+            self.lost.store(true, Ordering::SeqCst);
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// What the caller knows at the switch.
+pub struct Start<'a> {
+    pub store: &'a Mutex<PageStore>,
+    pub lanes: &'a Lanes,
+    /// Pages the source still holds.
+    pub pending: &'a RangeSet,
+    /// The restored process.
+    pub pid: i32,
+    pub reconnect_timeout: Duration,
+}
+
+/// The fault loop, ready to run; [`Fetch::arrivals`] must be given to the
+/// receiver threads before the source is told the process runs.
+pub struct Fetch {
+    fault_loop: FaultLoop,
+    arrivals: Arc<Arrivals>,
+    pid: i32,
+    reconnect_timeout: Duration,
+    /// Pre-copy pages to install in the background, and how far that got.
+    local: Vec<u64>,
+    local_next: usize,
+}
+
+impl Fetch {
+    pub fn new(start: &Start<'_>, uffd: OwnedFd) -> Result<Self, FetchError> {
+        let store = start.store.lock().expect("lock");
+        let ps = store.page_size() as u64;
+        let fault_loop = FaultLoop::new(uffd, store.page_size())?;
+        let local: Vec<u64> = store
+            .iter()
+            .map(|(addr, _)| addr)
+            .filter(|&addr| !start.pending.contains(addr))
+            .collect();
+        let arrivals = Arc::new(Arrivals {
+            outstanding: Mutex::new(PageBits::filled(start.pending, ps)),
+            demand: crossbeam::channel::unbounded(),
+            bulk: crossbeam::channel::unbounded(),
+            waker: fault_loop.waker(),
+            lost: AtomicBool::new(false),
+            epoch: AtomicU32::new(0),
+            demand_pages: AtomicU64::new(0),
+            bulk_pages: AtomicU64::new(0),
+        });
+        Ok(Self {
+            fault_loop,
+            arrivals,
+            pid: start.pid,
+            reconnect_timeout: start.reconnect_timeout,
+            local,
+            local_next: 0,
+        })
+    }
+
+    pub fn arrivals(&self) -> Arc<Arrivals> {
+        Arc::clone(&self.arrivals)
+    }
+
+    /// Serves faults until every page is installed, then sends the
+    /// statistics and `Done` on `control` (which a reconnect replaces).
+    pub fn run(mut self, start: &Start<'_>, control: &mut Conn) -> Result<DestStats, FetchError> {
+        let started = Instant::now();
+        let ps = self.fault_loop.page_size() as u64;
+        let mut source = Requests::new(&self.arrivals, start.lanes.take_priority(0), ps);
+        let mut remote_latency = LatencyHistogram::new();
+        let mut bulk: VecDeque<u64> = VecDeque::new();
+        let mut stats = DestStats::default();
+        let mut epoch = 0u32;
+        let mut installed = 0u64;
+        loop {
+            let busy = !bulk.is_empty() || self.local_next < self.local.len();
+            let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
+            self.fault_loop.run_once(&mut source, wait)?;
+            if source.priority.is_none() {
+                source.priority = start.lanes.take_priority(epoch);
+            }
+            // Faults answered from the store.
+            for (addr, pages) in std::mem::take(&mut source.local) {
+                let store = start.store.lock().expect("lock");
+                for page in (addr..addr + pages as u64 * ps).step_by(ps as usize) {
+                    installed += self.install(&store, page)?;
+                }
+            }
+            // Pages someone waits for.
+            while let Ok(pages) = self.arrivals.demand.1.try_recv() {
+                let store = start.store.lock().expect("lock");
+                for page in pages {
+                    installed += self.install(&store, page)?;
+                    source.answered(page, &mut remote_latency);
+                }
+            }
+            // The background, a bounded step at a time.
+            while let Ok(pages) = self.arrivals.bulk.1.try_recv() {
+                bulk.extend(pages);
+            }
+            {
+                let store = start.store.lock().expect("lock");
+                for _ in 0..BACKGROUND_STEP {
+                    let page = match bulk.pop_front() {
+                        Some(page) => {
+                            source.answered(page, &mut remote_latency);
+                            page
+                        }
+                        None if self.local_next < self.local.len() => {
+                            self.local_next += 1;
+                            stats.local_pages += 1;
+                            self.local[self.local_next - 1]
+                        }
+                        None => break,
+                    };
+                    installed += self.install(&store, page)?;
+                }
+            }
+            // The source reconnected on its own (it saw a break we did not).
+            if let Some((new_epoch, conn)) = start.lanes.take_control(epoch + 1) {
+                epoch = self.adopt(new_epoch, conn, control)?;
+                stats.reconnects += 1;
+                source.rearm(
+                    start.lanes.take_priority(epoch),
+                    &self.fault_loop.in_flight_pages(),
+                );
+                continue;
+            }
+            let missing = self.arrivals.outstanding.lock().expect("lock").count();
+            let control_broke = control.readable(Duration::ZERO).unwrap_or(true);
+            let lane_lost = self.arrivals.lost.swap(false, Ordering::SeqCst);
+            if control_broke || (lane_lost && missing > 0) {
+                let why = if control_broke {
+                    match control.recv() {
+                        Ok((kind, _)) => {
+                            format!("unexpected {} frame from the source", kind.name())
+                        }
+                        Err(e) => pagehop_mem::error_chain(&e),
+                    }
+                } else {
+                    "a data or priority lane broke".to_string()
+                };
+                let stopped = Instant::now();
+                epoch = self.reconnect(start, control, epoch, &why)?;
+                stats.reconnects += 1;
+                stats.stopped_ms += stopped.elapsed().as_secs_f64() * 1e3;
+                source.rearm(
+                    start.lanes.take_priority(epoch),
+                    &self.fault_loop.in_flight_pages(),
+                );
+                continue;
+            }
+            let finished = self.arrivals.outstanding.lock().expect("lock").count() == 0
+                && bulk.is_empty()
+                && self.local_next == self.local.len()
+                && self.arrivals.demand.1.is_empty()
+                && self.arrivals.bulk.1.is_empty()
+                && self.fault_loop.in_flight() == 0
+                && source.local.is_empty();
+            if finished {
+                break;
+            }
+        }
+        let fl = self.fault_loop.stats();
+        stats.faults = fl.faults;
+        stats.remote_requests = source.sent;
+        stats.demand_pages = self.arrivals.demand_pages.load(Ordering::Relaxed);
+        stats.background_pages = self.arrivals.bulk_pages.load(Ordering::Relaxed);
+        stats.installed_pages = installed;
+        let latency = self.fault_loop.latency();
+        stats.fault_latency_us = Some(latency.summary());
+        stats.blocked_ms = latency.total_ms();
+        stats.remote_fault_latency_us = Some(remote_latency.summary());
+        stats.postcopy_ms = started.elapsed().as_secs_f64() * 1e3;
+        stats.forks = fl.forks;
+        stats.remaps = fl.remaps;
+        stats.removes = fl.removes;
+        stats.unmaps = fl.unmaps;
+        let json = serde_json::to_string(&stats).unwrap_or_default();
+        control.send(&Stats { json }).map_err(FetchError::Control)?;
+        control
+            .send(&Done {
+                pages_sent: installed,
+            })
+            .map_err(FetchError::Control)?;
+        Ok(stats)
+    }
+
+    /// Installs `page` from the store (a page the store lacks was never
+    /// resident at the source: a zero page). Returns 1 if installed anywhere.
+    fn install(&mut self, store: &PageStore, page: u64) -> Result<u64, FetchError> {
+        let before = self.fault_loop.stats().pages_delivered;
+        // Spaces found gone (the process exited) simply stop being served.
+        match store.get(page) {
+            PageState::Data(d) => self.fault_loop.deliver(page, Some(d))?,
+            PageState::Zero | PageState::Absent => self.fault_loop.deliver(page, None)?,
+        };
+        Ok((self.fault_loop.stats().pages_delivered > before) as u64)
+    }
+
+    /// Switches to a reconnected source's control lane: tells it what is
+    /// still missing. Returns the new epoch.
+    fn adopt(&mut self, epoch: u32, mut conn: Conn, control: &mut Conn) -> Result<u32, FetchError> {
+        self.arrivals.epoch.store(epoch, Ordering::SeqCst);
+        self.arrivals.lost.store(false, Ordering::SeqCst);
+        let still = self.arrivals.outstanding.lock().expect("lock").to_ranges();
+        send_pending(&mut conn, &still).map_err(FetchError::Control)?;
+        *control = conn;
+        Ok(epoch)
+    }
+
+    /// Stops the process tree, cuts the connections of `epoch`, and waits for
+    /// the source to come back; returns the new epoch.
+    fn reconnect(
+        &mut self,
+        start: &Start<'_>,
+        control: &mut Conn,
+        epoch: u32,
+        why: &str,
+    ) -> Result<u32, FetchError> {
+        let stopped = stop_tree(self.pid);
+        let arrivals = Arc::clone(&self.arrivals);
+        let missing = move || arrivals.outstanding.lock().expect("lock").count();
+        eprintln!(
+            "pagehop recv: post-copy connection lost ({why}); process {} stopped with {} pages \
+             still on the source; waiting {:.1} s for the source",
+            self.pid,
+            missing(),
+            self.reconnect_timeout.as_secs_f64()
+        );
+        start.lanes.cut_upto(epoch);
+        let deadline = Instant::now() + self.reconnect_timeout;
+        let waited = Instant::now();
+        let mut idle = Requests::new(&self.arrivals, None, self.fault_loop.page_size() as u64);
+        let (new_epoch, conn) = loop {
+            if let Some(found) = start.lanes.take_control(epoch + 1) {
+                break found;
+            }
+            if Instant::now() >= deadline {
+                return Err(FetchError::SourceLost {
+                    pid: self.pid,
+                    missing: missing(),
+                    waited: waited.elapsed().as_secs_f64(),
+                    why: why.to_string(),
+                });
+            }
+            // Keep reading events (a stopped process makes none, but its
+            // children might have been mid-fork).
+            self.fault_loop
+                .run_once(&mut idle, Duration::from_millis(20))?;
+        };
+        let epoch = self.adopt(new_epoch, conn, control)?;
+        for pid in stopped {
+            let _ = pagehop_sys::signal(pid, libc::SIGCONT);
+        }
+        eprintln!(
+            "pagehop recv: source back (epoch {epoch}) after {:.2} s; {} pages to go",
+            waited.elapsed().as_secs_f64(),
+            missing()
+        );
+        Ok(epoch)
+    }
+}
+
+/// Sends `ranges` as `Pending` frames, the last one flagged.
+pub fn send_pending(control: &mut Conn, ranges: &RangeSet) -> Result<(), ConnError> {
+    let all: Vec<(u64, u64)> = ranges.ranges().iter().map(|r| (r.start, r.end)).collect();
+    let mut chunks = all.chunks(MAX_PENDING_RANGES).peekable();
+    if chunks.peek().is_none() {
+        return control.send(&Pending {
+            ranges: Vec::new(),
+            last: true,
+        });
+    }
+    while let Some(chunk) = chunks.next() {
+        control.send(&Pending {
+            ranges: chunk.to_vec(),
+            last: chunks.peek().is_none(),
+        })?;
+    }
+    Ok(())
+}
+
+/// The fault loop's [`PageSource`]: pages still on the source are asked for
+/// on the priority lane; the rest are queued to be installed from the store.
+struct Requests {
+    arrivals: Arc<Arrivals>,
+    priority: Option<TcpStream>,
+    /// Runs to install from the store after this turn.
+    local: Vec<(u64, u32)>,
+    /// When each page still awaited was asked for.
+    requested_at: HashMap<u64, u64>,
+    sent: u64,
+    page_size: u64,
+}
+
+impl Requests {
+    /// Asks on `priority`; without one (the source is away) it only queues.
+    fn new(arrivals: &Arc<Arrivals>, priority: Option<TcpStream>, page_size: u64) -> Self {
+        Self {
+            arrivals: Arc::clone(arrivals),
+            priority,
+            local: Vec::new(),
+            requested_at: HashMap::new(),
+            sent: 0,
+            page_size,
+        }
+    }
+
+    /// After a reconnect: the new priority lane, and the pages still awaited
+    /// asked for again on it.
+    fn rearm(&mut self, priority: Option<TcpStream>, in_flight: &[u64]) {
+        self.priority = priority;
+        for &page in in_flight {
+            self.ask(page, 1);
+        }
+    }
+
+    /// `page` was installed: records its request-to-install latency if it
+    /// was asked for.
+    fn answered(&mut self, page: u64, latency: &mut LatencyHistogram) {
+        if let Some(at) = self.requested_at.remove(&page) {
+            latency.record(monotonic_ns().saturating_sub(at));
+        }
+    }
+
+    /// Sends one request; a broken lane is reported as a lost connection.
+    fn ask(&mut self, addr: u64, pages: u32) {
+        let now = monotonic_ns();
+        for i in 0..pages as u64 {
+            self.requested_at
+                .entry(addr + i * self.page_size)
+                .or_insert(now);
+        }
+        let Some(lane) = self.priority.as_mut() else {
+            return;
+        };
+        let mut frame = Vec::with_capacity(32);
+        PageRequest { addr, pages }.encode_frame(&mut frame);
+        if lane.write_all(&frame).is_err() {
+            self.priority = None;
+            self.arrivals.lost.store(true, Ordering::SeqCst);
+        } else {
+            self.sent += 1;
+        }
+    }
+}
+
+impl PageSource for Requests {
+    fn request(&mut self, addr: u64, pages: u32) -> Result<(), FaultError> {
+        let ps = self.page_size;
+        let mut remote: Vec<(u64, u32)> = Vec::new();
+        {
+            let outstanding = self.arrivals.outstanding.lock().expect("lock");
+            for i in 0..pages as u64 {
+                let page = addr + i * ps;
+                let runs = if outstanding.get(page) {
+                    &mut remote
+                } else {
+                    &mut self.local
+                };
+                match runs.last_mut() {
+                    Some((start, n)) if *start + *n as u64 * ps == page => *n += 1,
+                    _ => runs.push((page, 1)),
+                }
+            }
+        }
+        for (addr, pages) in remote {
+            self.ask(addr, pages);
+        }
+        Ok(())
+    }
+}
+
+/// Stops `pid` and its descendants; returns the pids stopped.
+fn stop_tree(pid: i32) -> Vec<i32> {
+    let tree = descendants(pid);
+    for &p in &tree {
+        let _ = pagehop_sys::signal(p, libc::SIGSTOP);
+    }
+    tree
+}
+
+/// `pid` and every process below it, from /proc.
+fn descendants(pid: i32) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    if let Ok(dir) = std::fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+                continue;
+            };
+            // "pid (comm) state ppid ...": comm may hold anything, so split after its last ')'.
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                .and_then(|s| s.parse::<i32>().ok());
+            if let Some(ppid) = ppid {
+                parents.push((p, ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_this_process_and_its_children() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .expect("sleep");
+        let tree = descendants(std::process::id() as i32);
+        let _ = child.kill();
+        let _ = child.wait();
+        assert_eq!(tree[0], std::process::id() as i32);
+        assert!(tree.contains(&(child.id() as i32)), "{tree:?}");
+    }
+}

@@ -1,0 +1,228 @@
+//! The destination's page store: received memory, kept until switchover.
+//!
+//! One memfd-backed region per source mapping (the layout the source sent),
+//! so memory is allocated only for pages that arrive, and each page is
+//! copied once: from the receive buffer into the store. A page is absent
+//! (never sent), zero (sent as a hole) or data.
+use std::collections::BTreeMap;
+use std::io;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use memmap2::MmapMut;
+
+pub use pagehop_mem::PageState;
+use pagehop_mem::pages::Range;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("page {addr:#x} is outside every mapping the source announced")]
+    OutsideLayout { addr: u64 },
+    #[error("page {addr:#x}: got {len} bytes, pages are {page_size}")]
+    PageSize {
+        addr: u64,
+        len: usize,
+        page_size: usize,
+    },
+    #[error("creating the store for {range}")]
+    Create {
+        range: Range,
+        #[source]
+        source: io::Error,
+    },
+}
+
+struct Region {
+    range: Range,
+    map: MmapMut,
+    /// Bit per page: something was received.
+    present: Vec<AtomicU64>,
+    /// Bit per page: what was received is a zero page.
+    zero: Vec<AtomicU64>,
+}
+
+impl Region {
+    fn new(range: Range, page_size: usize) -> Result<Self, StoreError> {
+        let create = |source| StoreError::Create { range, source };
+        let file = pagehop_sys::memfd(c"pagehop-store", range.len()).map_err(create)?;
+        // SAFETY: the memfd is private to this store, sized to the region, and
+        // is never truncated while mapped.
+        let map = unsafe { MmapMut::map_mut(&file) }.map_err(create)?;
+        let pages = (range.len() / page_size as u64) as usize;
+        let words = pages.div_ceil(64);
+        Ok(Self {
+            range,
+            map,
+            present: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            zero: (0..words).map(|_| AtomicU64::new(0)).collect(),
+        })
+    }
+}
+
+fn bit(bits: &[AtomicU64], index: usize) -> bool {
+    bits[index / 64].load(Ordering::Relaxed) & (1 << (index % 64)) != 0
+}
+
+fn set_bit(bits: &[AtomicU64], index: usize, on: bool) {
+    if on {
+        bits[index / 64].fetch_or(1 << (index % 64), Ordering::Relaxed);
+    } else {
+        bits[index / 64].fetch_and(!(1 << (index % 64)), Ordering::Relaxed);
+    }
+}
+
+pub struct PageStore {
+    page_size: usize,
+    regions: BTreeMap<u64, Region>,
+    data_pages: u64,
+    zero_pages: u64,
+}
+
+impl PageStore {
+    pub fn new(page_size: usize) -> Self {
+        Self {
+            page_size,
+            regions: BTreeMap::new(),
+            data_pages: 0,
+            zero_pages: 0,
+        }
+    }
+
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// Follows a new layout: keeps what is received for ranges that still
+    /// exist, drops the rest, adds regions for new ranges.
+    pub fn set_layout(&mut self, ranges: &[Range]) -> Result<(), StoreError> {
+        let mut next = BTreeMap::new();
+        for &range in ranges {
+            let region = match self.regions.remove(&range.start) {
+                Some(old) if old.range == range => old,
+                _ => Region::new(range, self.page_size)?,
+            };
+            next.insert(range.start, region);
+        }
+        // Regions that changed shape lose their contents: the source resends
+        // whatever lives there now (it treats a changed mapping as all dirty).
+        self.regions = next;
+        Ok(())
+    }
+
+    fn locate(&self, addr: u64) -> Result<(&Region, usize), StoreError> {
+        let (_, region) = self
+            .regions
+            .range(..=addr)
+            .next_back()
+            .filter(|(_, r)| r.range.contains(addr))
+            .ok_or(StoreError::OutsideLayout { addr })?;
+        Ok((
+            region,
+            ((addr - region.range.start) / self.page_size as u64) as usize,
+        ))
+    }
+
+    /// Stores a page (`None`: a zero page).
+    pub fn put(&mut self, addr: u64, page: Option<&[u8]>) -> Result<(), StoreError> {
+        let page_size = self.page_size;
+        let (start, index) = {
+            let (region, index) = self.locate(addr)?;
+            (region.range.start, index)
+        };
+        let region = self.regions.get_mut(&start).expect("located region");
+        match page {
+            Some(data) => {
+                if data.len() != page_size {
+                    return Err(StoreError::PageSize {
+                        addr,
+                        len: data.len(),
+                        page_size,
+                    });
+                }
+                region.map[index * page_size..(index + 1) * page_size].copy_from_slice(data);
+                set_bit(&region.zero, index, false);
+                self.data_pages += 1;
+            }
+            None => {
+                set_bit(&region.zero, index, true);
+                self.zero_pages += 1;
+            }
+        }
+        set_bit(&region.present, index, true);
+        Ok(())
+    }
+
+    pub fn get(&self, addr: u64) -> PageState<'_> {
+        let Ok((region, index)) = self.locate(addr) else {
+            return PageState::Absent;
+        };
+        if !bit(&region.present, index) {
+            PageState::Absent
+        } else if bit(&region.zero, index) {
+            PageState::Zero
+        } else {
+            PageState::Data(&region.map[index * self.page_size..(index + 1) * self.page_size])
+        }
+    }
+
+    /// The layout ranges.
+    pub fn ranges(&self) -> impl Iterator<Item = Range> + '_ {
+        self.regions.values().map(|r| r.range)
+    }
+
+    /// Every received page in address order: (address, None for zero or the data).
+    pub fn iter(&self) -> impl Iterator<Item = (u64, Option<&[u8]>)> + '_ {
+        let ps = self.page_size;
+        self.regions.values().flat_map(move |r| {
+            (0..(r.range.len() as usize / ps))
+                .filter(move |&i| bit(&r.present, i))
+                .map(move |i| {
+                    let addr = r.range.start + (i * ps) as u64;
+                    let data = (!bit(&r.zero, i)).then(|| &r.map[i * ps..(i + 1) * ps]);
+                    (addr, data)
+                })
+        })
+    }
+
+    /// Pages received as data and as zero pages (counting repeats).
+    pub fn received(&self) -> (u64, u64) {
+        (self.data_pages, self.zero_pages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PS: usize = 4096;
+
+    #[test]
+    fn put_get_and_layout_changes() {
+        let mut store = PageStore::new(PS);
+        let a = Range::new(0x10000, 0x10000 + 4 * PS as u64);
+        let b = Range::new(0x40000, 0x40000 + 2 * PS as u64);
+        store.set_layout(&[a, b]).expect("layout");
+        let page = vec![7u8; PS];
+        store.put(0x11000, Some(&page)).expect("put");
+        store.put(0x40000, None).expect("zero");
+        assert_eq!(store.get(0x11000), PageState::Data(&page));
+        assert_eq!(store.get(0x40000), PageState::Zero);
+        assert_eq!(store.get(0x10000), PageState::Absent);
+        assert!(matches!(
+            store.put(0x30000, None),
+            Err(StoreError::OutsideLayout { .. })
+        ));
+        assert!(matches!(
+            store.put(0x10000, Some(&page[..10])),
+            Err(StoreError::PageSize { .. })
+        ));
+        let pages: Vec<u64> = store.iter().map(|(a, _)| a).collect();
+        assert_eq!(pages, vec![0x11000, 0x40000]);
+        // b vanishes, a stays with its contents.
+        store.set_layout(&[a]).expect("layout");
+        assert_eq!(store.get(0x11000), PageState::Data(&page));
+        assert_eq!(store.get(0x40000), PageState::Absent);
+        // A zero page replaces data.
+        store.put(0x11000, None).expect("zero");
+        assert_eq!(store.get(0x11000), PageState::Zero);
+    }
+}

@@ -1,0 +1,455 @@
+//! The source's page pipeline: read pages of the target with
+//! `process_vm_readv` straight into a registered io_uring buffer, turn zero
+//! pages into holes, compress where it pays, and send the buffer as one
+//! `Pages` frame.
+//!
+//! Buffer layout of one batch (the frame is built in place, so a page is
+//! copied once, by the kernel, into the buffer; compacting out zero pages
+//! moves only the pages behind a hole, and lz4 writes its output back over
+//! the raw data):
+//!
+//! ```text
+//! | frame header 16 | batch header 24 | entries n×8 | page data (raw or lz4) |
+//! ```
+use std::net::TcpStream;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::reader::{PageReader, ReadError};
+use crate::uring::{SendMode, UringError, UringSender};
+use pagehop_mem::pages::RangeSet;
+use pagehop_wire::FrameKind;
+use pagehop_wire::batch::{self, Compress};
+use pagehop_wire::frame::{HEADER_LEN, frame_header};
+
+/// Pages per batch: 1 MiB of data, the size at which process_vm_readv
+/// reaches its best throughput here.
+pub const BATCH_PAGES: usize = 256;
+const BATCH_HEADER_LEN: usize = 24;
+/// Registered buffers (batches in flight plus the one being filled).
+const BUFFERS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error("the destination took no data for {secs:.1} s: streams given up")]
+    Stalled { secs: f64 },
+    #[error("duplicating a data stream's socket")]
+    Socket(#[source] std::io::Error),
+    #[error(transparent)]
+    Uring(#[from] UringError),
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// `--zerocopy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ZeroCopy {
+    /// Start with zero-copy sends; fall back to copying sends when the kernel
+    /// reports that it copies the data anyway (loopback, veth).
+    Auto,
+    On,
+    Off,
+}
+
+/// What one round moved.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct RoundStats {
+    pub pages: u64,
+    pub zero_pages: u64,
+    pub bytes_raw: u64,
+    pub bytes_wire: u64,
+    /// Pages that vanished (unmapped) before they could be read: sent as zero pages.
+    pub vanished_pages: u64,
+}
+
+impl RoundStats {
+    fn add(&mut self, other: &RoundStats) {
+        self.pages += other.pages;
+        self.zero_pages += other.zero_pages;
+        self.bytes_raw += other.bytes_raw;
+        self.bytes_wire += other.bytes_wire;
+        self.vanished_pages += other.vanished_pages;
+    }
+}
+
+pub struct PageStreamer {
+    sender: UringSender,
+    reader: PageReader,
+    compress: Compress,
+    zerocopy: ZeroCopy,
+    page_size: usize,
+    entries: Vec<u64>,
+    prefix: Vec<u8>,
+    scratch: Vec<u8>,
+    runs: Vec<(u64, usize)>,
+    /// Per page of the batch being built: still mapped when read.
+    present: Vec<bool>,
+    next_stream: usize,
+    lz4_sampler: Lz4Sampler,
+    watchdog: Watchdog,
+    /// Handles to the data sockets (for socket options).
+    sockets: Vec<TcpStream>,
+    pub totals: RoundStats,
+}
+
+/// Shuts the data streams down when a round makes no progress for the stall
+/// timeout (so that a peer that stays connected but stops reading cannot hold
+/// the source, and its tracking, forever); the blocked sends then fail and
+/// the migration aborts.
+struct Watchdog {
+    state: Arc<WatchdogState>,
+    timeout: Duration,
+}
+
+#[derive(Default)]
+struct WatchdogState {
+    /// Batches handed to the kernel so far.
+    progress: AtomicU64,
+    /// A round is being sent.
+    busy: AtomicBool,
+    stalled: AtomicBool,
+    done: AtomicBool,
+}
+
+impl Watchdog {
+    fn start(streams: Vec<TcpStream>, timeout: Duration) -> Self {
+        let state = Arc::new(WatchdogState::default());
+        let watched = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let mut last = (0, Instant::now());
+            while !watched.done.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(250));
+                let progress = watched.progress.load(Ordering::Relaxed);
+                if progress != last.0 || !watched.busy.load(Ordering::Relaxed) {
+                    last = (progress, Instant::now());
+                } else if last.1.elapsed() >= timeout {
+                    watched.stalled.store(true, Ordering::SeqCst);
+                    for s in &streams {
+                        let _ = s.shutdown(std::net::Shutdown::Both);
+                    }
+                    return;
+                }
+            }
+        });
+        Self { state, timeout }
+    }
+
+    fn tick(&self) {
+        self.state.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn set_busy(&self, busy: bool) {
+        self.state.busy.store(busy, Ordering::Relaxed);
+    }
+
+    /// The error to report: a stall explains the failed sends it caused.
+    fn explain(&self, e: StreamError) -> StreamError {
+        if self.state.stalled.load(Ordering::SeqCst) {
+            StreamError::Stalled {
+                secs: self.timeout.as_secs_f64(),
+            }
+        } else {
+            e
+        }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        self.state.done.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `--compress auto` without paying for lz4 on data that does not compress:
+/// after a batch that did not shrink, the next [`Lz4Sampler::BACKOFF`]
+/// batches go raw untried; one that shrinks resumes compressing every batch.
+#[derive(Default)]
+struct Lz4Sampler {
+    skip: u32,
+}
+
+impl Lz4Sampler {
+    const BACKOFF: u32 = 15;
+
+    fn should_try(&mut self, mode: Compress) -> bool {
+        match mode {
+            Compress::Off => false,
+            Compress::Lz4 => true,
+            Compress::Auto if self.skip > 0 => {
+                self.skip -= 1;
+                false
+            }
+            Compress::Auto => true,
+        }
+    }
+
+    fn record(&mut self, shrank: bool) {
+        self.skip = if shrank { 0 } else { Self::BACKOFF };
+    }
+}
+
+impl PageStreamer {
+    pub fn new(
+        pid: i32,
+        streams: Vec<TcpStream>,
+        compress: Compress,
+        zerocopy: ZeroCopy,
+        stall_timeout: Duration,
+    ) -> Result<Self, StreamError> {
+        let page_size = pagehop_sys::page_size();
+        let mode = match zerocopy {
+            ZeroCopy::Off => SendMode::Copy,
+            ZeroCopy::On | ZeroCopy::Auto => SendMode::ZeroCopy,
+        };
+        let buffer_size = HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + page_size);
+        let watched = streams
+            .iter()
+            .map(TcpStream::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StreamError::Socket)?;
+        let sender = UringSender::new(streams, BUFFERS, buffer_size, mode)?;
+        Ok(Self {
+            sender,
+            reader: PageReader::with_page_size(pid, page_size),
+            compress,
+            zerocopy,
+            page_size,
+            entries: Vec::with_capacity(BATCH_PAGES),
+            prefix: Vec::with_capacity(BATCH_HEADER_LEN + BATCH_PAGES * 8),
+            scratch: Vec::new(),
+            runs: Vec::new(),
+            present: Vec::with_capacity(BATCH_PAGES),
+            next_stream: 0,
+            lz4_sampler: Lz4Sampler::default(),
+            sockets: watched
+                .iter()
+                .map(TcpStream::try_clone)
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(StreamError::Socket)?,
+            watchdog: Watchdog::start(watched, stall_timeout),
+            totals: RoundStats::default(),
+        })
+    }
+
+    /// Carries on over new data connections (after a reconnect); batches
+    /// still in flight on the old ones are abandoned.
+    pub fn replace_streams(&mut self, streams: Vec<TcpStream>) -> Result<(), StreamError> {
+        let watched = streams
+            .iter()
+            .map(TcpStream::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StreamError::Socket)?;
+        let buffer_size = HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + self.page_size);
+        self.sender = UringSender::new(streams, BUFFERS, buffer_size, self.sender.mode())?;
+        self.sockets = watched
+            .iter()
+            .map(TcpStream::try_clone)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(StreamError::Socket)?;
+        self.watchdog = Watchdog::start(watched, self.watchdog.timeout);
+        self.next_stream = 0;
+        Ok(())
+    }
+
+    /// Caps each data socket's send buffer (post-copy: bulk bytes queued
+    /// ahead of the bottleneck delay the priority lane's answers behind them).
+    pub fn limit_send_buffer(&self, bytes: usize) {
+        for s in &self.sockets {
+            let _ = pagehop_sys::set_send_buffer(s, bytes);
+        }
+    }
+
+    /// The send mode in use now.
+    pub fn mode(&self) -> SendMode {
+        self.sender.mode()
+    }
+
+    /// Sends every page of `pages` as round `round`; returns when all of it is
+    /// handed to the kernel.
+    pub fn send_round(&mut self, round: u32, pages: &RangeSet) -> Result<RoundStats, StreamError> {
+        self.watchdog.set_busy(true);
+        let result = self.send_round_inner(round, pages);
+        self.watchdog.set_busy(false);
+        result.map_err(|e| self.watchdog.explain(e))
+    }
+
+    fn send_round_inner(
+        &mut self,
+        round: u32,
+        pages: &RangeSet,
+    ) -> Result<RoundStats, StreamError> {
+        let mut stats = RoundStats::default();
+        let ps = self.page_size as u64;
+        let mut batch: Vec<u64> = Vec::with_capacity(BATCH_PAGES);
+        for page in pages.iter_pages(ps) {
+            batch.push(page);
+            if batch.len() == BATCH_PAGES {
+                self.send_batch(round, &batch, &mut stats)?;
+                batch.clear();
+                self.watchdog.tick();
+                self.adapt_zerocopy();
+            }
+        }
+        if !batch.is_empty() {
+            self.send_batch(round, &batch, &mut stats)?;
+        }
+        self.sender.flush()?;
+        self.adapt_zerocopy();
+        self.totals.add(&stats);
+        Ok(stats)
+    }
+
+    /// Sends at most [`BATCH_PAGES`] pages (sorted addresses) as one batch of
+    /// round `round`, without waiting for the sends to complete (post-copy's
+    /// background push); [`PageStreamer::flush`] waits.
+    pub fn send_pages(&mut self, round: u32, pages: &[u64]) -> Result<RoundStats, StreamError> {
+        debug_assert!(pages.len() <= BATCH_PAGES);
+        let mut stats = RoundStats::default();
+        self.watchdog.set_busy(true);
+        let result = self.send_batch(round, pages, &mut stats);
+        self.watchdog.tick();
+        self.adapt_zerocopy();
+        result.map_err(|e| self.watchdog.explain(e))?;
+        self.totals.add(&stats);
+        Ok(stats)
+    }
+
+    /// Waits until every batch handed over is sent.
+    pub fn flush(&mut self) -> Result<(), StreamError> {
+        let result = self.sender.flush();
+        self.watchdog.set_busy(false);
+        result.map_err(|e| self.watchdog.explain(e.into()))
+    }
+
+    /// `--zerocopy auto`: once the kernel has said, for most of the first
+    /// sends, that it copied the zero-copy data anyway (loopback, veth), plain
+    /// sends are cheaper. Checked after every batch, so it costs a few batches.
+    fn adapt_zerocopy(&mut self) {
+        let s = self.sender.stats();
+        if self.zerocopy == ZeroCopy::Auto
+            && self.sender.mode() == SendMode::ZeroCopy
+            && s.zc_notifs >= 16
+            && s.zc_copied * 2 >= s.zc_notifs
+        {
+            self.sender.set_mode(SendMode::Copy);
+        }
+    }
+
+    fn send_batch(
+        &mut self,
+        round: u32,
+        pages: &[u64],
+        stats: &mut RoundStats,
+    ) -> Result<(), StreamError> {
+        let ps = self.page_size;
+        let n = pages.len();
+        let data_at = HEADER_LEN + BATCH_HEADER_LEN + n * 8;
+        // Runs of contiguous pages: one remote iovec each.
+        self.runs.clear();
+        for &p in pages {
+            match self.runs.last_mut() {
+                Some((start, count)) if *start + (*count * ps) as u64 == p => *count += 1,
+                _ => self.runs.push((p, 1)),
+            }
+        }
+        let id = self.sender.acquire()?;
+        let buf = self.sender.buffer_mut(id);
+        let present = &mut self.present;
+        present.clear();
+        present.resize(n, true);
+        if let Err(e) = self
+            .reader
+            .read(&self.runs, &mut buf[data_at..data_at + n * ps])
+        {
+            match e {
+                // Part of the batch was unmapped meanwhile: read what is left page by page.
+                ReadError::Unmapped { .. } => {
+                    for (i, &p) in pages.iter().enumerate() {
+                        let at = data_at + i * ps;
+                        if self.reader.read(&[(p, 1)], &mut buf[at..at + ps]).is_err() {
+                            present[i] = false;
+                        }
+                    }
+                }
+                other => {
+                    let _ = self.sender.release(id);
+                    return Err(other.into());
+                }
+            }
+        }
+        // Zero pages become holes; the other pages move down over them.
+        self.entries.clear();
+        let mut kept = 0usize;
+        for (i, &addr) in pages.iter().enumerate() {
+            if !present[i] {
+                // Unmapped meanwhile: its contents are gone, so the
+                // destination holds it as a zero page, not as an older copy.
+                stats.vanished_pages += 1;
+                self.entries.push(batch::entry(addr, true));
+                continue;
+            }
+            let at = data_at + i * ps;
+            if batch::is_zero_page(&buf[at..at + ps]) {
+                self.entries.push(batch::entry(addr, true));
+                stats.zero_pages += 1;
+                continue;
+            }
+            if kept != i {
+                buf.copy_within(at..at + ps, data_at + kept * ps);
+            }
+            self.entries.push(batch::entry(addr, false));
+            kept += 1;
+        }
+        stats.pages += self.entries.len() as u64;
+        if self.entries.is_empty() {
+            self.sender.release(id)?;
+            return Ok(());
+        }
+        // The entries shrank if pages vanished: the data must follow them directly.
+        let entries_at = HEADER_LEN + BATCH_HEADER_LEN;
+        let real_data_at = entries_at + self.entries.len() * 8;
+        let raw_len = kept * ps;
+        if real_data_at != data_at {
+            buf.copy_within(data_at..data_at + raw_len, real_data_at);
+        }
+        let lz4 = raw_len > 0 && self.lz4_sampler.should_try(self.compress) && {
+            let shrank = batch::compress_pages(
+                &buf[real_data_at..real_data_at + raw_len],
+                self.compress,
+                &mut self.scratch,
+            );
+            self.lz4_sampler.record(shrank);
+            shrank
+        };
+        let data_len = if lz4 {
+            buf[real_data_at..real_data_at + self.scratch.len()].copy_from_slice(&self.scratch);
+            self.scratch.len()
+        } else {
+            raw_len
+        };
+        self.prefix.clear();
+        batch::batch_prefix(
+            round,
+            lz4,
+            &self.entries,
+            data_len as u32,
+            raw_len as u32,
+            &mut self.prefix,
+        );
+        buf[HEADER_LEN..real_data_at].copy_from_slice(&self.prefix);
+        let header = frame_header(
+            FrameKind::Pages,
+            &[&buf[HEADER_LEN..real_data_at + data_len]],
+        );
+        buf[..HEADER_LEN].copy_from_slice(&header);
+        let frame_len = real_data_at + data_len;
+        stats.bytes_raw += raw_len as u64;
+        stats.bytes_wire += frame_len as u64;
+        let stream = self.next_stream;
+        self.next_stream = (self.next_stream + 1) % self.sender.stream_count();
+        self.sender.send(id, frame_len, stream)?;
+        Ok(())
+    }
+}

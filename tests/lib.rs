@@ -1,0 +1,2 @@
+//! pagehop's integration tests live in `privileged/` (one test target); this
+//! library is empty.
