@@ -10,7 +10,7 @@ use std::collections::BTreeSet;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-pub use pagehop::send::Mode;
+pub use pagehop::Mode;
 
 /// The order modes are run and reported in: the baseline first.
 pub const MODE_ORDER: [Mode; 4] = [

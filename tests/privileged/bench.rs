@@ -23,10 +23,9 @@ fn namespaces() -> String {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bench_runs_a_scenario_with_its_baselines_and_writes_the_results() {
-    if !privileged("bench_runs_a_scenario_with_its_baselines_and_writes_the_results") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("bench-run");
     let scenario = dir.path("s.toml");
     std::fs::write(
@@ -93,10 +92,9 @@ fn bench_runs_a_scenario_with_its_baselines_and_writes_the_results() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn bench_refuses_scenarios_it_cannot_run() {
-    if !privileged("bench_refuses_scenarios_it_cannot_run") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("bench-refuse");
     let write = |name: &str, body: &str| {
         let path = dir.path(name);
@@ -176,10 +174,9 @@ fn crate_has_netem() -> bool {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn interrupted_bench_cleans_up_its_namespaces_and_processes() {
-    if !privileged("interrupted_bench_cleans_up_its_namespaces_and_processes") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("bench-interrupt");
     let scenario = dir.path("slow.toml");
     // Stop-and-copy (the baseline, first) takes about 4 s at 20 Mbit/s;

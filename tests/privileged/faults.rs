@@ -17,7 +17,7 @@ use pagehop::dest::faults::{FaultError, FaultLoop, PageSource, Waker};
 use pagehop::dest::handoff::{self, HandoffListener};
 use pagehop::sys::uffd;
 
-use crate::common::{TempDir, privileged};
+use crate::common::{TempDir, require_root};
 
 /// The main region of every child.
 const BASE: u64 = 0x6300_0000_0000;
@@ -291,10 +291,9 @@ fn read_all(pages: u64) -> Result<(), String> {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn faults_coalesce_concurrent_threads() {
-    if !privileged("faults_coalesce_concurrent_threads") {
-        return;
-    }
+    require_root();
     const PAGES: u64 = 64;
     const THREADS: usize = 4;
     let dir = TempDir::new("faults-coalesce");
@@ -352,10 +351,9 @@ fn faults_coalesce_concurrent_threads() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn faults_dontneed_zero_fills() {
-    if !privileged("faults_dontneed_zero_fills") {
-        return;
-    }
+    require_root();
     const PAGES: u64 = 32;
     const ZAPPED: std::ops::Range<u64> = 8..16;
     let dir = TempDir::new("faults-dontneed");
@@ -425,10 +423,9 @@ extern "C" fn on_segv(_sig: i32, info: *mut libc::siginfo_t, _ctx: *mut libc::c_
 }
 
 #[test]
+#[ignore = "needs root"]
 fn faults_munmap_wakes_blocked_thread() {
-    if !privileged("faults_munmap_wakes_blocked_thread") {
-        return;
-    }
+    require_root();
     const HELD_PAGES: u64 = 4;
     let held_page = HELD + ps();
     let dir = TempDir::new("faults-munmap");
@@ -497,10 +494,9 @@ fn faults_munmap_wakes_blocked_thread() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn faults_fork_child_is_served() {
-    if !privileged("faults_fork_child_is_served") {
-        return;
-    }
+    require_root();
     const PAGES: u64 = 32;
     let dir = TempDir::new("faults-fork");
     let socket = dir.path("uffd.sock");

@@ -1,10 +1,10 @@
 //! Privileged integration tests: real eBPF programs, real ptrace, real
 //! userfaultfds, against the real `pagehop-workload` process.
 //!
-//! They need root. Without it they skip with a printed reason, unless
-//! `PAGEHOP_REQUIRE_PRIVILEGED` is set (as `cargo xtask test` and CI do), in
-//! which case a skip is a failure. Run them one at a time
-//! (`--test-threads=1`): they share kernel state.
+//! Most need root: those are `#[ignore = "needs root"]`, so that a plain
+//! `cargo test` lists them as ignored, and fail (never skip) when run without
+//! root. `cargo xtask test` runs them all as root (`--include-ignored`). Run
+//! them one at a time (`--test-threads=1`): they share kernel state.
 mod bench;
 mod common;
 mod faults;

@@ -306,34 +306,34 @@ fn migrate_workload(
 
 /// lz4, one stream, the source frozen with ptrace.
 #[test]
+#[ignore = "needs root"]
 fn precopy_between_namespaces_with_compression() {
-    if privileged("precopy_between_namespaces_with_compression") {
-        migrate_workload("precopy-lz4", 1, "precopy", "lz4", "1", false);
-    }
+    require_root();
+    migrate_workload("precopy-lz4", 1, "precopy", "lz4", "1", false);
 }
 
 /// No compression, three streams.
 #[test]
+#[ignore = "needs root"]
 fn precopy_between_namespaces_without_compression() {
-    if privileged("precopy_between_namespaces_without_compression") {
-        migrate_workload("precopy-raw", 2, "precopy", "off", "3", false);
-    }
+    require_root();
+    migrate_workload("precopy-raw", 2, "precopy", "off", "3", false);
 }
 
 /// The source frozen through its cgroup v2 directory (`--cgroup`), as for a container.
 #[test]
+#[ignore = "needs root"]
 fn precopy_with_cgroup_freeze() {
-    if privileged("precopy_with_cgroup_freeze") {
-        migrate_workload("precopy-cgroup", 3, "precopy", "auto", "2", true);
-    }
+    require_root();
+    migrate_workload("precopy-cgroup", 3, "precopy", "auto", "2", true);
 }
 
 /// The baseline: freeze, send every page, start the destination.
 #[test]
+#[ignore = "needs root"]
 fn stop_and_copy_between_namespaces() {
-    if privileged("stop_and_copy_between_namespaces") {
-        migrate_workload("stop-and-copy", 5, "stop-and-copy", "auto", "2", false);
-    }
+    require_root();
+    migrate_workload("stop-and-copy", 5, "stop-and-copy", "auto", "2", false);
 }
 
 /// Forwards one TCP connection after another to `to`, flipping one byte at
@@ -373,10 +373,9 @@ fn corrupting_proxy(listener: TcpListener, to: String, nth: usize, flip_at: usiz
 }
 
 #[test]
+#[ignore = "needs root"]
 fn corrupted_frame_is_caught_and_nothing_installed() {
-    if !privileged("corrupted_frame_is_caught_and_nothing_installed") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("corrupt");
     let marker = dir.path("restored");
     let restore = format!("touch {}; sleep 30", marker.display());
@@ -453,10 +452,9 @@ fn assert_source_untouched(mut source: Workload) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn wrong_token_and_protocol_version_are_refused() {
-    if !privileged("wrong_token_and_protocol_version_are_refused") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("refuse");
     let token = token_file(&dir);
     let other = dir.path("other-token");
@@ -552,10 +550,9 @@ fn endless_migration(port: u16, restore: &str) -> (Recv, Workload, Child) {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn killing_recv_leaves_the_source_untouched() {
-    if !privileged("killing_recv_leaves_the_source_untouched") {
-        return;
-    }
+    require_root();
     let (mut recv, source, send) = endless_migration(7301, "sleep 30");
     assert!(
         !uffd_registered_vmas(source.pid).is_empty(),
@@ -570,10 +567,9 @@ fn killing_recv_leaves_the_source_untouched() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn killing_send_fails_the_migration_at_recv() {
-    if !privileged("killing_send_fails_the_migration_at_recv") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("killsend");
     let marker = dir.path("restored");
     let (recv, source, mut send) =
@@ -592,10 +588,9 @@ fn killing_send_fails_the_migration_at_recv() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn image_dir_receives_a_documented_image_and_the_source_can_stay_stopped() {
-    if !privileged("image_dir_receives_a_documented_image_and_the_source_can_stay_stopped") {
-        return;
-    }
+    require_root();
     // Without a token, recv only listens on loopback.
     let refused = Command::new(pagehop_bin())
         .args([
@@ -716,10 +711,9 @@ fn image_dir_receives_a_documented_image_and_the_source_can_stay_stopped() {
 /// A process that dirties memory faster than the link carries it does not
 /// converge: pagehop says so and finishes with a stop-and-copy, still verified.
 #[test]
+#[ignore = "needs root"]
 fn non_converging_process_is_reported_and_still_migrated() {
-    if !privileged("non_converging_process_is_reported_and_still_migrated") {
-        return;
-    }
+    require_root();
     let dir = TempDir::new("nonconverge");
     let token = token_file(&dir);
     let pair = NetnsPair::create("ph4", 4).expect("network namespaces");
@@ -770,10 +764,9 @@ fn non_converging_process_is_reported_and_still_migrated() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn interrupting_send_leaves_the_source_untouched() {
-    if !privileged("interrupting_send_leaves_the_source_untouched") {
-        return;
-    }
+    require_root();
     let (recv, source, send) = endless_migration(7451, "sleep 30");
     // SAFETY: kill has no memory-safety preconditions.
     unsafe { libc::kill(send.id() as i32, libc::SIGINT) };
@@ -792,10 +785,9 @@ fn interrupting_send_leaves_the_source_untouched() {
 /// A destination that accepts the connections and then reads nothing: the
 /// source gives up after `--stall-timeout` and runs on untouched.
 #[test]
+#[ignore = "needs root"]
 fn stalled_destination_is_given_up() {
-    if !privileged("stalled_destination_is_given_up") {
-        return;
-    }
+    require_root();
     use pagehop::wire::conn::Conn;
     use pagehop::wire::msg::Role;
     let listener = TcpListener::bind("127.0.0.1:7461").expect("listen");

@@ -241,10 +241,9 @@ fn workload_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
 /// writers at once (`--resume-lazy`), so two threads fault on missing pages
 /// concurrently while the rest streams in.
 #[test]
+#[ignore = "needs root"]
 fn postcopy_between_namespaces_with_concurrent_faults() {
-    if !privileged("postcopy_between_namespaces_with_concurrent_faults") {
-        return;
-    }
+    require_root();
     let args = workload_args(&["--write-mbps", "20"]);
     let scenario = Scenario::start("postcopy", 1, &args, "--resume-lazy", Some("200mbit"), &[]);
     let report = scenario.run_send(&["--mode", "postcopy"]);
@@ -262,10 +261,9 @@ fn postcopy_between_namespaces_with_concurrent_faults() {
 /// pages out, then post-copy; four threads check the arena concurrently
 /// right after the switch (each faulting on its own share).
 #[test]
+#[ignore = "needs root"]
 fn hybrid_between_namespaces() {
-    if !privileged("hybrid_between_namespaces") {
-        return;
-    }
+    require_root();
     let args = [
         "--size-mib",
         "64",
@@ -297,10 +295,9 @@ fn hybrid_between_namespaces() {
 /// userfaultfd) and unmaps and discards pages of its registered arena
 /// while post-copy runs: every event is handled and nothing reads wrong.
 #[test]
+#[ignore = "needs root"]
 fn postcopy_with_fork_and_unmap() {
-    if !privileged("postcopy_with_fork_and_unmap") {
-        return;
-    }
+    require_root();
     let args = workload_args(&[
         "--write-mbps",
         "40",
@@ -345,10 +342,9 @@ fn postcopy_with_fork_and_unmap() {
 /// not crashed and not running on missing memory; recv gives up after its
 /// reconnect timeout with a clear error; the source stays stopped.
 #[test]
+#[ignore = "needs root"]
 fn killing_the_source_during_postcopy_stops_the_destination() {
-    if !privileged("killing_the_source_during_postcopy_stops_the_destination") {
-        return;
-    }
+    require_root();
     let args = workload_args(&["--write-mbps", "20"]);
     let mut scenario = Scenario::start(
         "pc-kill",
@@ -385,10 +381,9 @@ fn killing_the_source_during_postcopy_stops_the_destination() {
 /// Every connection cut (`ss -K`) in the middle of post-copy: both sides
 /// reconnect within the timeout, the rest arrives, and it verifies.
 #[test]
+#[ignore = "needs root"]
 fn connection_cut_during_postcopy_is_survived() {
-    if !privileged("connection_cut_during_postcopy_is_survived") {
-        return;
-    }
+    require_root();
     let args = workload_args(&["--write-mbps", "20"]);
     let scenario = Scenario::start(
         "pc-cut",

@@ -19,7 +19,7 @@ use pagehop::dest::install::{InstallError, Installer};
 use pagehop_workload::Layout;
 use pagehop_workload::arena::{Header, ThreadSlot};
 
-use crate::common::{TempDir, Workload, privileged, workload_bin};
+use crate::common::{TempDir, Workload, require_root, workload_bin};
 
 const SIZE_MIB: usize = 16;
 const THREADS: usize = 2;
@@ -255,10 +255,9 @@ fn installer(handoff: &Handoff) -> Installer {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn resumed_workload_checks_its_arena_and_carries_on() {
-    if !privileged("resumed_workload_checks_its_arena_and_carries_on") {
-        return;
-    }
+    require_root();
     // Unthrottled writers are nearly always in the middle of a page when
     // frozen: the resume must finish those writes.
     let snapshot = fake_source("max");
@@ -330,10 +329,9 @@ fn resumed_workload_checks_its_arena_and_carries_on() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn resumed_workload_detects_a_corrupted_page() {
-    if !privileged("resumed_workload_detects_a_corrupted_page") {
-        return;
-    }
+    require_root();
     let mut snapshot = fake_source("40");
     let layout = Snapshot::layout();
     let ps = Snapshot::page_size();
@@ -362,10 +360,9 @@ fn resumed_workload_detects_a_corrupted_page() {
 }
 
 #[test]
+#[ignore = "needs root"]
 fn resume_refuses_options_that_differ_from_the_source() {
-    if !privileged("resume_refuses_options_that_differ_from_the_source") {
-        return;
-    }
+    require_root();
     let snapshot = fake_source("40");
     let dir = TempDir::new("resume-mismatch");
     // Same arena size and address, another seed: the header says otherwise.
@@ -383,11 +380,9 @@ fn resume_refuses_options_that_differ_from_the_source() {
     );
 }
 
+/// No root needed: only a Unix socket, no userfaultfd.
 #[test]
 fn handoff_reports_a_client_that_sends_no_fd() {
-    if !privileged("handoff_reports_a_client_that_sends_no_fd") {
-        return;
-    }
     let dir = TempDir::new("resume-nofd");
     let listener = HandoffListener::bind(dir.path("uffd.sock")).expect("bind");
 

@@ -1,7 +1,7 @@
 //! The command line's spellings of the engine's option enums. The library
 //! types stay free of clap; each mirror here converts into its library type.
+use pagehop::Mode;
 use pagehop::ZeroCopy;
-use pagehop::send::Mode;
 use pagehop::source::tracker::Backend;
 use pagehop::wire::batch::Compress;
 

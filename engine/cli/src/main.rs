@@ -2,6 +2,7 @@
 mod bench_cmd;
 mod choices;
 mod demo_cmd;
+mod logger;
 mod migrate_cmd;
 mod track_cmd;
 
@@ -44,6 +45,13 @@ fn write_json_line(
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    logger::init(match &cli.command {
+        Command::Track(_) => "track",
+        Command::Send(_) => "send",
+        Command::Recv(_) => "recv",
+        Command::Demo(_) => "demo",
+        Command::Bench(_) => "bench",
+    });
     let result = match cli.command {
         Command::Track(args) => track_cmd::run(args),
         Command::Send(args) => migrate_cmd::run_send(args),

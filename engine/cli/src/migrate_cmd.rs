@@ -5,13 +5,15 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Args;
+use pagehop::sys::process::Process;
 
 use crate::choices::{BackendArg, CompressArg, ModeArg, ZeroCopyArg};
-use pagehop::recv::{RecvOptions, RecvReport, recv};
+use pagehop::dest::restore::RestoreCommand;
+use pagehop::recv::{Output, RecvOptions, recv};
 use pagehop::send::{SendOptions, send};
 use pagehop::source::freeze::FreezeMethod;
 use pagehop::wire::auth::{TOKEN_ENV, Token};
-use pagehop::{Progress, Quiet, Report, RoundReport};
+use pagehop::{Phase, PhaseWatch, Progress, Quiet, RecvReport, Report, RoundReport};
 
 /// Where the shared token comes from: `--token-file`, else $PAGEHOP_TOKEN.
 fn load_token(file: &Option<PathBuf>) -> anyhow::Result<Option<Token>> {
@@ -114,26 +116,32 @@ impl Progress for TerminalProgress {
     }
 }
 
-/// Ctrl-C, SIGTERM or SIGHUP during a migration: the process exits, which
-/// drops the userfaultfd (all tracking) and detaches ptrace (a ptrace freeze);
-/// a cgroup freeze is thawed first, since the kernel would not. Once the
-/// destination runs, the source is killed instead: never both.
-fn abort_on_signal(pid: i32, cgroup: Option<PathBuf>) -> anyhow::Result<()> {
+/// Ctrl-C, SIGTERM or SIGHUP during a migration: what happens depends on
+/// the phase the driver published. Before the destination runs, the process
+/// exits, which drops the userfaultfd (all tracking) and detaches ptrace (a
+/// ptrace freeze); a cgroup freeze is thawed first, since the kernel would
+/// not. Once the destination runs, the source is killed instead (through its
+/// pidfd): never both. During post-copy it stays stopped.
+fn abort_on_signal(
+    source: Option<Process>,
+    cgroup: Option<PathBuf>,
+    phase: PhaseWatch,
+) -> anyhow::Result<()> {
     pagehop::sys::block_termination_signals()?;
     std::thread::spawn(move || {
         let sig = pagehop::sys::wait_termination_signal();
-        if pagehop::send::source_needed() {
-            // Post-copy: the destination runs on memory still held here.
-            eprintln!(
-                "pagehop send: signal {sig}: post-copy interrupted; the source stays stopped \
+        match phase.get() {
+            Phase::SourceNeeded => log::warn!(
+                "signal {sig}: post-copy interrupted; the source stays stopped \
                  (the destination still needs its memory)"
-            );
-        } else if pagehop::send::destination_runs() {
-            // SAFETY: kill has no memory-safety preconditions.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            eprintln!("pagehop send: signal {sig}: the destination runs; source killed");
-        } else {
-            eprintln!("pagehop send: signal {sig}: migration aborted; the source runs on");
+            ),
+            p if p.destination_runs() => {
+                if let Some(source) = &source {
+                    let _ = source.signal(libc::SIGKILL);
+                }
+                log::warn!("signal {sig}: the destination runs; source killed");
+            }
+            _ => log::warn!("signal {sig}: migration aborted; the source runs on"),
         }
         if let Some(cgroup) = cgroup {
             let _ = std::fs::write(cgroup.join("cgroup.freeze"), "0");
@@ -144,7 +152,15 @@ fn abort_on_signal(pid: i32, cgroup: Option<PathBuf>) -> anyhow::Result<()> {
 }
 
 pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
-    abort_on_signal(args.pid, args.cgroup.clone())?;
+    let phase = PhaseWatch::new();
+    // A handle taken now: a signal must never reach a process that reused
+    // the pid. (A pid that is no process is refused by send itself, with
+    // the reason.)
+    abort_on_signal(
+        Process::open(args.pid).ok(),
+        args.cgroup.clone(),
+        phase.clone(),
+    )?;
     let opts = SendOptions {
         pid: args.pid,
         to: args.to,
@@ -185,9 +201,9 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
     } else {
         Box::new(Quiet)
     };
-    let report = send(opts, progress.as_mut())?;
+    let report = send(opts, &phase, progress.as_mut())?;
     print_send_report(&report, args.json)?;
-    if report.verify.starts_with("mismatch") {
+    if report.verify.is_mismatch() {
         anyhow::bail!("verification failed: {}", report.verify);
     }
     Ok(())
@@ -216,7 +232,7 @@ fn print_send_report(r: &Report, json: bool) -> anyhow::Result<()> {
         r.streams,
         r.send_mode
     )?;
-    if r.mode == "precopy" || r.mode == "stop-and-copy" {
+    if !r.mode.is_postcopy() {
         writeln!(
             out,
             "  final round  {} pages; {} installed at the destination",
@@ -293,19 +309,24 @@ pub fn run_recv(args: RecvArgs) -> anyhow::Result<()> {
     let socket_path = args.socket.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("pagehop-uffd-{}.sock", std::process::id()))
     });
+    let output = match (args.restore_cmd, args.image_dir) {
+        (Some(cmd), None) => Output::Restore(RestoreCommand {
+            cmd,
+            socket_path,
+            timeout: Duration::from_secs(30),
+        }),
+        (None, Some(dir)) => Output::ImageDir(dir),
+        _ => anyhow::bail!("nothing to restore into: give --restore-cmd or --image-dir"),
+    };
     let opts = RecvOptions {
         listen: args.listen,
         token: load_token(&args.token_file)?,
-        restore_cmd: args.restore_cmd,
-        image_dir: args.image_dir,
-        socket_path,
+        output,
         handshake_timeout: Duration::from_secs(10),
-        restore_timeout: Duration::from_secs(30),
         reconnect_timeout: seconds(args.reconnect_timeout, "--reconnect-timeout")?,
     };
     let json = args.json;
-    let mut log = |line: &str| eprintln!("pagehop recv: {line}");
-    let report = recv(opts, &mut log)?;
+    let report = recv(opts)?;
     print_recv_report(&report, json)
 }
 

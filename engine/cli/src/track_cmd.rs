@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::choices::BackendArg;
 use clap::Args;
+use pagehop::source::target::Target;
 use pagehop::source::track::{IntervalReport, Session, Summary, TrackOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -61,13 +62,16 @@ async fn track(args: TrackArgs) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sighup = signal(SignalKind::hangup())?;
 
-    let mut session = Session::start(TrackOptions {
-        pid: args.pid,
-        backend: args.backend.into(),
-        interval,
-        hot_intervals: args.hot_intervals,
-        follow_forks: !args.no_follow_forks,
-    })?;
+    let target = Target::open(args.pid)?;
+    let mut session = Session::start(
+        &target,
+        TrackOptions {
+            backend: args.backend.into(),
+            interval,
+            hot_intervals: args.hot_intervals,
+            follow_forks: !args.no_follow_forks,
+        },
+    )?;
     let mut out = std::io::stdout().lock();
     if !args.json {
         writeln!(

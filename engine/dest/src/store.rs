@@ -4,6 +4,10 @@
 //! so memory is allocated only for pages that arrive, and each page is
 //! copied once: from the receive buffer into the store. A page is absent
 //! (never sent), zero (sent as a hole) or data.
+//!
+//! The store is a [`PageSink`] (the receiver threads put pages into it), and
+//! at the switch it empties itself into the output sink ([`PageStore::drain_into`],
+//! [`PageStore::drain_parallel`]).
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,10 +15,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use memmap2::MmapMut;
 
 pub use pagehop_mem::PageState;
+use pagehop_mem::SpaceKey;
 use pagehop_mem::pages::Range;
+use pagehop_mem::sink::{self, DRAIN_BATCH, PageSink};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    #[error("{space} is not stored here")]
+    UnknownSpace { space: SpaceKey },
     #[error("page {addr:#x} is outside every mapping the source announced")]
     OutsideLayout { addr: u64 },
     #[error("page {addr:#x}: got {len} bytes, pages are {page_size}")]
@@ -93,7 +101,7 @@ impl PageStore {
 
     /// Follows a new layout: keeps what is received for ranges that still
     /// exist, drops the rest, adds regions for new ranges.
-    pub fn set_layout(&mut self, ranges: &[Range]) -> Result<(), StoreError> {
+    fn follow_layout(&mut self, ranges: &[Range]) -> Result<(), StoreError> {
         let mut next = BTreeMap::new();
         for &range in ranges {
             let region = match self.regions.remove(&range.start) {
@@ -122,7 +130,7 @@ impl PageStore {
     }
 
     /// Stores a page (`None`: a zero page).
-    pub fn put(&mut self, addr: u64, page: Option<&[u8]>) -> Result<(), StoreError> {
+    fn insert(&mut self, addr: u64, page: Option<&[u8]>) -> Result<(), StoreError> {
         let page_size = self.page_size;
         let (start, index) = {
             let (region, index) = self.locate(addr)?;
@@ -187,6 +195,84 @@ impl PageStore {
     pub fn received(&self) -> (u64, u64) {
         (self.data_pages, self.zero_pages)
     }
+
+    /// Hands every stored page to `sink`, in address order.
+    pub fn drain_into<S: PageSink + ?Sized>(&self, sink: &mut S) -> Result<(), S::Error> {
+        sink::drain(SpaceKey::ROOT, self.iter(), sink)
+    }
+
+    /// Hands every stored page to one of `sinks`, a [`DRAIN_BATCH`] of pages
+    /// to each in turn, with one thread per sink (installing into a fresh
+    /// process touches each page for the first time: it pays to use every
+    /// core). The sinks' `finish` is the caller's.
+    pub fn drain_parallel<S: PageSink + Send>(&self, sinks: &mut [S]) -> Result<(), S::Error> {
+        let lanes = sinks.len();
+        let results: Vec<Result<(), S::Error>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = sinks
+                .iter_mut()
+                .enumerate()
+                .map(|(lane, sink)| {
+                    scope.spawn(move || {
+                        let mut batch = Vec::with_capacity(DRAIN_BATCH);
+                        let mut number = 0usize;
+                        let mut flush = |batch: &mut Vec<(u64, Option<&[u8]>)>| {
+                            let mine = number % lanes == lane;
+                            number += 1;
+                            let result = if mine && !batch.is_empty() {
+                                sink.put(SpaceKey::ROOT, batch)
+                            } else {
+                                Ok(())
+                            };
+                            batch.clear();
+                            result
+                        };
+                        for page in self.iter() {
+                            batch.push(page);
+                            if batch.len() == DRAIN_BATCH {
+                                flush(&mut batch)?;
+                            }
+                        }
+                        flush(&mut batch)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("drain thread"))
+                .collect()
+        });
+        results.into_iter().collect()
+    }
+
+    fn check(space: SpaceKey) -> Result<(), StoreError> {
+        if space == SpaceKey::ROOT {
+            Ok(())
+        } else {
+            Err(StoreError::UnknownSpace { space })
+        }
+    }
+}
+
+impl PageSink for PageStore {
+    type Error = StoreError;
+
+    fn set_layout(&mut self, space: SpaceKey, ranges: &[Range]) -> Result<(), StoreError> {
+        Self::check(space)?;
+        self.follow_layout(ranges)
+    }
+
+    fn put(&mut self, space: SpaceKey, pages: &[(u64, Option<&[u8]>)]) -> Result<(), StoreError> {
+        Self::check(space)?;
+        for &(addr, page) in pages {
+            self.insert(addr, page)?;
+        }
+        Ok(())
+    }
+
+    /// The store keeps what it took; finishing only counts it.
+    fn finish(&mut self) -> Result<u64, StoreError> {
+        Ok(self.iter().count() as u64)
+    }
 }
 
 #[cfg(test)]
@@ -200,29 +286,29 @@ mod tests {
         let mut store = PageStore::new(PS);
         let a = Range::new(0x10000, 0x10000 + 4 * PS as u64);
         let b = Range::new(0x40000, 0x40000 + 2 * PS as u64);
-        store.set_layout(&[a, b]).expect("layout");
+        store.follow_layout(&[a, b]).expect("layout");
         let page = vec![7u8; PS];
-        store.put(0x11000, Some(&page)).expect("put");
-        store.put(0x40000, None).expect("zero");
+        store.insert(0x11000, Some(&page)).expect("put");
+        store.insert(0x40000, None).expect("zero");
         assert_eq!(store.get(0x11000), PageState::Data(&page));
         assert_eq!(store.get(0x40000), PageState::Zero);
         assert_eq!(store.get(0x10000), PageState::Absent);
         assert!(matches!(
-            store.put(0x30000, None),
+            store.insert(0x30000, None),
             Err(StoreError::OutsideLayout { .. })
         ));
         assert!(matches!(
-            store.put(0x10000, Some(&page[..10])),
+            store.insert(0x10000, Some(&page[..10])),
             Err(StoreError::PageSize { .. })
         ));
         let pages: Vec<u64> = store.iter().map(|(a, _)| a).collect();
         assert_eq!(pages, vec![0x11000, 0x40000]);
         // b vanishes, a stays with its contents.
-        store.set_layout(&[a]).expect("layout");
+        store.follow_layout(&[a]).expect("layout");
         assert_eq!(store.get(0x11000), PageState::Data(&page));
         assert_eq!(store.get(0x40000), PageState::Absent);
         // A zero page replaces data.
-        store.put(0x11000, None).expect("zero");
+        store.insert(0x11000, None).expect("zero");
         assert_eq!(store.get(0x11000), PageState::Zero);
     }
 }

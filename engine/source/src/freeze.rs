@@ -14,6 +14,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use pagehop_sys::process::Process;
 use pagehop_sys::ptrace::{self, WaitStatus};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,6 +47,12 @@ pub enum FreezeError {
         #[source]
         source: io::Error,
     },
+    #[error("duplicating the pidfd of pid {pid}")]
+    Handle {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
     #[error("cgroup {path} did not report frozen within {timeout:?}")]
     CgroupTimeout { path: PathBuf, timeout: Duration },
 }
@@ -57,22 +64,26 @@ pub enum FreezeMethod {
 }
 
 /// A frozen process (or cgroup).
-pub trait Frozen: Send {
+pub trait Frozen: Send + Sync {
     /// Lets the process run again.
     fn thaw(self: Box<Self>) -> Result<(), FreezeError>;
     /// Kills the process (after a successful migration) and releases it.
     fn kill(self: Box<Self>);
 }
 
-/// Freezes `pid` (or its cgroup) within `timeout`.
+/// Freezes `process` (or its cgroup) within `timeout`.
 pub fn freeze(
-    pid: i32,
+    process: &Process,
     method: &FreezeMethod,
     timeout: Duration,
 ) -> Result<Box<dyn Frozen>, FreezeError> {
+    let pid = process.pid();
+    let handle = process
+        .try_clone()
+        .map_err(|source| FreezeError::Handle { pid, source })?;
     match method {
-        FreezeMethod::Ptrace => Ok(Box::new(PtraceFreeze::freeze(pid, timeout)?)),
-        FreezeMethod::Cgroup(path) => Ok(Box::new(CgroupFreeze::freeze(pid, path, timeout)?)),
+        FreezeMethod::Ptrace => Ok(Box::new(PtraceFreeze::freeze(handle, timeout)?)),
+        FreezeMethod::Cgroup(path) => Ok(Box::new(CgroupFreeze::freeze(handle, path, timeout)?)),
     }
 }
 
@@ -90,14 +101,17 @@ fn thread_ids(pid: i32) -> Result<Vec<i32>, FreezeError> {
 
 /// Every thread seized and stopped.
 struct PtraceFreeze {
+    process: Process,
     pid: i32,
     /// Stopped threads and the signal each must get back when released.
     threads: Vec<(i32, i32)>,
 }
 
 impl PtraceFreeze {
-    fn freeze(pid: i32, timeout: Duration) -> Result<Self, FreezeError> {
+    fn freeze(process: Process, timeout: Duration) -> Result<Self, FreezeError> {
+        let pid = process.pid();
         let mut frozen = Self {
+            process,
             pid,
             threads: Vec::new(),
         };
@@ -171,8 +185,7 @@ impl Frozen for PtraceFreeze {
     }
 
     fn kill(mut self: Box<Self>) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = self.process.signal(libc::SIGKILL);
         let _ = self.release();
     }
 }
@@ -185,7 +198,7 @@ impl Drop for PtraceFreeze {
 
 /// A cgroup v2 freeze.
 struct CgroupFreeze {
-    pid: i32,
+    process: Process,
     path: PathBuf,
     frozen: bool,
 }
@@ -199,10 +212,10 @@ impl CgroupFreeze {
         })
     }
 
-    fn freeze(pid: i32, path: &Path, timeout: Duration) -> Result<Self, FreezeError> {
+    fn freeze(process: Process, path: &Path, timeout: Duration) -> Result<Self, FreezeError> {
         Self::write(path, "1")?;
         let mut freeze = Self {
-            pid,
+            process,
             path: path.to_path_buf(),
             frozen: true,
         };
@@ -238,8 +251,7 @@ impl Frozen for CgroupFreeze {
     }
 
     fn kill(mut self: Box<Self>) {
-        // SAFETY: kill has no memory-safety preconditions.
-        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        let _ = self.process.signal(libc::SIGKILL);
         self.frozen = false;
         let _ = Self::write(&self.path, "0");
     }

@@ -252,7 +252,7 @@ impl Injector {
     /// `PTRACE_INTERRUPT` and saves its registers. Blocks until the thread
     /// stops, which for a thread in uninterruptible sleep can take a while.
     pub fn seize(pid: i32) -> Result<Self> {
-        let tid = Target::validate(pid)?.tid;
+        let tid = Target::validate(pid)?.tid();
         let pidfd = pidfd::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
             Some(libc::ESRCH) => InjectError::Target(TargetError::NoSuchProcess { pid }),
             _ => InjectError::Pidfd {

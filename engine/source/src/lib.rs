@@ -12,12 +12,16 @@
 //! - [`heat`]: per-page write heat.
 //! - [`reader`]: reads another process's pages (`process_vm_readv`).
 //! - [`uring`]: the io_uring sender: registered buffers, send or send_zc.
+//! - [`provider`]: the live process and the frozen tree as page providers.
 //! - [`stream`]: the page pipeline: read into registered buffers, zero pages as holes, lz4, send.
+//! - [`postcopy`]: post-copy's source side: the demand server and the background push.
 pub mod bpf;
 pub mod freeze;
 pub mod heat;
 pub mod inject;
 pub mod pagemap;
+pub mod postcopy;
+pub mod provider;
 pub mod reader;
 pub mod stream;
 pub mod target;

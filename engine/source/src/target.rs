@@ -12,6 +12,8 @@ use std::fs;
 use std::io;
 use std::path::PathBuf;
 
+use pagehop_sys::process::Process;
+
 /// Why a pid is not a process pagehop can work on.
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -70,6 +72,15 @@ pub enum TargetError {
         /// TracerPid from /proc.
         tracer: i32,
     },
+    /// pidfd_open failed.
+    #[error("opening a pidfd for pid {pid}")]
+    Pidfd {
+        /// The pid asked for.
+        pid: i32,
+        /// The error.
+        #[source]
+        source: io::Error,
+    },
     /// Opening /proc/PID/pagemap was refused.
     #[error(
         "not permitted to trace pid {pid} (pagehop needs CAP_SYS_PTRACE, or the same user and ptrace_scope 0)"
@@ -101,16 +112,14 @@ const PF_IO_WORKER: u64 = 0x0000_0010;
 const PF_USER_WORKER: u64 = 0x0000_4000;
 const PF_KTHREAD: u64 = 0x0020_0000;
 
-/// A validated target process.
-#[derive(Clone, Debug)]
+/// A validated target process: a pidfd-backed handle on it (signals go
+/// through the pidfd, so they can never reach a process that reused its pid),
+/// its command name, and the thread to seize with ptrace.
+#[derive(Debug)]
 pub struct Target {
-    /// The process id (thread-group id).
-    pub pid: i32,
-    /// Its command name.
-    pub comm: String,
-    /// The thread to seize with ptrace: the leader, or the first live user
-    /// thread if the leader has exited or is exiting.
-    pub tid: i32,
+    process: Process,
+    comm: String,
+    tid: i32,
 }
 
 /// The fields of /proc/PID/stat that pagehop uses.
@@ -257,8 +266,12 @@ impl Target {
         if tracer != 0 {
             return Err(TargetError::AlreadyTraced { pid, tracer });
         }
+        let process = Process::open(pid).map_err(|source| match source.raw_os_error() {
+            Some(libc::ESRCH) => TargetError::NoSuchProcess { pid },
+            _ => TargetError::Pidfd { pid, source },
+        })?;
         Ok(Self {
-            pid,
+            process,
             comm: leader.comm,
             tid,
         })
@@ -292,9 +305,30 @@ impl Target {
         Ok(target)
     }
 
+    /// The process id (thread-group id).
+    pub fn pid(&self) -> i32 {
+        self.process.pid()
+    }
+
+    /// The thread to seize with ptrace: the leader, or the first live user
+    /// thread if the leader has exited or is exiting.
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    /// Its command name.
+    pub fn comm(&self) -> &str {
+        &self.comm
+    }
+
+    /// The pidfd-backed handle.
+    pub fn process(&self) -> &Process {
+        &self.process
+    }
+
     /// Whether the process still exists and is not a zombie.
     pub fn is_alive(&self) -> bool {
-        read_stat(self.pid, format!("/proc/{}/stat", self.pid)).is_ok_and(|s| !s.is_dead())
+        self.process.is_alive()
     }
 }
 
@@ -394,8 +428,8 @@ mod tests {
     fn accepts_child_and_rejects_zombie() {
         let child = KillOnDrop::spawn(Command::new("sleep").arg("30"));
         let target = Target::open(child.pid()).expect("a sleeping child is a valid target");
-        assert_eq!((target.pid, target.tid), (child.pid(), child.pid()));
-        assert_eq!(target.comm, "sleep");
+        assert_eq!((target.pid(), target.tid()), (child.pid(), child.pid()));
+        assert_eq!(target.comm(), "sleep");
         assert!(target.is_alive());
 
         let zombie = KillOnDrop::spawn(&mut Command::new("true"));

@@ -132,7 +132,6 @@ pub struct HotPage {
 const HOTTEST_LISTED: usize = 10;
 
 pub struct TrackOptions {
-    pub pid: i32,
     pub backend: Backend,
     pub interval: Duration,
     /// A page is hot when it was dirty in at least this many consecutive intervals.
@@ -157,6 +156,8 @@ struct Tracked {
 /// A running tracking session.
 pub struct Session {
     opts: TrackOptions,
+    /// The process the session started with.
+    root: i32,
     probes: Option<Probes>,
     procs: BTreeMap<i32, Tracked>,
     page_size: u64,
@@ -187,9 +188,9 @@ fn page_align_up(len: u64, page_size: u64) -> u64 {
 }
 
 impl Session {
-    /// Validates the target, loads the probes and arms tracking.
-    pub fn start(opts: TrackOptions) -> Result<Self, TrackError> {
-        let target = Target::open(opts.pid)?;
+    /// Loads the probes and arms tracking of `target` (and, with
+    /// `follow_forks`, of the children it forks).
+    pub fn start(target: &Target, opts: TrackOptions) -> Result<Self, TrackError> {
         let backend = opts.backend;
         // Address-space and process events come from eBPF for every backend;
         // the write-fault programs only matter to the ebpf backend.
@@ -209,10 +210,11 @@ impl Session {
             cpu_start: pagehop_sys::own_cpu_time(),
             totals: Totals::default(),
             opts,
+            root: target.pid(),
         };
         // The root's resident pages were written before tracking began: not
         // this interval's writes. (A forked child's or exec'd image's are.)
-        session.attach(target.pid, false)?;
+        session.attach(target.pid(), false)?;
         session.armed_at_ns = pagehop_sys::monotonic_ns();
         session.last_collect = Instant::now();
         Ok(session)
@@ -266,7 +268,7 @@ impl Session {
 
     /// Whether the process the session started with is still tracked.
     pub fn root_alive(&self) -> bool {
-        self.procs.contains_key(&self.opts.pid)
+        self.procs.contains_key(&self.root)
     }
 
     pub fn probe_stats(&self) -> ProbeStats {
@@ -518,7 +520,7 @@ impl Session {
         let intervals = self.interval_no;
         let summary = Summary {
             backend: self.opts.backend.name(),
-            pid: self.opts.pid,
+            pid: self.root,
             intervals,
             interval_ms: self.opts.interval.as_millis() as u64,
             wall_ms: self.started.elapsed().as_millis() as u64,

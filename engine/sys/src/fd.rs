@@ -1,88 +1,51 @@
-//! The raw syscalls of the fault loop: poll(2) over several descriptors,
-//! an eventfd(2) waker, `O_NONBLOCK` via fcntl(2), and adopting the
-//! descriptor number a fork message carries.
+//! The syscalls of the fault loop: an eventfd(2) waker, `O_NONBLOCK` via
+//! fcntl(2) (both on rustix), and adopting the descriptor number a fork
+//! message carries. Polling moved to [`crate::poll`].
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
-use std::time::Duration;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
+
+use rustix::event::EventfdFlags;
+use rustix::fs::OFlags;
+use rustix::io::Errno;
 
 use crate::cvt;
 
-/// Polls `fds` for input for up to `timeout`; `ready[i]` is set when `fds[i]`
-/// has input, an error or a hangup. Returns whether any is ready (`false` on
-/// timeout or `EINTR`).
-pub fn poll_in(
-    fds: &[BorrowedFd<'_>],
-    timeout: Duration,
-    ready: &mut Vec<bool>,
-) -> io::Result<bool> {
-    let mut pfds: Vec<libc::pollfd> = fds
-        .iter()
-        .map(|fd| libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        })
-        .collect();
-    // Round up, so that a sub-millisecond timeout still waits.
-    let ms = timeout.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
-    // SAFETY: `pfds` is a live, exclusively borrowed array of `pfds.len()`
-    // pollfd structs; every descriptor in it is borrowed for this call.
-    let ret = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, ms) };
-    ready.clear();
-    match cvt(ret) {
-        Ok(n) => {
-            ready.extend(pfds.iter().map(|p| p.revents != 0));
-            Ok(n > 0)
-        }
-        Err(e) if e.raw_os_error() == Some(libc::EINTR) => {
-            ready.resize(fds.len(), false);
-            Ok(false)
-        }
-        Err(e) => Err(e),
-    }
-}
+// Old path of `crate::poll::poll_in`; callers move to `pagehop_sys::poll`.
+#[doc(hidden)]
+pub use crate::poll::poll_in;
 
 /// A non-blocking, close-on-exec eventfd with counter 0.
 pub fn eventfd() -> io::Result<OwnedFd> {
-    // SAFETY: eventfd takes an initial value and flags; it touches no memory.
-    let fd = cvt(unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) })?;
-    // SAFETY: eventfd returned a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    Ok(rustix::event::eventfd(
+        0,
+        EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+    )?)
 }
 
 /// Adds 1 to an eventfd's counter. A full counter (`EAGAIN`) already wakes.
 pub fn eventfd_signal(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let one = 1u64.to_ne_bytes();
-    // SAFETY: `one` is 8 readable bytes, the size an eventfd write takes.
-    let ret = unsafe { libc::write(fd.as_raw_fd(), one.as_ptr().cast(), one.len()) };
-    match cvt(ret) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(e),
+    match rustix::io::write(fd, &1u64.to_ne_bytes()) {
+        Ok(_) | Err(Errno::AGAIN) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Resets an eventfd's counter to 0 (nothing to read is fine).
 pub fn eventfd_drain(fd: BorrowedFd<'_>) -> io::Result<()> {
     let mut word = [0u8; 8];
-    // SAFETY: `word` is 8 writable bytes, the size an eventfd read returns.
-    let ret = unsafe { libc::read(fd.as_raw_fd(), word.as_mut_ptr().cast(), word.len()) };
-    match cvt(ret) {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
-        Err(e) => Err(e),
+    match rustix::io::read(fd, &mut word) {
+        Ok(_) | Err(Errno::AGAIN) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
 /// Sets `O_NONBLOCK` on `fd`.
 pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
-    // SAFETY: F_GETFL takes no argument and touches no memory.
-    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFL) })?;
-    if flags & libc::O_NONBLOCK != 0 {
+    let flags = rustix::fs::fcntl_getfl(fd)?;
+    if flags.contains(OFlags::NONBLOCK) {
         return Ok(());
     }
-    // SAFETY: F_SETFL takes an int of flags and touches no memory.
-    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK) }).map(drop)
+    Ok(rustix::fs::fcntl_setfl(fd, flags | OFlags::NONBLOCK)?)
 }
 
 /// Takes ownership of the descriptor a `UFFD_EVENT_FORK` message names: the
@@ -90,9 +53,64 @@ pub fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// nobody else knows its number.
 pub fn adopt_fork_fd(ufd: u32) -> io::Result<OwnedFd> {
     let raw = RawFd::try_from(ufd).map_err(|_| io::Error::from_raw_os_error(libc::EBADF))?;
+    // Raw libc, not rustix: rustix's fcntl takes a `BorrowedFd`, which may
+    // only be made for a descriptor known to be open; this is the check.
     // SAFETY: F_GETFD only checks that `raw` is an open descriptor.
     cvt(unsafe { libc::fcntl(raw, libc::F_GETFD) })?;
     // SAFETY: `raw` is open (checked above) and was created for us by the read
     // of the fork message; this is the only owner.
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
+    use std::time::Duration;
+
+    #[test]
+    fn eventfd_wakes_and_drains() {
+        let efd = eventfd().expect("eventfd");
+        let flags = rustix::fs::fcntl_getfl(&efd).expect("getfl");
+        assert!(flags.contains(OFlags::NONBLOCK));
+        let fd_flags = rustix::io::fcntl_getfd(&efd).expect("getfd");
+        assert!(fd_flags.contains(rustix::io::FdFlags::CLOEXEC));
+        assert!(!crate::poll::poll_readable(efd.as_fd(), Duration::ZERO).expect("poll"));
+        eventfd_signal(efd.as_fd()).expect("signal");
+        eventfd_signal(efd.as_fd()).expect("signal");
+        assert!(crate::poll::poll_readable(efd.as_fd(), Duration::ZERO).expect("poll"));
+        eventfd_drain(efd.as_fd()).expect("drain");
+        assert!(!crate::poll::poll_readable(efd.as_fd(), Duration::ZERO).expect("poll"));
+        // Draining an empty eventfd is fine.
+        eventfd_drain(efd.as_fd()).expect("drain empty");
+    }
+
+    #[test]
+    fn nonblocking_is_set_once() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        assert!(
+            !rustix::fs::fcntl_getfl(&a)
+                .expect("getfl")
+                .contains(OFlags::NONBLOCK)
+        );
+        set_nonblocking(a.as_fd()).expect("set");
+        set_nonblocking(a.as_fd()).expect("again");
+        assert!(
+            rustix::fs::fcntl_getfl(&a)
+                .expect("getfl")
+                .contains(OFlags::NONBLOCK)
+        );
+    }
+
+    #[test]
+    fn adopts_only_open_descriptors() {
+        let efd = eventfd().expect("eventfd");
+        let raw = efd.into_raw_fd();
+        let adopted = adopt_fork_fd(raw as u32).expect("open fd");
+        assert_eq!(adopted.as_raw_fd(), raw);
+        assert!(adopt_fork_fd(u32::MAX).is_err());
+        // A number far above any open descriptor.
+        let err = adopt_fork_fd(1 << 20).expect_err("closed");
+        assert_eq!(err.raw_os_error(), Some(libc::EBADF));
+    }
 }

@@ -2,10 +2,20 @@
 //! behind small safe wrappers. Each module owns its `#[repr(C)]` structs and
 //! ioctl numbers (checked at compile time); no other pagehop crate calls
 //! `libc` for a syscall.
+//!
+//! Calls go through rustix wherever rustix has them (clocks, page size,
+//! mount, memfd, poll, eventfd, fcntl, kill and pidfds, sockets and
+//! `SCM_RIGHTS`, mmap/munmap/madvise, waitpid). Hand-written on libc are
+//! what rustix lacks or offers only unsafely/unstably: ptrace and its
+//! `waitpid(__WALL)`, `tgkill`, `process_vm_readv`, the userfaultfd ioctls,
+//! `PAGEMAP_SCAN`, signal masks, `sigwait` and `sigaction`, `fork` and
+//! `_exit`, `pidfd_send_signal` with signal 0, and the io_uring constants.
 pub mod fd;
 pub mod mm;
 pub mod pagemap;
 pub mod pidfd;
+pub mod poll;
+pub mod process;
 pub mod ptrace;
 pub mod uffd;
 pub mod unix;
@@ -13,7 +23,19 @@ pub mod uring;
 pub mod vm;
 
 use std::io;
+use std::os::fd::AsFd;
 use std::time::Duration;
+
+use rustix::time::ClockId;
+
+// Old path of `poll::poll_readable`; callers move to `pagehop_sys::poll`.
+#[doc(hidden)]
+pub use poll::poll_readable;
+
+// Old name of `process::kill`, the one kill(2) wrapper (`mm::kill` is the
+// same function); callers move to `pagehop_sys::process::kill`.
+#[doc(hidden)]
+pub use process::kill as signal;
 
 /// Turns a `-1`-on-error libc return value into an `io::Result`.
 pub fn cvt<T: Copy + PartialEq + From<i8>>(ret: T) -> io::Result<T> {
@@ -26,52 +48,34 @@ pub fn cvt<T: Copy + PartialEq + From<i8>>(ret: T) -> io::Result<T> {
 
 /// Monotonic clock in nanoseconds (CLOCK_MONOTONIC), comparable across processes.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC always exists.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    let ts = rustix::time::clock_gettime(ClockId::Monotonic);
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The system page size.
+/// The system page size (from the auxiliary vector, read once).
 pub fn page_size() -> usize {
-    // SAFETY: sysconf has no memory-safety preconditions.
-    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-    if size > 0 { size as usize } else { 4096 }
+    rustix::param::page_size()
 }
 
 /// Mounts tracefs at `target` (needed to attach classic tracepoints when the
-/// system has not mounted it).
+/// system has not mounted it). A path with an interior NUL is `InvalidInput`.
 pub fn mount_tracefs(target: &std::path::Path) -> io::Result<()> {
-    use std::ffi::CString;
-    use std::os::unix::ffi::OsStrExt;
-    let target =
-        CString::new(target.as_os_str().as_bytes()).map_err(|_| io::ErrorKind::InvalidInput)?;
+    use rustix::mount::MountFlags;
     let fstype = c"tracefs";
-    // SAFETY: all pointers are valid NUL-terminated strings for the duration of
-    // the call; no mount data is passed.
-    let ret = unsafe {
-        libc::mount(
-            fstype.as_ptr(),
-            target.as_ptr(),
-            fstype.as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    cvt(ret).map(drop)
+    Ok(rustix::mount::mount(
+        fstype,
+        target,
+        fstype,
+        MountFlags::empty(),
+        None,
+    )?)
 }
 
 /// An anonymous memory file (`memfd_create`, close-on-exec) of `len` bytes;
 /// its pages are allocated only when written.
 pub fn memfd(name: &std::ffi::CStr, len: u64) -> io::Result<std::fs::File> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: `name` is a valid NUL-terminated string; the flags are valid.
-    let fd = cvt(unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) })?;
-    // SAFETY: memfd_create returned a fresh descriptor that nothing else owns.
-    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    use rustix::fs::MemfdFlags;
+    let file = std::fs::File::from(rustix::fs::memfd_create(name, MemfdFlags::CLOEXEC)?);
     file.set_len(len)?;
     Ok(file)
 }
@@ -129,57 +133,103 @@ fn termination_set() -> libc::sigset_t {
     }
 }
 
-/// Whether `fd` is readable (data, end of file or an error pending) within `timeout`.
-pub fn poll_readable(
-    fd: std::os::fd::BorrowedFd<'_>,
-    timeout: std::time::Duration,
-) -> io::Result<bool> {
-    use std::os::fd::AsRawFd;
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    // SAFETY: `pfd` is one valid pollfd whose descriptor is borrowed for the call.
-    match cvt(unsafe { libc::poll(&mut pfd, 1, ms) }) {
-        Ok(n) => Ok(n > 0),
-        Err(e) if e.raw_os_error() == Some(libc::EINTR) => Ok(false),
-        Err(e) => Err(e),
-    }
-}
-
-/// Sends `signal` to process `pid`.
-pub fn signal(pid: i32, signal: i32) -> io::Result<()> {
-    // SAFETY: kill has no memory-safety preconditions.
-    cvt(unsafe { libc::kill(pid, signal) }).map(drop)
-}
-
 /// Sets SO_SNDBUF of `socket` (the kernel doubles it for bookkeeping).
-pub fn set_send_buffer(socket: &impl std::os::fd::AsRawFd, bytes: usize) -> io::Result<()> {
-    let value = bytes.min(i32::MAX as usize) as libc::c_int;
-    // SAFETY: `value` is a live c_int and its exact size is passed; the
-    // descriptor is borrowed for the call.
-    cvt(unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(drop)
+///
+/// `bytes` is capped at `i32::MAX` (the option is a C `int`).
+pub fn set_send_buffer(socket: &impl AsFd, bytes: usize) -> io::Result<()> {
+    let bytes = bytes.min(i32::MAX as usize);
+    Ok(rustix::net::sockopt::set_socket_send_buffer_size(
+        socket, bytes,
+    )?)
 }
 
-/// The CPU time this process has used so far.
+/// The CPU time (user + system, all threads) this process has used so far.
+///
+/// `CLOCK_PROCESS_CPUTIME_ID` via rustix (which has no `getrusage`): the same
+/// quantity as `getrusage(RUSAGE_SELF)`'s `ru_utime + ru_stime`, at
+/// nanosecond rather than tick resolution.
 pub fn own_cpu_time() -> Duration {
-    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
-    // SAFETY: getrusage writes a complete rusage into the valid buffer.
-    let usage = unsafe {
-        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
-        usage.assume_init()
-    };
-    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
-    tv(usage.ru_utime) + tv(usage.ru_stime)
+    let ts = rustix::time::clock_gettime(ClockId::ProcessCPUTime);
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn clocks_move_forward() {
+        let a = monotonic_ns();
+        let cpu_a = own_cpu_time();
+        // Burn a little CPU.
+        let mut x = 0u64;
+        for i in 0..2_000_000u64 {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+        }
+        let b = monotonic_ns();
+        assert!(b > a);
+        assert!(own_cpu_time() > cpu_a);
+        assert!(own_cpu_time() > Duration::ZERO);
+    }
+
+    #[test]
+    fn page_size_is_a_power_of_two() {
+        let ps = page_size();
+        assert!(ps >= 4096 && ps.is_power_of_two());
+    }
+
+    #[test]
+    fn memfd_has_its_length_and_cloexec() {
+        let file = memfd(c"pagehop-sys-test", 3 * 4096).expect("memfd");
+        assert_eq!(file.metadata().expect("stat").len(), 3 * 4096);
+        let flags = rustix::io::fcntl_getfd(&file).expect("getfd");
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        file.write_all_at(b"abc", 4096).expect("write");
+        let mut back = [0u8; 3];
+        file.read_exact_at(&mut back, 4096).expect("read");
+        assert_eq!(&back, b"abc");
+    }
+
+    #[test]
+    fn send_buffer_is_set() {
+        let (a, _b) = std::os::unix::net::UnixStream::pair().expect("pair");
+        set_send_buffer(&a, 64 * 1024).expect("set");
+        // The kernel caps the value at wmem_max and doubles it for bookkeeping.
+        let wmem_max: usize = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .expect("wmem_max")
+            .trim()
+            .parse()
+            .expect("number");
+        let got = rustix::net::sockopt::socket_send_buffer_size(&a).expect("get");
+        assert_eq!(got, 2 * wmem_max.min(64 * 1024));
+        // Huge values are capped, not rejected.
+        set_send_buffer(&a, usize::MAX).expect("capped");
+    }
+
+    #[test]
+    fn mount_tracefs_rejects_bad_paths() {
+        let err = mount_tracefs(std::path::Path::new("/nonexistent/pagehop-sys/x"))
+            .expect_err("no such dir");
+        assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    }
+
+    #[test]
+    fn termination_signals_block_and_arrive() {
+        // On its own thread: the mask is per thread and inherited by threads
+        // created afterwards, so the other tests' threads are unaffected.
+        std::thread::spawn(|| {
+            block_termination_signals().expect("block");
+            let tid = std::fs::read_link("/proc/thread-self").expect("thread-self");
+            let tid: i32 = tid
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.parse().ok())
+                .expect("tid");
+            crate::ptrace::tgkill(crate::mm::getpid(), tid, libc::SIGHUP).expect("tgkill");
+            assert_eq!(wait_termination_signal(), libc::SIGHUP);
+        })
+        .join()
+        .expect("join");
+    }
 }

@@ -1,10 +1,23 @@
 //! Raw syscalls of the workload: mappings, fork/wait and the stop signal
 //! handler. Everything else in the workload calls these wrappers.
+//!
+//! Mappings, `waitpid` and `getpid` are on rustix; `fork`, `sigaction` and
+//! `_exit` stay on libc: rustix has them only in its unstable `runtime`
+//! module, and a raw fork would skip libc's own fork handling (atfork
+//! handlers, the child's cached state).
 use std::io;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use rustix::mm::{Advice, MapFlags, ProtFlags};
+use rustix::process::WaitOptions;
+
 use crate::cvt;
+
+// Old path of `crate::process::kill`, the one kill(2) wrapper (`pagehop_sys::signal`
+// is the same function); callers move to `pagehop_sys::process::kill`.
+#[doc(hidden)]
+pub use crate::process::kill;
 
 /// Set by the SIGTERM/SIGINT handler.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -37,7 +50,7 @@ pub fn stop_requested() -> bool {
 /// Maps `len` bytes of private anonymous memory exactly at `addr`, failing
 /// with `AlreadyExists` if anything is mapped there already.
 pub fn map_fixed_noreplace(addr: usize, len: usize) -> io::Result<NonNull<u8>> {
-    let flags = libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE;
+    let flags = MapFlags::PRIVATE | MapFlags::FIXED_NOREPLACE;
     let ptr = mmap(addr as *mut libc::c_void, len, flags)?;
     if ptr.as_ptr() as usize != addr {
         // Kernels before 4.17 ignore MAP_FIXED_NOREPLACE and treat `addr` as a hint.
@@ -50,21 +63,17 @@ pub fn map_fixed_noreplace(addr: usize, len: usize) -> io::Result<NonNull<u8>> {
 
 /// Maps `len` bytes of private anonymous memory where the kernel chooses.
 pub fn map_anywhere(len: usize) -> io::Result<NonNull<u8>> {
-    mmap(
-        std::ptr::null_mut(),
-        len,
-        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-    )
+    mmap(std::ptr::null_mut(), len, MapFlags::PRIVATE)
 }
 
-fn mmap(addr: *mut libc::c_void, len: usize, flags: libc::c_int) -> io::Result<NonNull<u8>> {
-    let prot = libc::PROT_READ | libc::PROT_WRITE;
+/// A read-write anonymous mapping (`mmap_anonymous` adds `MAP_ANONYMOUS`);
+/// `flags` must not contain `MAP_FIXED`.
+fn mmap(addr: *mut libc::c_void, len: usize, flags: MapFlags) -> io::Result<NonNull<u8>> {
+    debug_assert!(!flags.contains(MapFlags::FIXED));
+    let prot = ProtFlags::READ | ProtFlags::WRITE;
     // SAFETY: anonymous mapping without MAP_FIXED: it cannot replace an
     // existing mapping, so no memory the program uses is affected.
-    let ptr = unsafe { libc::mmap(addr, len, prot, flags, -1, 0) };
-    if ptr == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
+    let ptr = unsafe { rustix::mm::mmap_anonymous(addr, len, prot, flags) }?;
     NonNull::new(ptr.cast()).ok_or_else(|| io::ErrorKind::AddrNotAvailable.into())
 }
 
@@ -74,7 +83,7 @@ fn mmap(addr: *mut libc::c_void, len: usize, flags: libc::c_int) -> io::Result<N
 /// The range must be a mapping owned by the caller that nothing refers to any more.
 pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller owns the range and guarantees it is no longer used.
-    cvt(unsafe { libc::munmap(ptr.as_ptr().cast(), len) }).map(drop)
+    Ok(unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) }?)
 }
 
 /// Replaces the `len` bytes at `ptr` with a fresh private anonymous mapping
@@ -102,14 +111,14 @@ pub unsafe fn remap_fresh(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
 /// relies on its content.
 pub unsafe fn discard(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: the caller owns the range; zeroing it breaks no reference.
-    cvt(unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_DONTNEED) }).map(drop)
+    Ok(unsafe { rustix::mm::madvise(ptr.as_ptr().cast(), len, Advice::LinuxDontNeed) }?)
 }
 
 /// Asks the kernel not to back `len` bytes at `ptr` with transparent huge
 /// pages, so that pages are dirtied and tracked one base page at a time.
 pub fn no_huge_pages(ptr: NonNull<u8>, len: usize) -> io::Result<()> {
     // SAFETY: MADV_NOHUGEPAGE only changes a VMA flag; memory content is kept.
-    cvt(unsafe { libc::madvise(ptr.as_ptr().cast(), len, libc::MADV_NOHUGEPAGE) }).map(drop)
+    Ok(unsafe { rustix::mm::madvise(ptr.as_ptr().cast(), len, Advice::LinuxNoHugepage) }?)
 }
 
 /// What [`fork`] returned in this process.
@@ -138,24 +147,17 @@ pub unsafe fn fork() -> io::Result<Forked> {
     })
 }
 
-/// Reaps `pid` if it has exited; returns its raw wait status.
+/// Reaps child `pid` if it has exited; returns its raw wait status.
+/// `EINVAL` unless `pid` is positive (no "any child" or group waits).
 pub fn try_wait(pid: libc::pid_t) -> io::Result<Option<libc::c_int>> {
-    let mut status = 0;
-    // SAFETY: `status` is a valid, writable int; WNOHANG never blocks.
-    let ret = cvt(unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) })?;
-    Ok((ret == pid).then_some(status))
-}
-
-/// Sends `signal` to `pid`.
-pub fn kill(pid: libc::pid_t, signal: libc::c_int) -> io::Result<()> {
-    // SAFETY: kill has no memory-safety preconditions.
-    cvt(unsafe { libc::kill(pid, signal) }).map(drop)
+    let child = crate::process::to_pid(pid)?;
+    let reaped = rustix::process::waitpid(Some(child), WaitOptions::NOHANG)?;
+    Ok(reaped.and_then(|(p, status)| (p == child).then_some(status.as_raw())))
 }
 
 /// The calling process's pid (its thread-group id).
 pub fn getpid() -> libc::pid_t {
-    // SAFETY: getpid has no preconditions and cannot fail.
-    unsafe { libc::getpid() }
+    rustix::process::getpid().as_raw_pid()
 }
 
 /// Ends the process at once with `code`, running no destructors or atexit handlers.
@@ -189,5 +191,52 @@ mod tests {
         unsafe { page(1).as_ptr().write_volatile(7) };
         // SAFETY: the whole range is ours and no longer used.
         unsafe { unmap(base, 4 * ps) }.expect("unmap");
+    }
+
+    #[test]
+    fn fixed_noreplace_refuses_a_taken_range() {
+        let ps = crate::page_size();
+        let base = map_anywhere(2 * ps).expect("map");
+        let err = map_fixed_noreplace(base.as_ptr() as usize, ps).expect_err("taken");
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        // SAFETY: the second page is ours and nothing refers to it.
+        unsafe {
+            unmap(
+                NonNull::new(base.as_ptr().wrapping_add(ps)).expect("nn"),
+                ps,
+            )
+        }
+        .expect("unmap");
+        let again = map_fixed_noreplace(base.as_ptr() as usize + ps, ps).expect("the hole is free");
+        assert_eq!(again.as_ptr() as usize, base.as_ptr() as usize + ps);
+        no_huge_pages(base, 2 * ps).expect("nohugepage");
+        // SAFETY: both pages are ours and no longer used.
+        unsafe { unmap(base, 2 * ps) }.expect("unmap");
+    }
+
+    #[test]
+    fn wait_and_pid() {
+        assert_eq!(getpid(), std::process::id() as libc::pid_t);
+        #[expect(
+            clippy::zombie_processes,
+            reason = "reaped by try_wait, the function under test"
+        )]
+        let child = std::process::Command::new("sh")
+            .args(["-c", "exit 3"])
+            .spawn()
+            .expect("spawn");
+        let pid = child.id() as libc::pid_t;
+        let status = loop {
+            if let Some(status) = try_wait(pid).expect("wait") {
+                break status;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(libc::WEXITSTATUS(status), 3);
+        assert_eq!(
+            try_wait(0).expect_err("pid 0").raw_os_error(),
+            Some(libc::EINVAL)
+        );
     }
 }

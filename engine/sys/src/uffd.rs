@@ -13,7 +13,7 @@
 //! against the values the header's macros produce.
 use std::io;
 use std::mem::size_of;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 /// API version handshake value for [`UffdioApi::api`].
 pub const UFFD_API: u64 = 0xAA;
@@ -376,13 +376,15 @@ const _: () = assert!(UFFDIO_CONTINUE == 0xC020_AA07);
 /// `O_NONBLOCK`, [`UFFD_USER_MODE_ONLY`]). A uffd for another process can only
 /// be made inside it; see `inject::take_userfaultfd`.
 pub fn userfaultfd(flags: i32) -> io::Result<OwnedFd> {
-    // SAFETY: userfaultfd takes a flags word and returns a new fd or -1; it
-    // touches no memory of ours.
-    let ret = unsafe { libc::syscall(libc::SYS_userfaultfd, flags) };
-    let fd = super::cvt(ret)?;
-    // SAFETY: the syscall succeeded, so `fd` is a fresh descriptor that nothing
-    // else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    // rustix names CLOEXEC and NONBLOCK; its flags type keeps other bits
+    // (UFFD_USER_MODE_ONLY) as given.
+    let flags = rustix::mm::UserfaultfdFlags::from_bits_retain(flags as u32);
+    // SAFETY: the call takes only a flags word and returns a fresh descriptor.
+    // rustix marks it unsafe because that descriptor can later intercept
+    // faults in our own memory; the ioctl wrappers below only resolve faults
+    // by filling *missing* pages (EEXIST for present ones) or by toggling
+    // write protection, never by changing content that is mapped.
+    Ok(unsafe { rustix::mm::userfaultfd(flags) }?)
 }
 
 /// Runs one uffd ioctl whose argument is `arg`.
@@ -541,6 +543,26 @@ pub unsafe fn copy_raw(fd: BorrowedFd<'_>, dst: u64, src: *const u8, len: u64) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn creates_and_handshakes() {
+        for flags in [
+            libc::O_CLOEXEC | libc::O_NONBLOCK,
+            libc::O_CLOEXEC | libc::O_NONBLOCK | UFFD_USER_MODE_ONLY,
+        ] {
+            let fd =
+                userfaultfd(flags).expect("userfaultfd (root, or vm.unprivileged_userfaultfd)");
+            let fd_flags = rustix::io::fcntl_getfd(&fd).expect("getfd");
+            assert!(fd_flags.contains(rustix::io::FdFlags::CLOEXEC));
+            let api = api(fd.as_fd(), 0).expect("UFFDIO_API");
+            assert_eq!(api.api, UFFD_API);
+            assert!(api.ioctls & (1 << UFFDIO_REGISTER_NR) != 0);
+            let mut msgs = [UffdMsg::default(); 2];
+            let err = read_msgs(fd.as_fd(), &mut msgs).expect_err("nothing pending");
+            assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+        }
+    }
 
     #[test]
     fn decodes_messages() {

@@ -1,43 +1,40 @@
-//! Raw socket calls of the handoff: a listening Unix socket whose file is
-//! created with restricted permissions, `poll`, `send` without SIGPIPE, and
+//! Socket calls of the handoff, on rustix: a listening Unix socket whose
+//! file is created with restricted permissions, `send` without SIGPIPE, and
 //! `sendmsg`/`recvmsg` carrying descriptors (`SCM_RIGHTS`).
 use std::io;
-use std::mem::{offset_of, size_of};
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::io::{IoSlice, IoSliceMut};
+use std::mem::{MaybeUninit, offset_of, size_of};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::time::Duration;
 
-use crate::cvt;
+use rustix::fs::Mode;
+use rustix::io::Errno;
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
+};
+
+// Old path of `crate::poll::poll_readable`; callers move to `pagehop_sys::poll`.
+#[doc(hidden)]
+pub use crate::poll::poll_readable;
 
 /// Most descriptors taken from one message; a well-behaved peer sends one.
 const MAX_FDS: usize = 4;
-/// Bytes of descriptor payload in a full `SCM_RIGHTS` message.
-const FDS_BYTES: u32 = (MAX_FDS * size_of::<RawFd>()) as u32;
-/// Control buffer size for [`MAX_FDS`] descriptors.
-// SAFETY: CMSG_SPACE is arithmetic on its argument; it touches no memory.
-const CMSG_BUF_LEN: usize = unsafe { libc::CMSG_SPACE(FDS_BYTES) } as usize;
+/// Control buffer size for [`MAX_FDS`] descriptors. It includes slack for
+/// aligning the buffer, so the kernel may fit a few more; [`recv_with_fds`]
+/// closes those and reports truncation.
+const CMSG_BUF_LEN: usize = rustix::cmsg_space!(ScmRights(MAX_FDS));
 
-/// A control-message buffer aligned for `struct cmsghdr`.
-#[repr(C, align(8))]
-struct CmsgBuf([u8; CMSG_BUF_LEN]);
-
-const _: () = assert!(std::mem::align_of::<CmsgBuf>() >= std::mem::align_of::<libc::cmsghdr>());
-
-/// `struct sockaddr_un` for `path` and its length (path plus its NUL).
-fn sockaddr(path: &Path) -> io::Result<(libc::sockaddr_un, libc::socklen_t)> {
-    // SAFETY: an all-zero sockaddr_un is a valid value (empty path).
-    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+/// The address for `path`: non-empty, without NUL and short enough to be
+/// stored *with* its terminating NUL (rustix would also take a 108-byte path
+/// without one; we keep the portable limit, [`MAX_PATH`]).
+fn sockaddr(path: &Path) -> io::Result<SocketAddrUnix> {
     let bytes = path.as_os_str().as_bytes();
-    if bytes.is_empty() || bytes.len() >= addr.sun_path.len() || bytes.contains(&0) {
+    if bytes.is_empty() || bytes.len() > MAX_PATH || bytes.contains(&0) {
         return Err(io::ErrorKind::InvalidInput.into());
     }
-    for (dst, &src) in addr.sun_path.iter_mut().zip(bytes) {
-        *dst = src as libc::c_char;
-    }
-    let len = offset_of!(libc::sockaddr_un, sun_path) + bytes.len() + 1;
-    Ok((addr, len as libc::socklen_t))
+    Ok(SocketAddrUnix::new(path)?)
 }
 
 /// Longest socket path `sockaddr_un` holds (without its NUL).
@@ -52,63 +49,27 @@ const _: () = assert!(
 /// socket file with the socket inode's mode (minus the umask), so the file
 /// never exists with wider permissions.
 pub fn listen_unix(path: &Path, mode: libc::mode_t, backlog: i32) -> io::Result<OwnedFd> {
-    let (addr, len) = sockaddr(path)?;
-    // SAFETY: socket takes no pointers.
-    let fd =
-        cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) })?;
-    // SAFETY: the call succeeded, so `fd` is a fresh descriptor nothing else owns.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: fchmod takes a descriptor we own and a mode; no memory.
-    cvt(unsafe { libc::fchmod(fd.as_raw_fd(), mode) })?;
-    // SAFETY: `addr` is a valid sockaddr_un and `len` does not exceed its size.
-    cvt(unsafe {
-        libc::bind(
-            fd.as_raw_fd(),
-            (&raw const addr).cast::<libc::sockaddr>(),
-            len,
-        )
-    })?;
-    // SAFETY: listen takes a descriptor we own and a number.
-    cvt(unsafe { libc::listen(fd.as_raw_fd(), backlog) })?;
+    let addr = sockaddr(path)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )?;
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode))?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, backlog)?;
     Ok(fd)
-}
-
-/// Waits until `fd` is readable (or hung up, or in error) for at most
-/// `timeout`. Returns false on timeout or when a signal interrupted the wait.
-pub fn poll_readable(fd: BorrowedFd<'_>, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd {
-        fd: fd.as_raw_fd(),
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // Round up so that a sub-millisecond remainder still waits.
-    let ms = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as i32;
-    // SAFETY: `pfd` is one valid, writable pollfd.
-    let ret = unsafe { libc::poll(&mut pfd, 1, ms) };
-    match cvt(ret) {
-        Ok(n) => Ok(n > 0),
-        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
-        Err(e) => Err(e),
-    }
 }
 
 /// `send(fd, bytes, MSG_NOSIGNAL)` until all of `bytes` went out. A closed
 /// peer gives `EPIPE` instead of SIGPIPE.
 pub fn send_all(sock: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
     while !bytes.is_empty() {
-        // SAFETY: `bytes` is a live slice of `bytes.len()` readable bytes.
-        let ret = unsafe {
-            libc::send(
-                sock.as_raw_fd(),
-                bytes.as_ptr().cast(),
-                bytes.len(),
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        match cvt(ret) {
-            Ok(n) => bytes = &bytes[n as usize..],
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+        match rustix::net::send(sock, bytes, SendFlags::NOSIGNAL) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(())
@@ -116,38 +77,20 @@ pub fn send_all(sock: BorrowedFd<'_>, mut bytes: &[u8]) -> io::Result<()> {
 
 /// Sends one byte of regular data with `fd` attached as `SCM_RIGHTS`.
 pub fn send_fd(sock: BorrowedFd<'_>, fd: BorrowedFd<'_>, byte: u8) -> io::Result<()> {
-    let mut data = [byte];
-    let mut iov = libc::iovec {
-        iov_base: data.as_mut_ptr().cast(),
-        iov_len: data.len(),
-    };
-    let mut buf = CmsgBuf([0; CMSG_BUF_LEN]);
-    // SAFETY: an all-zero msghdr is a valid value (no name, no iov, no control).
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = buf.0.as_mut_ptr().cast();
-    // SAFETY: CMSG_SPACE is arithmetic.
-    msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<RawFd>() as u32) } as _;
-    // SAFETY: `msg.msg_control` points at `buf`, which is aligned for cmsghdr
-    // and large enough for one header with one descriptor (msg_controllen), so
-    // the first header and its data lie inside `buf`.
-    unsafe {
-        let cmsg = libc::CMSG_FIRSTHDR(&msg);
-        (*cmsg).cmsg_level = libc::SOL_SOCKET;
-        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<RawFd>() as u32) as _;
-        libc::CMSG_DATA(cmsg)
-            .cast::<RawFd>()
-            .write_unaligned(fd.as_raw_fd());
+    let data = [byte];
+    let iov = [IoSlice::new(&data)];
+    let fds = [fd];
+    let mut space = [MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !control.push(SendAncillaryMessage::ScmRights(&fds)) {
+        // The buffer is sized for exactly this message.
+        return Err(io::Error::from_raw_os_error(libc::ENOBUFS));
     }
     loop {
-        // SAFETY: `msg` points at `iov`/`data` and `buf`, all alive for the call.
-        let ret = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-        match cvt(ret) {
+        match rustix::net::sendmsg(sock, &iov, &mut control, SendFlags::NOSIGNAL) {
             Ok(_) => return Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
 }
@@ -166,56 +109,46 @@ pub struct Received {
 /// One non-blocking `recvmsg` into `buf` that also takes any descriptors
 /// (`MSG_CMSG_CLOEXEC`). `WouldBlock` when nothing is queued.
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
-    let mut iov = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: buf.len(),
-    };
-    let mut cbuf = CmsgBuf([0; CMSG_BUF_LEN]);
-    // SAFETY: an all-zero msghdr is a valid value.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = cbuf.0.as_mut_ptr().cast();
-    msg.msg_controllen = CMSG_BUF_LEN as _;
-    let flags = libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT;
-    let len = loop {
-        // SAFETY: `msg` points at `iov` (over the live, exclusively borrowed
-        // `buf`) and at `cbuf`, both alive for the call.
-        let ret = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
-        match cvt(ret) {
-            Ok(n) => break n as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+    let mut space = [MaybeUninit::<u8>::uninit(); CMSG_BUF_LEN];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+    let msg = loop {
+        let mut iov = [IoSliceMut::new(buf)];
+        match rustix::net::recvmsg(sock, &mut iov, &mut control, flags) {
+            Ok(msg) => break msg,
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     };
     let mut fds = Vec::new();
-    // SAFETY: the kernel filled `msg_controllen` bytes of `cbuf` with
-    // well-formed control messages; CMSG_FIRSTHDR/CMSG_NXTHDR stay inside
-    // them, and each SCM_RIGHTS payload holds `(cmsg_len - CMSG_LEN(0)) / 4`
-    // descriptors that are now ours (installed in our table by recvmsg).
-    unsafe {
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let payload = (*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize;
-                let data = libc::CMSG_DATA(cmsg).cast::<RawFd>();
-                for i in 0..payload / size_of::<RawFd>() {
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
+    let mut truncated = msg.flags.contains(ReturnFlags::CTRUNC);
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            for fd in received {
+                if fds.len() < MAX_FDS {
+                    fds.push(fd);
+                } else {
+                    // Beyond the limit: closed here, as the kernel would have.
+                    truncated = true;
+                    drop(fd);
                 }
             }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
     Ok(Received {
-        len,
+        len: msg.bytes,
         fds,
-        truncated: msg.msg_flags & libc::MSG_CTRUNC != 0,
+        truncated,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
+    use std::os::fd::{AsFd, AsRawFd};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    use std::os::unix::net::UnixStream;
 
     #[test]
     fn socket_paths_must_fit() {
@@ -223,5 +156,94 @@ mod tests {
         assert!(sockaddr(Path::new("")).is_err());
         assert!(sockaddr(Path::new(&"a".repeat(MAX_PATH))).is_ok());
         assert!(sockaddr(Path::new(&"a".repeat(MAX_PATH + 1))).is_err());
+    }
+
+    #[test]
+    fn listener_file_has_the_mode_and_accepts() {
+        let dir = std::env::temp_dir().join(format!("pagehop-sys-unix-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("l.sock");
+        let _ = std::fs::remove_file(&path);
+        let listener = listen_unix(&path, 0o600, 4).expect("listen");
+        let meta = std::fs::metadata(&path).expect("socket file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        let cloexec = rustix::io::fcntl_getfd(&listener).expect("getfd");
+        assert!(cloexec.contains(rustix::io::FdFlags::CLOEXEC));
+        let _client = UnixStream::connect(&path).expect("connect");
+        assert!(
+            crate::poll::poll_readable(listener.as_fd(), std::time::Duration::from_secs(5))
+                .expect("poll")
+        );
+        // The old path still works.
+        assert!(poll_readable(listener.as_fd(), std::time::Duration::ZERO).expect("poll"));
+        // Binding again at the same path fails (the file exists).
+        assert!(listen_unix(&path, 0o600, 4).is_err());
+        drop(listener);
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn descriptors_cross_with_their_byte() {
+        let (a, mut b) = UnixStream::pair().expect("pair");
+        send_all(a.as_fd(), b"hello").expect("send_all");
+        let mut got = [0u8; 5];
+        b.read_exact(&mut got).expect("read");
+        assert_eq!(&got, b"hello");
+
+        // Nothing queued: WouldBlock.
+        let mut buf = [0u8; 8];
+        let err = recv_with_fds(b.as_fd(), &mut buf).expect_err("empty");
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+
+        let file = std::fs::File::open("/proc/self/stat").expect("open");
+        send_fd(a.as_fd(), file.as_fd(), 7).expect("send_fd");
+        let got = recv_with_fds(b.as_fd(), &mut buf).expect("recv");
+        assert_eq!(got.len, 1);
+        assert_eq!(buf[0], 7);
+        assert!(!got.truncated);
+        assert_eq!(got.fds.len(), 1);
+        let fd = &got.fds[0];
+        assert_ne!(fd.as_raw_fd(), file.as_raw_fd());
+        let flags = rustix::io::fcntl_getfd(fd).expect("getfd");
+        assert!(flags.contains(rustix::io::FdFlags::CLOEXEC));
+        let same = std::fs::File::from(fd.try_clone().expect("dup"));
+        assert_eq!(
+            same.metadata().expect("stat").ino(),
+            file.metadata().expect("stat").ino()
+        );
+
+        // Plain data comes without descriptors; end of stream is len 0.
+        (&a).write_all(b"z").expect("write");
+        let got = recv_with_fds(b.as_fd(), &mut buf).expect("recv");
+        assert_eq!((got.len, got.fds.len()), (1, 0));
+        drop(a);
+        let got = recv_with_fds(b.as_fd(), &mut buf).expect("eof");
+        assert_eq!(got.len, 0);
+
+        // A closed peer is EPIPE, not SIGPIPE.
+        let (c, d) = UnixStream::pair().expect("pair");
+        drop(d);
+        let err = send_all(c.as_fd(), b"x").expect_err("closed");
+        assert_eq!(err.raw_os_error(), Some(libc::EPIPE));
+    }
+
+    #[test]
+    fn at_most_max_fds_are_taken() {
+        let file = std::fs::File::open("/proc/self/stat").expect("open");
+        for (count, truncated) in [(MAX_FDS, false), (MAX_FDS + 1, true), (4 * MAX_FDS, true)] {
+            let (a, b) = UnixStream::pair().expect("pair");
+            let fds = vec![file.as_fd(); count];
+            let mut space =
+                vec![MaybeUninit::<u8>::uninit(); rustix::cmsg_space!(ScmRights(count))];
+            let mut control = SendAncillaryBuffer::new(&mut space);
+            assert!(control.push(SendAncillaryMessage::ScmRights(&fds)));
+            rustix::net::sendmsg(&a, &[IoSlice::new(b"m")], &mut control, SendFlags::NOSIGNAL)
+                .expect("sendmsg");
+            let mut buf = [0u8; 1];
+            let got = recv_with_fds(b.as_fd(), &mut buf).expect("recv");
+            assert_eq!(got.len, 1);
+            assert_eq!(got.truncated, truncated, "{count} descriptors");
+            assert_eq!(got.fds.len(), MAX_FDS, "{count} descriptors");
+        }
     }
 }

@@ -27,6 +27,9 @@
 
 use std::borrow::Cow;
 
+use zerocopy::byteorder::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
+
 /// Batch header length in bytes.
 pub const BATCH_HEADER_LEN: usize = 24;
 /// Most pages in one batch.
@@ -76,6 +79,21 @@ pub enum BatchError {
     )]
     Lz4Ratio { data_len: u32, raw_len: u32 },
 }
+
+/// The batch header as it is on the wire.
+#[repr(C)]
+#[derive(FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+struct BatchHeader {
+    round: U32,
+    flags: U16,
+    reserved1: U16,
+    count: U32,
+    data_len: U32,
+    raw_len: U32,
+    reserved2: U32,
+}
+
+const _: () = assert!(size_of::<BatchHeader>() == BATCH_HEADER_LEN);
 
 /// lz4 turns one input byte into at most 255 output bytes (a match length
 /// extension byte), so a block of `n` bytes decompresses to at most `255 n`.
@@ -153,15 +171,18 @@ pub fn batch_prefix(
     out: &mut Vec<u8>,
 ) {
     out.reserve(BATCH_HEADER_LEN + entries.len() * 8);
-    out.extend_from_slice(&round.to_le_bytes());
-    out.extend_from_slice(&(if lz4 { FLAG_LZ4 } else { 0 }).to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&len_u32(entries.len()).to_le_bytes());
-    out.extend_from_slice(&data_len.to_le_bytes());
-    out.extend_from_slice(&raw_len.to_le_bytes());
-    out.extend_from_slice(&0u32.to_le_bytes());
-    for e in entries {
-        out.extend_from_slice(&e.to_le_bytes());
+    let header = BatchHeader {
+        round: U32::new(round),
+        flags: U16::new(if lz4 { FLAG_LZ4 } else { 0 }),
+        reserved1: U16::ZERO,
+        count: U32::new(len_u32(entries.len())),
+        data_len: U32::new(data_len),
+        raw_len: U32::new(raw_len),
+        reserved2: U32::ZERO,
+    };
+    out.extend_from_slice(header.as_bytes());
+    for &e in entries {
+        out.extend_from_slice(U64::new(e).as_bytes());
     }
 }
 
@@ -194,24 +215,12 @@ pub fn encode_batch(
 #[derive(Debug)]
 pub struct DecodedBatch<'a> {
     pub round: u32,
-    /// `count` × 8 bytes of little-endian entries.
-    entries: &'a [u8],
+    /// `count` little-endian entries.
+    entries: &'a [U64],
     /// The non-zero pages, decompressed.
     data: Cow<'a, [u8]>,
     page_size: usize,
     compressed: bool,
-}
-
-fn le_u16(b: &[u8], at: usize) -> u16 {
-    u16::from_le_bytes([b[at], b[at + 1]])
-}
-
-fn le_u32(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn le_u64(b: &[u8]) -> u64 {
-    u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
 }
 
 /// Validates a `Pages` payload and, if it is lz4, decompresses its data into
@@ -226,50 +235,49 @@ pub fn decode_batch<'a>(
     if !page_size.is_power_of_two() || page_size < 8 {
         return Err(BatchError::PageSize { page_size });
     }
-    if payload.len() < BATCH_HEADER_LEN {
+    let Ok((header, rest)) = BatchHeader::ref_from_prefix(payload) else {
         return Err(BatchError::Short {
             len: payload.len(),
             need: BATCH_HEADER_LEN,
         });
-    }
-    let round = le_u32(payload, 0);
-    let flags = le_u16(payload, 4);
+    };
+    let round = header.round.get();
+    let flags = header.flags.get();
     if flags & !FLAG_LZ4 != 0 {
         return Err(BatchError::Flags { flags });
     }
     let compressed = flags & FLAG_LZ4 != 0;
-    let (reserved1, reserved2) = (le_u16(payload, 6), le_u32(payload, 20));
+    let (reserved1, reserved2) = (header.reserved1.get(), header.reserved2.get());
     if reserved1 != 0 || reserved2 != 0 {
         return Err(BatchError::Reserved {
             first: reserved1,
             second: reserved2,
         });
     }
-    let count = le_u32(payload, 8);
+    let count = header.count.get();
     if count as usize > MAX_BATCH_PAGES {
         return Err(BatchError::TooManyPages {
             count,
             max: MAX_BATCH_PAGES,
         });
     }
-    let data_len = le_u32(payload, 12);
-    let raw_len = le_u32(payload, 16);
-    let entries_len = count as usize * 8;
-    let expected = BATCH_HEADER_LEN as u64 + entries_len as u64 + u64::from(data_len);
-    if payload.len() as u64 != expected {
+    let data_len = header.data_len.get();
+    let raw_len = header.raw_len.get();
+    // The entries, then exactly data_len bytes of data.
+    let split = <[U64]>::ref_from_prefix_with_elems(rest, count as usize)
+        .ok()
+        .filter(|(_, data)| data.len() as u64 == u64::from(data_len));
+    let Some((entries, data)) = split else {
         return Err(BatchError::Length {
             len: payload.len(),
-            expected,
+            expected: BATCH_HEADER_LEN as u64 + u64::from(count) * 8 + u64::from(data_len),
         });
-    }
-    let entries = &payload[BATCH_HEADER_LEN..BATCH_HEADER_LEN + entries_len];
-    let data = &payload[BATCH_HEADER_LEN + entries_len..];
+    };
 
     let offset_mask = page_size as u64 - 1;
     let mut prev: Option<u64> = None;
     let mut data_pages = 0usize;
-    for (index, e) in entries.chunks_exact(8).enumerate() {
-        let entry = le_u64(e);
+    for (index, entry) in entries.iter().map(|e| e.get()).enumerate() {
         let addr = entry & !ZERO_PAGE;
         if addr & offset_mask != 0 || addr >= ADDR_LIMIT {
             return Err(BatchError::Address { index, entry });
@@ -346,7 +354,7 @@ pub fn decode_batch<'a>(
 impl<'a> DecodedBatch<'a> {
     /// Number of pages (zero pages included).
     pub fn len(&self) -> usize {
-        self.entries.len() / 8
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -374,7 +382,7 @@ impl<'a> DecodedBatch<'a> {
 
     pub fn iter(&self) -> BatchIter<'_> {
         BatchIter {
-            entries: self.entries.chunks_exact(8),
+            entries: self.entries.iter(),
             data: &self.data,
             page_size: self.page_size,
         }
@@ -393,7 +401,7 @@ impl<'b> IntoIterator for &'b DecodedBatch<'_> {
 /// Pages of a [`DecodedBatch`]: `(address, Some(page))`, or `None` for a
 /// zero page.
 pub struct BatchIter<'b> {
-    entries: std::slice::ChunksExact<'b, u8>,
+    entries: std::slice::Iter<'b, U64>,
     /// Data not yet handed out.
     data: &'b [u8],
     page_size: usize,
@@ -403,7 +411,7 @@ impl<'b> Iterator for BatchIter<'b> {
     type Item = (u64, Option<&'b [u8]>);
 
     fn next(&mut self) -> Option<Self::Item> {
-        let entry = le_u64(self.entries.next()?);
+        let entry = self.entries.next()?.get();
         let addr = entry & !ZERO_PAGE;
         if entry & ZERO_PAGE != 0 {
             return Some((addr, None));
@@ -426,403 +434,4 @@ impl<'b> Iterator for BatchIter<'b> {
 impl ExactSizeIterator for BatchIter<'_> {}
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const PAGE: usize = 4096;
-
-    struct XorShift(u64);
-
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
-
-    /// A page of one of several textures: zero, compressible, random.
-    fn make_page(rng: &mut XorShift) -> Vec<u8> {
-        match rng.below(4) {
-            0 => vec![0; PAGE],
-            1 => {
-                let b = rng.next() as u8 | 1;
-                (0..PAGE).map(|i| if i % 64 == 0 { b } else { 0 }).collect()
-            }
-            2 => (0..PAGE).map(|i| (i / 16) as u8).collect(),
-            _ => (0..PAGE).map(|_| rng.next() as u8).collect(),
-        }
-    }
-
-    /// Reference pages: address and contents, `None` for a zero page.
-    type Pages = Vec<(u64, Option<Vec<u8>>)>;
-
-    /// `n` random pages at increasing addresses: the naive reference list,
-    /// their entries and their concatenated non-zero data.
-    fn build(rng: &mut XorShift, n: usize) -> (Pages, Vec<u64>, Vec<u8>) {
-        let mut addr = rng.below(1 << 20) * PAGE as u64;
-        let mut pages = Vec::new();
-        let mut entries = Vec::new();
-        let mut data = Vec::new();
-        for _ in 0..n {
-            addr += (1 + rng.below(4)) * PAGE as u64;
-            let page = make_page(rng);
-            if is_zero_page(&page) {
-                entries.push(entry(addr, true));
-                pages.push((addr, None));
-            } else {
-                entries.push(entry(addr, false));
-                data.extend_from_slice(&page);
-                pages.push((addr, Some(page)));
-            }
-        }
-        (pages, entries, data)
-    }
-
-    #[test]
-    fn random_batches_round_trip() {
-        let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
-        let mut scratch = Vec::new();
-        let mut dscratch = Vec::new();
-        for iter in 0..200 {
-            let n = match iter {
-                0 => 0,
-                1 => MAX_BATCH_PAGES,
-                _ => rng.below(64) as usize,
-            };
-            let (pages, entries, data) = build(&mut rng, n);
-            for mode in [Compress::Off, Compress::Lz4, Compress::Auto] {
-                let mut payload = Vec::new();
-                encode_batch(iter, &entries, &data, mode, &mut scratch, &mut payload);
-                assert!(payload.len() <= super::super::FrameKind::Pages.max_payload() as usize);
-                let batch = decode_batch(&payload, PAGE, &mut dscratch).expect("decode");
-                assert_eq!(batch.round, iter);
-                assert_eq!(batch.len(), n);
-                if mode == Compress::Off || data.is_empty() {
-                    assert!(!batch.was_compressed());
-                }
-                let got: Pages = batch
-                    .iter()
-                    .map(|(a, p)| (a, p.map(|p| p.to_vec())))
-                    .collect();
-                assert_eq!(got, pages, "iteration {iter}, {mode:?}");
-                assert_eq!(
-                    batch.zero_pages(),
-                    pages.iter().filter(|p| p.1.is_none()).count()
-                );
-            }
-        }
-    }
-
-    #[test]
-    fn auto_needs_an_eighth_saved() {
-        let mut out = Vec::new();
-        let zeros = vec![0u8; 8 * PAGE];
-        assert!(compress_pages(&zeros, Compress::Auto, &mut out));
-        assert!(out.len() < zeros.len() / 8);
-        assert!(!compress_pages(&zeros, Compress::Off, &mut out));
-        let mut rng = XorShift(7);
-        let noise: Vec<u8> = (0..8 * PAGE).map(|_| rng.next() as u8).collect();
-        assert!(!compress_pages(&noise, Compress::Auto, &mut out));
-        assert!(!compress_pages(&noise, Compress::Lz4, &mut out));
-        // Half noise, half zeros: saves about half.
-        let mut mixed = noise[..4 * PAGE].to_vec();
-        mixed.resize(8 * PAGE, 0);
-        assert!(compress_pages(&mixed, Compress::Auto, &mut out));
-        // About 1/16 zeros: lz4 wins a little, Auto declines.
-        let mut slight = noise[..(8 * PAGE - PAGE / 2)].to_vec();
-        slight.resize(8 * PAGE, 0);
-        assert!(compress_pages(&slight, Compress::Lz4, &mut out));
-        assert!(!compress_pages(&slight, Compress::Auto, &mut out));
-        assert!(!compress_pages(&[], Compress::Lz4, &mut out));
-    }
-
-    #[test]
-    fn zero_page_detection() {
-        assert!(is_zero_page(&[]));
-        assert!(is_zero_page(&[0; PAGE]));
-        assert!(is_zero_page(&[0; 300]));
-        for pos in [0, 1, 15, 16, 255, 256, 2049, PAGE - 1] {
-            let mut page = vec![0u8; PAGE];
-            page[pos] = 0x80;
-            assert!(!is_zero_page(&page), "byte {pos}");
-        }
-        let mut odd = vec![0u8; 300];
-        odd[299] = 1;
-        assert!(!is_zero_page(&odd));
-    }
-
-    fn valid_payload(lz4: bool) -> Vec<u8> {
-        let entries = [
-            entry(0x1000, false),
-            entry(0x2000, true),
-            entry(0x5000, false),
-        ];
-        let data: Vec<u8> = (0..2 * PAGE).map(|i| (i % 7) as u8).collect();
-        let mut payload = Vec::new();
-        let mode = if lz4 { Compress::Lz4 } else { Compress::Off };
-        encode_batch(7, &entries, &data, mode, &mut Vec::new(), &mut payload);
-        payload
-    }
-
-    fn expect_err(payload: &[u8], what: &str) -> BatchError {
-        match decode_batch(payload, PAGE, &mut Vec::new()) {
-            Err(e) => e,
-            Ok(b) => panic!("{what}: decoded {} pages", b.len()),
-        }
-    }
-
-    fn set_u32(p: &mut [u8], at: usize, v: u32) {
-        p[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    }
-
-    fn set_entry(p: &mut [u8], index: usize, v: u64) {
-        let at = BATCH_HEADER_LEN + index * 8;
-        p[at..at + 8].copy_from_slice(&v.to_le_bytes());
-    }
-
-    #[test]
-    fn validation() {
-        for lz4 in [false, true] {
-            let good = valid_payload(lz4);
-            let mut scratch = Vec::new();
-            let b = decode_batch(&good, PAGE, &mut scratch).expect("valid");
-            assert_eq!((b.round, b.len(), b.zero_pages()), (7, 3, 1));
-            assert_eq!(b.was_compressed(), lz4);
-
-            for cut in 0..good.len() {
-                expect_err(&good[..cut], "truncated");
-            }
-            let mut long = good.clone();
-            long.push(0);
-            assert!(matches!(
-                expect_err(&long, "long"),
-                BatchError::Length { .. }
-            ));
-
-            let mut p = good.clone();
-            p[4] |= 2;
-            assert!(matches!(expect_err(&p, "flags"), BatchError::Flags { .. }));
-            let mut p = good.clone();
-            p[6] = 1;
-            assert!(matches!(
-                expect_err(&p, "rsvd"),
-                BatchError::Reserved { .. }
-            ));
-            let mut p = good.clone();
-            p[23] = 1;
-            assert!(matches!(
-                expect_err(&p, "rsvd2"),
-                BatchError::Reserved { .. }
-            ));
-            let mut p = good.clone();
-            set_u32(&mut p, 8, MAX_BATCH_PAGES as u32 + 1);
-            assert!(matches!(
-                expect_err(&p, "count"),
-                BatchError::TooManyPages { .. }
-            ));
-            let mut p = good.clone();
-            set_u32(&mut p, 8, u32::MAX);
-            assert!(matches!(
-                expect_err(&p, "count"),
-                BatchError::TooManyPages { .. }
-            ));
-            let mut p = good.clone();
-            set_u32(&mut p, 12, u32::MAX);
-            assert!(matches!(
-                expect_err(&p, "data_len"),
-                BatchError::Length { .. }
-            ));
-
-            for (index, bad) in [(0, 0x1800u64), (0, 0x1002), (0, ADDR_LIMIT), (2, !1)] {
-                let mut p = good.clone();
-                set_entry(&mut p, index, bad);
-                assert!(
-                    matches!(expect_err(&p, "addr"), BatchError::Address { index: i, .. } if i == index),
-                    "{bad:#x}"
-                );
-            }
-            for (index, bad) in [(1, entry(0x1000, true)), (2, entry(0x1000, false))] {
-                let mut p = good.clone();
-                set_entry(&mut p, index, bad);
-                assert!(matches!(expect_err(&p, "order"), BatchError::Order { .. }));
-            }
-            // Turning a data page into a zero page breaks raw_len.
-            let mut p = good.clone();
-            set_entry(&mut p, 0, entry(0x1000, true));
-            assert!(matches!(expect_err(&p, "raw"), BatchError::RawLen { .. }));
-            let mut p = good.clone();
-            set_u32(&mut p, 16, 3 * PAGE as u32);
-            assert!(matches!(expect_err(&p, "raw"), BatchError::RawLen { .. }));
-            // A different page size makes raw_len or alignment wrong.
-            assert!(decode_batch(&good, 2 * PAGE, &mut Vec::new()).is_err());
-            for page_size in [0, 3, 4095] {
-                assert!(matches!(
-                    decode_batch(&good, page_size, &mut Vec::new()),
-                    Err(BatchError::PageSize { .. })
-                ));
-            }
-        }
-
-        // Uncompressed data must be exactly raw_len.
-        let mut p = valid_payload(false);
-        p[BATCH_HEADER_LEN + 24..].fill(1);
-        decode_batch(&p, PAGE, &mut Vec::new()).expect("any data bytes");
-
-        // The lz4 flag on raw data: decompression fails or gives the wrong size.
-        let mut p = valid_payload(false);
-        p[4] = 1;
-        assert!(matches!(
-            expect_err(&p, "lz4 flag on raw"),
-            BatchError::Lz4 { .. } | BatchError::Lz4Size { .. }
-        ));
-    }
-
-    #[test]
-    fn lz4_size_must_match_exactly() {
-        // Compressible, but not so much that a one-page block could not
-        // hold two pages (see the lz4 ratio check).
-        let mut rng = XorShift(11);
-        let data: Vec<u8> = (0..2 * PAGE)
-            .map(|i| {
-                if i % PAGE < PAGE / 4 {
-                    rng.next() as u8
-                } else {
-                    3
-                }
-            })
-            .collect();
-        let mut block = Vec::new();
-        assert!(compress_pages(&data[..PAGE], Compress::Lz4, &mut block));
-        // A block of one page claimed as two pages.
-        let mut p = Vec::new();
-        let entries = [entry(0x1000, false), entry(0x2000, false)];
-        batch_prefix(
-            0,
-            true,
-            &entries,
-            block.len() as u32,
-            2 * PAGE as u32,
-            &mut p,
-        );
-        p.extend_from_slice(&block);
-        assert!(matches!(
-            expect_err(&p, "short block"),
-            BatchError::Lz4Size { got, expected } if got == PAGE && expected == 2 * PAGE
-        ));
-        // A block of two pages claimed as one page.
-        assert!(compress_pages(&data, Compress::Lz4, &mut block));
-        let mut p = Vec::new();
-        batch_prefix(
-            0,
-            true,
-            &entries[..1],
-            block.len() as u32,
-            PAGE as u32,
-            &mut p,
-        );
-        p.extend_from_slice(&block);
-        assert!(matches!(
-            expect_err(&p, "long block"),
-            BatchError::Lz4 { .. }
-        ));
-        // lz4 flag with no pages at all.
-        let mut p = Vec::new();
-        batch_prefix(0, true, &[entry(0x1000, true)], 0, 0, &mut p);
-        decode_batch(&p, PAGE, &mut Vec::new()).expect("empty lz4");
-        let mut p = Vec::new();
-        batch_prefix(0, true, &[entry(0x1000, true)], 1, 0, &mut p);
-        p.push(0);
-        expect_err(&p, "data with no pages");
-    }
-
-    /// Found with the `frame_decoder` fuzz target: a 1-byte lz4 block
-    /// claiming three 1 GiB pages made the decoder allocate 3 GiB before
-    /// finding out that the block does not decompress.
-    #[test]
-    fn fuzz_regression_lz4_raw_len_beyond_any_block_is_refused_before_allocating() {
-        let gib = 1u64 << 30;
-        let mut p = Vec::new();
-        let entries = [entry(0, false), entry(gib, false), entry(2 * gib, false)];
-        batch_prefix(0, true, &entries, 1, 3 << 30, &mut p);
-        p.push(0);
-        let mut scratch = Vec::new();
-        match decode_batch(&p, 1 << 30, &mut scratch) {
-            Err(BatchError::Lz4Ratio {
-                data_len: 1,
-                raw_len,
-            }) => assert_eq!(raw_len, 3 << 30),
-            other => panic!("{other:?}"),
-        }
-        assert_eq!(scratch.capacity(), 0);
-        // The bound is lz4's own: the most compressible block still decodes.
-        let zeros = vec![0u8; 2048 * PAGE];
-        let mut block = Vec::new();
-        assert!(compress_pages(&zeros, Compress::Lz4, &mut block));
-        assert!((block.len() as u64) * LZ4_MAX_RATIO >= zeros.len() as u64);
-        let entries: Vec<u64> = (0..2048u64)
-            .map(|i| entry(i * PAGE as u64, false))
-            .collect();
-        let mut p = Vec::new();
-        batch_prefix(
-            0,
-            true,
-            &entries,
-            block.len() as u32,
-            zeros.len() as u32,
-            &mut p,
-        );
-        p.extend_from_slice(&block);
-        let b = decode_batch(&p, PAGE, &mut scratch).expect("max ratio");
-        assert_eq!(b.data(), &zeros[..]);
-    }
-
-    #[test]
-    fn scratch_is_reused_and_bounded() {
-        let mut scratch = Vec::new();
-        let big = valid_payload(true);
-        decode_batch(&big, PAGE, &mut scratch).expect("big");
-        assert_eq!(scratch.len(), 2 * PAGE);
-        let mut small = Vec::new();
-        encode_batch(
-            1,
-            &[entry(0x1000, false)],
-            &[9u8; PAGE],
-            Compress::Lz4,
-            &mut Vec::new(),
-            &mut small,
-        );
-        let b = decode_batch(&small, PAGE, &mut scratch).expect("small");
-        assert_eq!(b.data(), &[9u8; PAGE][..]);
-    }
-
-    #[test]
-    fn garbage_never_panics() {
-        let mut rng = XorShift(0xdead_beef_cafe_f00d);
-        let mut scratch = Vec::new();
-        let entries = [entry(0x1000, false), entry(0x3000, false)];
-        for _ in 0..5000 {
-            // Valid header and entries, random lz4 stream.
-            let len = rng.below(300) as usize;
-            let junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
-            let mut p = Vec::new();
-            batch_prefix(0, true, &entries, len as u32, 2 * PAGE as u32, &mut p);
-            p.extend_from_slice(&junk);
-            let _ = decode_batch(&p, PAGE, &mut scratch);
-            // Random flips in a valid compressed batch.
-            let mut p = valid_payload(true);
-            for _ in 0..1 + rng.below(4) {
-                let at = rng.below(p.len() as u64) as usize;
-                p[at] ^= rng.next() as u8 | 1;
-            }
-            if let Ok(b) = decode_batch(&p, PAGE, &mut scratch) {
-                assert_eq!(b.iter().count(), b.len());
-            }
-        }
-    }
-}
+mod tests;

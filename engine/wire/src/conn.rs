@@ -10,8 +10,9 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::auth::{self, AuthError, Token};
-use crate::msg::{Auth, ErrorMsg, Hello, Message, MsgError, Role};
+use crate::msg::{Auth, ErrorMsg, Hello, MAX_PENDING_RANGES, Message, MsgError, Pending, Role};
 use crate::{FrameError, FrameKind, FrameReader, PROTOCOL_VERSION};
+use pagehop_mem::pages::{Range, RangeSet};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -149,6 +150,38 @@ impl Conn {
             });
         }
         Ok(M::decode(payload)?)
+    }
+
+    /// Sends `ranges` as `Pending` frames, the last one flagged (one empty
+    /// frame when there are none).
+    pub fn send_pending(&mut self, ranges: &RangeSet) -> Result<(), ConnError> {
+        let all: Vec<(u64, u64)> = ranges.ranges().iter().map(|r| (r.start, r.end)).collect();
+        let mut chunks = all.chunks(MAX_PENDING_RANGES).peekable();
+        if chunks.peek().is_none() {
+            return self.send(&Pending {
+                ranges: Vec::new(),
+                last: true,
+            });
+        }
+        while let Some(chunk) = chunks.next() {
+            self.send(&Pending {
+                ranges: chunk.to_vec(),
+                last: chunks.peek().is_none(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads `Pending` frames up to the last one.
+    pub fn recv_pending(&mut self) -> Result<RangeSet, ConnError> {
+        let mut ranges = Vec::new();
+        loop {
+            let p: Pending = self.recv_msg()?;
+            ranges.extend(p.ranges.iter().map(|&(a, b)| Range::new(a, b)));
+            if p.last {
+                return Ok(RangeSet::from_ranges(ranges));
+            }
+        }
     }
 
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ConnError> {

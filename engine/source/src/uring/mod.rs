@@ -170,13 +170,23 @@ impl UringError {
 }
 
 /// How buffers go to the socket.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum SendMode {
     /// `IORING_OP_SEND`: the kernel copies the buffer into the socket.
     Copy,
     /// `IORING_OP_SEND_ZC` on the registered buffer: the NIC (or, on
     /// loopback/veth, a later kernel copy) reads the pages in place.
     ZeroCopy,
+}
+
+impl std::fmt::Display for SendMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SendMode::Copy => "copy",
+            SendMode::ZeroCopy => "zerocopy",
+        })
+    }
 }
 
 /// The io_uring opcodes this module can use, as the running kernel reports

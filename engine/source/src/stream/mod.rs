@@ -1,7 +1,7 @@
-//! The source's page pipeline: read pages of the target with
-//! `process_vm_readv` straight into a registered io_uring buffer, turn zero
-//! pages into holes, compress where it pays, and send the buffer as one
-//! `Pages` frame.
+//! The source's page pipeline: read pages from a [`PageProvider`] (a live
+//! or frozen process: `process_vm_readv`) straight into a registered
+//! io_uring buffer, turn zero pages into holes, compress where it pays, and
+//! send the buffer as one `Pages` frame.
 //!
 //! Buffer layout of one batch (the frame is built in place, so a page is
 //! copied once, by the kernel, into the buffer; compacting out zero pages
@@ -11,14 +11,19 @@
 //! ```text
 //! | frame header 16 | batch header 24 | entries n×8 | page data (raw or lz4) |
 //! ```
-use std::net::TcpStream;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+mod lz4;
+mod watchdog;
 
-use crate::reader::{PageReader, ReadError};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use lz4::Lz4Sampler;
+use watchdog::Watchdog;
+
 use crate::uring::{SendMode, UringError, UringSender};
 use pagehop_mem::pages::RangeSet;
+use pagehop_mem::provider::runs_of;
+use pagehop_mem::{PageProvider, ProvideError, SpaceKey};
 use pagehop_wire::FrameKind;
 use pagehop_wire::batch::{self, Compress};
 use pagehop_wire::frame::{HEADER_LEN, frame_header};
@@ -39,7 +44,7 @@ pub enum StreamError {
     #[error(transparent)]
     Uring(#[from] UringError),
     #[error(transparent)]
-    Read(#[from] ReadError),
+    Read(#[from] ProvideError),
 }
 
 /// `--zerocopy`.
@@ -76,7 +81,6 @@ impl RoundStats {
 
 pub struct PageStreamer {
     sender: UringSender,
-    reader: PageReader,
     compress: Compress,
     zerocopy: ZeroCopy,
     page_size: usize,
@@ -94,105 +98,8 @@ pub struct PageStreamer {
     pub totals: RoundStats,
 }
 
-/// Shuts the data streams down when a round makes no progress for the stall
-/// timeout (so that a peer that stays connected but stops reading cannot hold
-/// the source, and its tracking, forever); the blocked sends then fail and
-/// the migration aborts.
-struct Watchdog {
-    state: Arc<WatchdogState>,
-    timeout: Duration,
-}
-
-#[derive(Default)]
-struct WatchdogState {
-    /// Batches handed to the kernel so far.
-    progress: AtomicU64,
-    /// A round is being sent.
-    busy: AtomicBool,
-    stalled: AtomicBool,
-    done: AtomicBool,
-}
-
-impl Watchdog {
-    fn start(streams: Vec<TcpStream>, timeout: Duration) -> Self {
-        let state = Arc::new(WatchdogState::default());
-        let watched = Arc::clone(&state);
-        std::thread::spawn(move || {
-            let mut last = (0, Instant::now());
-            while !watched.done.load(Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(250));
-                let progress = watched.progress.load(Ordering::Relaxed);
-                if progress != last.0 || !watched.busy.load(Ordering::Relaxed) {
-                    last = (progress, Instant::now());
-                } else if last.1.elapsed() >= timeout {
-                    watched.stalled.store(true, Ordering::SeqCst);
-                    for s in &streams {
-                        let _ = s.shutdown(std::net::Shutdown::Both);
-                    }
-                    return;
-                }
-            }
-        });
-        Self { state, timeout }
-    }
-
-    fn tick(&self) {
-        self.state.progress.fetch_add(1, Ordering::Relaxed);
-    }
-
-    fn set_busy(&self, busy: bool) {
-        self.state.busy.store(busy, Ordering::Relaxed);
-    }
-
-    /// The error to report: a stall explains the failed sends it caused.
-    fn explain(&self, e: StreamError) -> StreamError {
-        if self.state.stalled.load(Ordering::SeqCst) {
-            StreamError::Stalled {
-                secs: self.timeout.as_secs_f64(),
-            }
-        } else {
-            e
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        self.state.done.store(true, Ordering::Relaxed);
-    }
-}
-
-/// `--compress auto` without paying for lz4 on data that does not compress:
-/// after a batch that did not shrink, the next [`Lz4Sampler::BACKOFF`]
-/// batches go raw untried; one that shrinks resumes compressing every batch.
-#[derive(Default)]
-struct Lz4Sampler {
-    skip: u32,
-}
-
-impl Lz4Sampler {
-    const BACKOFF: u32 = 15;
-
-    fn should_try(&mut self, mode: Compress) -> bool {
-        match mode {
-            Compress::Off => false,
-            Compress::Lz4 => true,
-            Compress::Auto if self.skip > 0 => {
-                self.skip -= 1;
-                false
-            }
-            Compress::Auto => true,
-        }
-    }
-
-    fn record(&mut self, shrank: bool) {
-        self.skip = if shrank { 0 } else { Self::BACKOFF };
-    }
-}
-
 impl PageStreamer {
     pub fn new(
-        pid: i32,
         streams: Vec<TcpStream>,
         compress: Compress,
         zerocopy: ZeroCopy,
@@ -212,7 +119,6 @@ impl PageStreamer {
         let sender = UringSender::new(streams, BUFFERS, buffer_size, mode)?;
         Ok(Self {
             sender,
-            reader: PageReader::with_page_size(pid, page_size),
             compress,
             zerocopy,
             page_size,
@@ -266,17 +172,25 @@ impl PageStreamer {
         self.sender.mode()
     }
 
-    /// Sends every page of `pages` as round `round`; returns when all of it is
-    /// handed to the kernel.
-    pub fn send_round(&mut self, round: u32, pages: &RangeSet) -> Result<RoundStats, StreamError> {
+    /// Sends every page of `pages` of `space`, read from `provider`, as round
+    /// `round`; returns when all of it is handed to the kernel.
+    pub fn send_round(
+        &mut self,
+        provider: &dyn PageProvider,
+        space: SpaceKey,
+        round: u32,
+        pages: &RangeSet,
+    ) -> Result<RoundStats, StreamError> {
         self.watchdog.set_busy(true);
-        let result = self.send_round_inner(round, pages);
+        let result = self.send_round_inner(provider, space, round, pages);
         self.watchdog.set_busy(false);
         result.map_err(|e| self.watchdog.explain(e))
     }
 
     fn send_round_inner(
         &mut self,
+        provider: &dyn PageProvider,
+        space: SpaceKey,
         round: u32,
         pages: &RangeSet,
     ) -> Result<RoundStats, StreamError> {
@@ -286,14 +200,14 @@ impl PageStreamer {
         for page in pages.iter_pages(ps) {
             batch.push(page);
             if batch.len() == BATCH_PAGES {
-                self.send_batch(round, &batch, &mut stats)?;
+                self.send_batch(provider, space, round, &batch, &mut stats)?;
                 batch.clear();
                 self.watchdog.tick();
                 self.adapt_zerocopy();
             }
         }
         if !batch.is_empty() {
-            self.send_batch(round, &batch, &mut stats)?;
+            self.send_batch(provider, space, round, &batch, &mut stats)?;
         }
         self.sender.flush()?;
         self.adapt_zerocopy();
@@ -304,11 +218,17 @@ impl PageStreamer {
     /// Sends at most [`BATCH_PAGES`] pages (sorted addresses) as one batch of
     /// round `round`, without waiting for the sends to complete (post-copy's
     /// background push); [`PageStreamer::flush`] waits.
-    pub fn send_pages(&mut self, round: u32, pages: &[u64]) -> Result<RoundStats, StreamError> {
+    pub fn send_pages(
+        &mut self,
+        provider: &dyn PageProvider,
+        space: SpaceKey,
+        round: u32,
+        pages: &[u64],
+    ) -> Result<RoundStats, StreamError> {
         debug_assert!(pages.len() <= BATCH_PAGES);
         let mut stats = RoundStats::default();
         self.watchdog.set_busy(true);
-        let result = self.send_batch(round, pages, &mut stats);
+        let result = self.send_batch(provider, space, round, pages, &mut stats);
         self.watchdog.tick();
         self.adapt_zerocopy();
         result.map_err(|e| self.watchdog.explain(e))?;
@@ -339,6 +259,8 @@ impl PageStreamer {
 
     fn send_batch(
         &mut self,
+        provider: &dyn PageProvider,
+        space: SpaceKey,
         round: u32,
         pages: &[u64],
         stats: &mut RoundStats,
@@ -347,37 +269,18 @@ impl PageStreamer {
         let n = pages.len();
         let data_at = HEADER_LEN + BATCH_HEADER_LEN + n * 8;
         // Runs of contiguous pages: one remote iovec each.
-        self.runs.clear();
-        for &p in pages {
-            match self.runs.last_mut() {
-                Some((start, count)) if *start + (*count * ps) as u64 == p => *count += 1,
-                _ => self.runs.push((p, 1)),
-            }
-        }
+        runs_of(pages, ps, &mut self.runs);
         let id = self.sender.acquire()?;
         let buf = self.sender.buffer_mut(id);
         let present = &mut self.present;
-        present.clear();
-        present.resize(n, true);
-        if let Err(e) = self
-            .reader
-            .read(&self.runs, &mut buf[data_at..data_at + n * ps])
-        {
-            match e {
-                // Part of the batch was unmapped meanwhile: read what is left page by page.
-                ReadError::Unmapped { .. } => {
-                    for (i, &p) in pages.iter().enumerate() {
-                        let at = data_at + i * ps;
-                        if self.reader.read(&[(p, 1)], &mut buf[at..at + ps]).is_err() {
-                            present[i] = false;
-                        }
-                    }
-                }
-                other => {
-                    let _ = self.sender.release(id);
-                    return Err(other.into());
-                }
-            }
+        if let Err(e) = provider.read(
+            space,
+            &self.runs,
+            &mut buf[data_at..data_at + n * ps],
+            present,
+        ) {
+            let _ = self.sender.release(id);
+            return Err(e.into());
         }
         // Zero pages become holes; the other pages move down over them.
         self.entries.clear();

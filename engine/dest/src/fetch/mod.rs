@@ -21,24 +21,28 @@
 //! The receiver threads put pages into the store first and only then clear
 //! them from `outstanding` and queue them here, so a page that is not
 //! outstanding is always readable from the store.
-use std::collections::{HashMap, VecDeque};
-use std::io::Write;
-use std::net::TcpStream;
+use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crossbeam::channel::{Receiver, Sender};
-
-use crate::faults::{FaultError, FaultLoop, LatencyHistogram, PageSource};
+use crate::faults::{FaultError, FaultLoop, LatencyHistogram};
 use crate::store::{PageState, PageStore};
 use pagehop_mem::page_bits::PageBits;
 use pagehop_mem::pages::RangeSet;
-use pagehop_sys::monotonic_ns;
+use pagehop_sys::process::Process;
 use pagehop_wire::conn::{Conn, ConnError};
-use pagehop_wire::msg::{Done, MAX_PENDING_RANGES, Message, PageRequest, Pending, Stats};
+use pagehop_wire::msg::{Done, Stats};
 use pagehop_wire::stats::DestStats;
+
+mod arrivals;
+mod lanes;
+mod requests;
+
+pub use arrivals::Arrivals;
+pub use lanes::Lanes;
+use requests::Requests;
 
 /// Background pages installed per turn, between two looks at the faults.
 const BACKGROUND_STEP: usize = 64;
@@ -64,113 +68,6 @@ pub enum FetchError {
     Control(#[source] ConnError),
 }
 
-/// Connections the acceptor hands over during a migration: reconnected
-/// control lanes, priority lanes, and every connection by epoch (to cut them).
-#[derive(Default)]
-pub struct Lanes {
-    priority: Mutex<Option<(u32, TcpStream)>>,
-    controls: Mutex<Vec<(u32, Conn)>>,
-    links: Mutex<Vec<(u32, TcpStream)>>,
-}
-
-impl Lanes {
-    /// Remembers a connection so that a break can cut it.
-    pub fn register(&self, epoch: u32, stream: &TcpStream) {
-        if let Ok(s) = stream.try_clone() {
-            self.links.lock().expect("lock").push((epoch, s));
-        }
-    }
-
-    /// A priority lane (its write half); the newest epoch wins.
-    pub fn attach_priority(&self, epoch: u32, stream: TcpStream) {
-        let mut slot = self.priority.lock().expect("lock");
-        if slot.as_ref().is_none_or(|(e, _)| *e <= epoch) {
-            *slot = Some((epoch, stream));
-        }
-    }
-
-    /// A control lane of a reconnecting source.
-    pub fn attach_control(&self, epoch: u32, conn: Conn) {
-        self.controls.lock().expect("lock").push((epoch, conn));
-    }
-
-    fn take_priority(&self, min_epoch: u32) -> Option<TcpStream> {
-        let mut slot = self.priority.lock().expect("lock");
-        match slot.take() {
-            Some((e, s)) if e >= min_epoch => Some(s),
-            other => {
-                *slot = other;
-                None
-            }
-        }
-    }
-
-    fn take_control(&self, min_epoch: u32) -> Option<(u32, Conn)> {
-        let mut controls = self.controls.lock().expect("lock");
-        let at = controls.iter().position(|(e, _)| *e >= min_epoch)?;
-        Some(controls.swap_remove(at))
-    }
-
-    /// Cuts every connection of `epoch` or older.
-    fn cut_upto(&self, epoch: u32) {
-        let mut links = self.links.lock().expect("lock");
-        links.retain(|(e, s)| {
-            if *e <= epoch {
-                let _ = s.shutdown(std::net::Shutdown::Both);
-                false
-            } else {
-                true
-            }
-        });
-    }
-}
-
-/// Where the receiver threads report post-copy pages.
-pub struct Arrivals {
-    /// Pages still on the source.
-    outstanding: Mutex<PageBits>,
-    demand: (Sender<Vec<u64>>, Receiver<Vec<u64>>),
-    bulk: (Sender<Vec<u64>>, Receiver<Vec<u64>>),
-    waker: crate::faults::Waker,
-    /// A connection of the current epoch broke.
-    lost: AtomicBool,
-    epoch: AtomicU32,
-    demand_pages: AtomicU64,
-    bulk_pages: AtomicU64,
-}
-
-impl Arrivals {
-    /// Received pages (already in the store). `priority`: they came on the
-    /// priority lane.
-    pub fn arrived(&self, priority: bool, pages: Vec<u64>) {
-        let (counter, tx) = if priority {
-            (&self.demand_pages, &self.demand.0)
-        } else {
-            (&self.bulk_pages, &self.bulk.0)
-        };
-        counter.fetch_add(pages.len() as u64, Ordering::Relaxed);
-        // Queued before they stop being outstanding: "nothing outstanding and
-        // nothing queued" then means everything was queued.
-        let _ = tx.send(pages.clone());
-        {
-            let mut outstanding = self.outstanding.lock().expect("lock");
-            for &p in &pages {
-                outstanding.clear(p);
-            }
-        }
-        let _ = self.waker.wake();
-    }
-
-    /// A receiving connection of `epoch` ended or delivered bad data.
-    pub fn stream_ended(&self, epoch: u32) {
-        let missing = self.outstanding.lock().expect("lock").count();
-        if missing > 0 && epoch >= self.epoch.load(Ordering::SeqCst) {
-            self.lost.store(true, Ordering::SeqCst);
-            let _ = self.waker.wake();
-        }
-    }
-}
-
 /// What the caller knows at the switch.
 pub struct Start<'a> {
     pub store: &'a Mutex<PageStore>,
@@ -178,7 +75,7 @@ pub struct Start<'a> {
     /// Pages the source still holds.
     pub pending: &'a RangeSet,
     /// The restored process.
-    pub pid: i32,
+    pub process: &'a Process,
     pub reconnect_timeout: Duration,
 }
 
@@ -217,7 +114,7 @@ impl Fetch {
         Ok(Self {
             fault_loop,
             arrivals,
-            pid: start.pid,
+            pid: start.process.pid(),
             reconnect_timeout: start.reconnect_timeout,
             local,
             local_next: 0,
@@ -371,7 +268,7 @@ impl Fetch {
         self.arrivals.epoch.store(epoch, Ordering::SeqCst);
         self.arrivals.lost.store(false, Ordering::SeqCst);
         let still = self.arrivals.outstanding.lock().expect("lock").to_ranges();
-        send_pending(&mut conn, &still).map_err(FetchError::Control)?;
+        conn.send_pending(&still).map_err(FetchError::Control)?;
         *control = conn;
         Ok(epoch)
     }
@@ -385,11 +282,11 @@ impl Fetch {
         epoch: u32,
         why: &str,
     ) -> Result<u32, FetchError> {
-        let stopped = stop_tree(self.pid);
+        let stopped = crate::tree::signal_tree(start.process, libc::SIGSTOP);
         let arrivals = Arc::clone(&self.arrivals);
         let missing = move || arrivals.outstanding.lock().expect("lock").count();
-        eprintln!(
-            "pagehop recv: post-copy connection lost ({why}); process {} stopped with {} pages \
+        log::warn!(
+            "post-copy connection lost ({why}); process {} stopped with {} pages \
              still on the source; waiting {:.1} s for the source",
             self.pid,
             missing(),
@@ -417,191 +314,14 @@ impl Fetch {
                 .run_once(&mut idle, Duration::from_millis(20))?;
         };
         let epoch = self.adopt(new_epoch, conn, control)?;
-        for pid in stopped {
-            let _ = pagehop_sys::signal(pid, libc::SIGCONT);
+        for process in stopped {
+            let _ = process.signal(libc::SIGCONT);
         }
-        eprintln!(
-            "pagehop recv: source back (epoch {epoch}) after {:.2} s; {} pages to go",
+        log::info!(
+            "source back (epoch {epoch}) after {:.2} s; {} pages to go",
             waited.elapsed().as_secs_f64(),
             missing()
         );
         Ok(epoch)
-    }
-}
-
-/// Sends `ranges` as `Pending` frames, the last one flagged.
-pub fn send_pending(control: &mut Conn, ranges: &RangeSet) -> Result<(), ConnError> {
-    let all: Vec<(u64, u64)> = ranges.ranges().iter().map(|r| (r.start, r.end)).collect();
-    let mut chunks = all.chunks(MAX_PENDING_RANGES).peekable();
-    if chunks.peek().is_none() {
-        return control.send(&Pending {
-            ranges: Vec::new(),
-            last: true,
-        });
-    }
-    while let Some(chunk) = chunks.next() {
-        control.send(&Pending {
-            ranges: chunk.to_vec(),
-            last: chunks.peek().is_none(),
-        })?;
-    }
-    Ok(())
-}
-
-/// The fault loop's [`PageSource`]: pages still on the source are asked for
-/// on the priority lane; the rest are queued to be installed from the store.
-struct Requests {
-    arrivals: Arc<Arrivals>,
-    priority: Option<TcpStream>,
-    /// Runs to install from the store after this turn.
-    local: Vec<(u64, u32)>,
-    /// When each page still awaited was asked for.
-    requested_at: HashMap<u64, u64>,
-    sent: u64,
-    page_size: u64,
-}
-
-impl Requests {
-    /// Asks on `priority`; without one (the source is away) it only queues.
-    fn new(arrivals: &Arc<Arrivals>, priority: Option<TcpStream>, page_size: u64) -> Self {
-        Self {
-            arrivals: Arc::clone(arrivals),
-            priority,
-            local: Vec::new(),
-            requested_at: HashMap::new(),
-            sent: 0,
-            page_size,
-        }
-    }
-
-    /// After a reconnect: the new priority lane, and the pages still awaited
-    /// asked for again on it.
-    fn rearm(&mut self, priority: Option<TcpStream>, in_flight: &[u64]) {
-        self.priority = priority;
-        for &page in in_flight {
-            self.ask(page, 1);
-        }
-    }
-
-    /// `page` was installed: records its request-to-install latency if it
-    /// was asked for.
-    fn answered(&mut self, page: u64, latency: &mut LatencyHistogram) {
-        if let Some(at) = self.requested_at.remove(&page) {
-            latency.record(monotonic_ns().saturating_sub(at));
-        }
-    }
-
-    /// Sends one request; a broken lane is reported as a lost connection.
-    fn ask(&mut self, addr: u64, pages: u32) {
-        let now = monotonic_ns();
-        for i in 0..pages as u64 {
-            self.requested_at
-                .entry(addr + i * self.page_size)
-                .or_insert(now);
-        }
-        let Some(lane) = self.priority.as_mut() else {
-            return;
-        };
-        let mut frame = Vec::with_capacity(32);
-        PageRequest { addr, pages }.encode_frame(&mut frame);
-        if lane.write_all(&frame).is_err() {
-            self.priority = None;
-            self.arrivals.lost.store(true, Ordering::SeqCst);
-        } else {
-            self.sent += 1;
-        }
-    }
-}
-
-impl PageSource for Requests {
-    fn request(&mut self, addr: u64, pages: u32) -> Result<(), FaultError> {
-        let ps = self.page_size;
-        let mut remote: Vec<(u64, u32)> = Vec::new();
-        {
-            let outstanding = self.arrivals.outstanding.lock().expect("lock");
-            for i in 0..pages as u64 {
-                let page = addr + i * ps;
-                let runs = if outstanding.get(page) {
-                    &mut remote
-                } else {
-                    &mut self.local
-                };
-                match runs.last_mut() {
-                    Some((start, n)) if *start + *n as u64 * ps == page => *n += 1,
-                    _ => runs.push((page, 1)),
-                }
-            }
-        }
-        for (addr, pages) in remote {
-            self.ask(addr, pages);
-        }
-        Ok(())
-    }
-}
-
-/// Stops `pid` and its descendants; returns the pids stopped.
-fn stop_tree(pid: i32) -> Vec<i32> {
-    let tree = descendants(pid);
-    for &p in &tree {
-        let _ = pagehop_sys::signal(p, libc::SIGSTOP);
-    }
-    tree
-}
-
-/// `pid` and every process below it, from /proc.
-fn descendants(pid: i32) -> Vec<i32> {
-    let mut parents: Vec<(i32, i32)> = Vec::new();
-    if let Ok(dir) = std::fs::read_dir("/proc") {
-        for entry in dir.flatten() {
-            let Some(p) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<i32>().ok())
-            else {
-                continue;
-            };
-            let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
-                continue;
-            };
-            // "pid (comm) state ppid ...": comm may hold anything, so split after its last ')'.
-            let ppid = stat
-                .rsplit_once(')')
-                .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-                .and_then(|s| s.parse::<i32>().ok());
-            if let Some(ppid) = ppid {
-                parents.push((p, ppid));
-            }
-        }
-    }
-    let mut tree = vec![pid];
-    let mut i = 0;
-    while i < tree.len() {
-        let parent = tree[i];
-        tree.extend(
-            parents
-                .iter()
-                .filter(|(_, pp)| *pp == parent)
-                .map(|(p, _)| *p),
-        );
-        i += 1;
-    }
-    tree
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn finds_this_process_and_its_children() {
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .expect("sleep");
-        let tree = descendants(std::process::id() as i32);
-        let _ = child.kill();
-        let _ = child.wait();
-        assert_eq!(tree[0], std::process::id() as i32);
-        assert!(tree.contains(&(child.id() as i32)), "{tree:?}");
     }
 }

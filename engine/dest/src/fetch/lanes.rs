@@ -1,0 +1,68 @@
+//! Connections the acceptor hands over during post-copy: reconnected
+//! control lanes, priority lanes, and every connection by epoch (to cut
+//! them on a break).
+use std::net::TcpStream;
+use std::sync::Mutex;
+
+use pagehop_wire::conn::Conn;
+
+/// Connections the acceptor hands over during a migration: reconnected
+/// control lanes, priority lanes, and every connection by epoch (to cut them).
+#[derive(Default)]
+pub struct Lanes {
+    priority: Mutex<Option<(u32, TcpStream)>>,
+    controls: Mutex<Vec<(u32, Conn)>>,
+    links: Mutex<Vec<(u32, TcpStream)>>,
+}
+
+impl Lanes {
+    /// Remembers a connection so that a break can cut it.
+    pub fn register(&self, epoch: u32, stream: &TcpStream) {
+        if let Ok(s) = stream.try_clone() {
+            self.links.lock().expect("lock").push((epoch, s));
+        }
+    }
+
+    /// A priority lane (its write half); the newest epoch wins.
+    pub fn attach_priority(&self, epoch: u32, stream: TcpStream) {
+        let mut slot = self.priority.lock().expect("lock");
+        if slot.as_ref().is_none_or(|(e, _)| *e <= epoch) {
+            *slot = Some((epoch, stream));
+        }
+    }
+
+    /// A control lane of a reconnecting source.
+    pub fn attach_control(&self, epoch: u32, conn: Conn) {
+        self.controls.lock().expect("lock").push((epoch, conn));
+    }
+
+    pub(super) fn take_priority(&self, min_epoch: u32) -> Option<TcpStream> {
+        let mut slot = self.priority.lock().expect("lock");
+        match slot.take() {
+            Some((e, s)) if e >= min_epoch => Some(s),
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    pub(super) fn take_control(&self, min_epoch: u32) -> Option<(u32, Conn)> {
+        let mut controls = self.controls.lock().expect("lock");
+        let at = controls.iter().position(|(e, _)| *e >= min_epoch)?;
+        Some(controls.swap_remove(at))
+    }
+
+    /// Cuts every connection of `epoch` or older.
+    pub(super) fn cut_upto(&self, epoch: u32) {
+        let mut links = self.links.lock().expect("lock");
+        links.retain(|(e, s)| {
+            if *e <= epoch {
+                let _ = s.shutdown(std::net::Shutdown::Both);
+                false
+            } else {
+                true
+            }
+        });
+    }
+}

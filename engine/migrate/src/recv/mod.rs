@@ -1,0 +1,461 @@
+//! `pagehop recv`: the destination side of a live migration.
+//!
+//! Received pages go into the [`PageStore`] until the switch; nothing is
+//! installed anywhere before that. At the switch the store empties into the
+//! one output the operator chose ([`Output`]): the userfaultfd of the
+//! restored process (`--restore-cmd`, CRIU's lazy-pages convention, see
+//! [`pagehop_dest::handoff`]), or an image directory (`--image-dir`). For a
+//! post-copy switch the process starts at once and its faults are served
+//! while the rest streams in ([`postcopy`]).
+//!
+//! The control loop is a state machine ([`machine`]); the data lanes are
+//! accepted in the background ([`accept`]) and feed the store through
+//! [`Intake`]. If the source goes away before the switch, recv reports a
+//! failed migration: no process was started, nothing was installed.
+mod accept;
+mod machine;
+mod postcopy;
+mod verify;
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pagehop_dest::fetch::{FetchError, Lanes};
+use pagehop_dest::intake::{Accepting, Intake, LaneFailure, RoundWaitError};
+use pagehop_dest::restore::{RestoreCommand, RestoreError, Restored};
+use pagehop_dest::store::{PageStore, StoreError};
+use pagehop_dest::uffd_sink::{UffdSink, UffdSinkError};
+use pagehop_mem::pages::{Range, RangeSet};
+use pagehop_mem::{PageSink, SpaceKey};
+use pagehop_wire::auth::Token;
+use pagehop_wire::conn::{Conn, ConnError, codes};
+use pagehop_wire::image::{ImageError, ImageWriter};
+use pagehop_wire::msg::{
+    self, Done, EndOfRound, Layout, LayoutAck, MsgError, Pending, Switchover, VerifyDigests,
+};
+use pagehop_wire::{FrameError, FrameKind};
+
+use crate::report::{RecvReport, SwitchKind};
+pub use machine::{Event, OutOfOrder, State};
+use verify::Verification;
+
+/// How long a round's pages may take to arrive after its end was announced.
+const ROUND_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Where the received memory goes at the switch.
+#[derive(Clone, Debug)]
+pub enum Output {
+    /// Start the destination process and install into its userfaultfd.
+    Restore(RestoreCommand),
+    /// Write an image directory (pre-copy only).
+    ImageDir(PathBuf),
+}
+
+pub struct RecvOptions {
+    pub listen: SocketAddr,
+    pub token: Option<Token>,
+    pub output: Output,
+    pub handshake_timeout: Duration,
+    /// Post-copy: how long to wait for a source whose connections broke.
+    pub reconnect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecvError {
+    #[error(
+        "refusing to listen on {addr} without a token: only loopback addresses may go unauthenticated"
+    )]
+    NeedToken { addr: SocketAddr },
+    #[error("listening on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error("a control frame")]
+    Decode(#[from] MsgError),
+    #[error("the source went away during round {round} before switchover; nothing was installed")]
+    SourceLost {
+        round: u32,
+        #[source]
+        source: ConnError,
+    },
+    #[error("round {round} failed before switchover; nothing was installed")]
+    Lane {
+        round: u32,
+        #[source]
+        source: LaneFailure,
+    },
+    #[error("round {round}: {got} of {want} pages arrived within {timeout:?}")]
+    RoundTimeout {
+        round: u32,
+        got: u64,
+        want: u64,
+        timeout: Duration,
+    },
+    #[error(transparent)]
+    Protocol(#[from] OutOfOrder),
+    #[error("the source asked for post-copy, which needs --restore-cmd")]
+    PostcopyNeedsRestore,
+    #[error(transparent)]
+    Restore(#[from] RestoreError),
+    #[error(
+        "the restored process registered no memory with its userfaultfd: nothing could be installed"
+    )]
+    NothingRegistered,
+    #[error(transparent)]
+    Install(#[from] UffdSinkError),
+    #[error("writing the image")]
+    Image(#[from] ImageError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+}
+
+/// Receives one migration and starts its process (or writes its image).
+pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
+    if !opts.listen.ip().is_loopback() && opts.token.is_none() {
+        return Err(RecvError::NeedToken { addr: opts.listen });
+    }
+    let page_size = pagehop_sys::page_size();
+    let listen = |source| RecvError::Listen {
+        addr: opts.listen,
+        source,
+    };
+    let listener = TcpListener::bind(opts.listen).map_err(listen)?;
+    log::info!(
+        "listening on {}",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default()
+    );
+    let mut capabilities = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
+    if matches!(opts.output, Output::Restore(_)) {
+        capabilities |= msg::CAP_POSTCOPY;
+    }
+    let handshake = accept::Handshake {
+        token: opts.token.clone(),
+        page_size: page_size as u32,
+        capabilities,
+        timeout: opts.handshake_timeout,
+    };
+    let (control, session) = accept::control(&listener, opts.listen, &handshake)?;
+    let started = Instant::now();
+    let source = control
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    log::info!("source {source} connected");
+    let intake = Arc::new(Intake::new(
+        PageStore::new(page_size),
+        control.try_clone_stream().map_err(ConnError::from)?,
+    ));
+    let lanes = Arc::new(Lanes::default());
+    accept::spawn_lanes(
+        listener.try_clone().map_err(listen)?,
+        handshake,
+        session,
+        Arc::clone(&intake),
+        Arc::clone(&lanes),
+    );
+    let mut receiver = Receiver {
+        opts: &opts,
+        control,
+        intake,
+        lanes,
+        state: State::start(),
+        pending: Vec::new(),
+        verification: Verification::default(),
+        restored: None,
+        report: RecvReport {
+            source,
+            ..RecvReport::default()
+        },
+    };
+    receiver.run()?;
+    let mut report = receiver.report;
+    report.total_ms = started.elapsed().as_secs_f64() * 1e3;
+    // The restored process runs on its own; recv does not wait for it.
+    if let Some(restored) = receiver.restored {
+        restored.release();
+    }
+    Ok(report)
+}
+
+/// The control loop's state.
+struct Receiver<'a> {
+    opts: &'a RecvOptions,
+    control: Conn,
+    intake: Arc<Intake>,
+    lanes: Arc<Lanes>,
+    state: State,
+    /// Post-copy: the pages the source still holds, as announced.
+    pending: Vec<Range>,
+    verification: Verification,
+    restored: Option<Restored>,
+    report: RecvReport,
+}
+
+impl Receiver<'_> {
+    /// One `(state, frame)` step at a time until the migration ends.
+    fn run(&mut self) -> Result<(), RecvError> {
+        loop {
+            let (kind, payload) = match self.control.recv() {
+                Ok(frame) => frame,
+                Err(source) if !self.state.switched() => return Err(self.lost(source)),
+                // After the switch the process runs; a source that leaves
+                // without verification is no failure.
+                Err(_) => return Ok(()),
+            };
+            let frame = ControlFrame::decode(kind, payload)?;
+            let next = match self.state.next(frame.event()) {
+                Ok(next) => next,
+                Err(e) => {
+                    self.control.send_error(codes::PROTOCOL, &e.to_string());
+                    return Err(e.into());
+                }
+            };
+            self.state = next;
+            self.intake.set_accepting(next.accepting());
+            self.handle(frame)?;
+            if self.state == State::Finished {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The error for a control lane that broke before the switch: what a
+    /// data lane reported, or the source's disappearance.
+    fn lost(&mut self, source: ConnError) -> RecvError {
+        let round = self.round();
+        match self.intake.take_failure() {
+            Some(LaneFailure::SourceGone) | None => RecvError::SourceLost { round, source },
+            Some(failure) => {
+                self.control
+                    .send_error(codes::DESTINATION, &pagehop_mem::error_chain(&failure));
+                RecvError::Lane {
+                    round,
+                    source: failure,
+                }
+            }
+        }
+    }
+
+    fn round(&self) -> u32 {
+        match self.state {
+            State::Rounds { next_round } => next_round,
+            _ => self.report.rounds,
+        }
+    }
+
+    /// The action of a frame the state machine accepted.
+    fn handle(&mut self, frame: ControlFrame) -> Result<(), RecvError> {
+        match frame {
+            ControlFrame::Layout(layout) => {
+                let ranges: Vec<Range> = layout
+                    .vmas
+                    .iter()
+                    .map(|v| Range::new(v.start, v.end))
+                    .collect();
+                self.intake
+                    .lock_store()
+                    .set_layout(SpaceKey::ROOT, &ranges)?;
+                self.control.send(&LayoutAck {
+                    vmas: layout.vmas.len() as u32,
+                })?;
+            }
+            ControlFrame::EndOfRound(end) => {
+                self.wait_for_round(end.round, end.pages)?;
+                self.report.rounds = end.round + 1;
+                self.control.send(&end)?;
+            }
+            ControlFrame::Pending(p) => {
+                self.pending
+                    .extend(p.ranges.iter().map(|&(a, b)| Range::new(a, b)));
+            }
+            ControlFrame::Switchover(s) if s.postcopy => self.postcopy()?,
+            ControlFrame::Switchover(_) => self.switch_precopy()?,
+            ControlFrame::VerifyDigests(digests) => {
+                self.verification.check(&self.intake.lock_store(), &digests);
+            }
+            ControlFrame::Done => {
+                self.control.send(&self.verification.result())?;
+                self.report.verify = self.verification.verdict();
+            }
+            ControlFrame::Other(kind) => unreachable!("the state machine accepted a {kind} frame"),
+        }
+        Ok(())
+    }
+
+    fn wait_for_round(&mut self, round: u32, pages: u64) -> Result<(), RecvError> {
+        self.intake
+            .wait_for_round(round, pages, ROUND_TIMEOUT)
+            .map_err(|e| match e {
+                RoundWaitError::Lane(LaneFailure::SourceGone) => RecvError::SourceLost {
+                    round,
+                    source: ConnError::Frame(FrameError::Closed),
+                },
+                RoundWaitError::Lane(failure) => {
+                    self.control
+                        .send_error(codes::DESTINATION, &pagehop_mem::error_chain(&failure));
+                    RecvError::Lane {
+                        round,
+                        source: failure,
+                    }
+                }
+                RoundWaitError::Timeout {
+                    round,
+                    got,
+                    want,
+                    timeout,
+                } => RecvError::RoundTimeout {
+                    round,
+                    got,
+                    want,
+                    timeout,
+                },
+            })
+    }
+
+    /// The pre-copy switch: every page is here; install them (or write the
+    /// image), then tell the source the process runs.
+    fn switch_precopy(&mut self) -> Result<(), RecvError> {
+        self.report.mode = SwitchKind::Precopy;
+        let started = Instant::now();
+        let store = Arc::clone(&self.intake);
+        let store = store.lock_store();
+        let (data, zero) = store.received();
+        self.report.pages_received = data;
+        self.report.zero_pages_received = zero;
+        let installed = match &self.opts.output {
+            Output::ImageDir(dir) => {
+                let mut writer = ImageWriter::create(dir, store.page_size())?;
+                writer.set_layout(SpaceKey::ROOT, &store.ranges().collect::<Vec<_>>())?;
+                store.drain_into(&mut writer)?;
+                self.report.image_dir = Some(dir.display().to_string());
+                writer.finish()?
+            }
+            Output::Restore(cmd) => {
+                let mut restored = cmd.start()?;
+                self.report.restored_pid = Some(restored.pid());
+                match install_all(&mut restored, &store) {
+                    Ok((installed, outside)) => {
+                        self.report.pages_outside_registered_ranges = outside;
+                        self.restored = Some(restored);
+                        installed
+                    }
+                    Err(e) => {
+                        restored.abandon();
+                        return Err(e);
+                    }
+                }
+            }
+        };
+        self.report.pages_installed = installed;
+        self.report.install_ms = started.elapsed().as_secs_f64() * 1e3;
+        drop(store);
+        self.control.send(&Done {
+            pages_sent: installed,
+        })?;
+        log::info!(
+            "switched over: {installed} pages installed in {:.1} ms",
+            self.report.install_ms
+        );
+        Ok(())
+    }
+
+    fn postcopy(&mut self) -> Result<(), RecvError> {
+        let Output::Restore(cmd) = &self.opts.output else {
+            self.control.send_error(
+                codes::DESTINATION,
+                "post-copy needs --restore-cmd at the destination",
+            );
+            return Err(RecvError::PostcopyNeedsRestore);
+        };
+        self.report.mode = SwitchKind::Postcopy;
+        let pending = RangeSet::from_ranges(std::mem::take(&mut self.pending));
+        let restored = postcopy::run(
+            cmd,
+            &self.intake,
+            &self.lanes,
+            &mut self.control,
+            &pending,
+            self.opts.reconnect_timeout,
+            &mut self.report,
+        )?;
+        self.intake.set_accepting(Accepting::AfterDone);
+        self.restored = Some(restored);
+        Ok(())
+    }
+}
+
+/// Installs every stored page inside the restored process's registered
+/// ranges through its userfaultfd, on every core. Returns (installed, pages
+/// outside the registered ranges).
+fn install_all(restored: &mut Restored, store: &PageStore) -> Result<(u64, u64), RecvError> {
+    // The pid the process sent (the restore command may have started it
+    // through a shell, so it need not be our child).
+    let registered = restored.registered_ranges().unwrap_or_default();
+    if registered.is_empty() {
+        return Err(RecvError::NothingRegistered);
+    }
+    let uffd = restored.take_uffd().expect("the uffd is taken once");
+    // Pre-copy installs everything before the installers (the only holders
+    // of the userfaultfd) go away; the kernel zero-fills whatever was never
+    // sent.
+    let mut lanes = UffdSink::lanes(uffd, store.page_size(), &registered, UffdSink::lane_count())?;
+    store.drain_parallel(&mut lanes)?;
+    let installs = UffdSink::finish_all(&mut lanes)?;
+    Ok((installs.installed, installs.outside))
+}
+
+/// A decoded control-lane frame.
+enum ControlFrame {
+    Layout(Layout),
+    EndOfRound(EndOfRound),
+    Pending(Pending),
+    Switchover(Switchover),
+    VerifyDigests(VerifyDigests),
+    Done,
+    Other(FrameKind),
+}
+
+impl ControlFrame {
+    fn decode(kind: FrameKind, payload: &[u8]) -> Result<Self, MsgError> {
+        Ok(match kind {
+            FrameKind::Layout => ControlFrame::Layout(Layout::decode(payload)?),
+            FrameKind::EndOfRound => ControlFrame::EndOfRound(EndOfRound::decode(payload)?),
+            FrameKind::Pending => ControlFrame::Pending(Pending::decode(payload)?),
+            FrameKind::Switchover => ControlFrame::Switchover(Switchover::decode(payload)?),
+            FrameKind::VerifyDigests => {
+                ControlFrame::VerifyDigests(VerifyDigests::decode(payload)?)
+            }
+            FrameKind::Done => {
+                Done::decode(payload)?;
+                ControlFrame::Done
+            }
+            other => ControlFrame::Other(other),
+        })
+    }
+
+    /// The state machine's view of it.
+    fn event(&self) -> Event {
+        match self {
+            ControlFrame::Layout(_) => Event::Layout,
+            ControlFrame::EndOfRound(end) => Event::EndOfRound { round: end.round },
+            ControlFrame::Pending(_) => Event::Pending,
+            ControlFrame::Switchover(s) => Event::Switchover {
+                postcopy: s.postcopy,
+            },
+            ControlFrame::VerifyDigests(_) => Event::VerifyDigests,
+            ControlFrame::Done => Event::Done,
+            ControlFrame::Other(kind) => Event::Other(*kind),
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! The post-copy switch on the destination: start the process at once, tell
+//! the source it runs, and serve its faults until every page is installed
+//! ([`pagehop_dest::fetch`]).
+use std::time::{Duration, Instant};
+
+use pagehop_dest::fetch::{self, Fetch, Lanes};
+use pagehop_dest::intake::Intake;
+use pagehop_dest::restore::{RestoreCommand, Restored};
+use pagehop_mem::pages::RangeSet;
+use pagehop_wire::conn::Conn;
+use pagehop_wire::msg::Done;
+
+use super::RecvError;
+use crate::report::RecvReport;
+
+/// Starts the process and serves it until it holds all of its memory.
+/// Returns the running process. If the source is lost for good, the process
+/// is left stopped (the source may still hold its memory); on any other
+/// failure it is killed.
+pub fn run(
+    cmd: &RestoreCommand,
+    intake: &Intake,
+    lanes: &Lanes,
+    control: &mut Conn,
+    pending: &RangeSet,
+    reconnect_timeout: Duration,
+    report: &mut RecvReport,
+) -> Result<Restored, RecvError> {
+    let started = Instant::now();
+    let mut restored = cmd.start()?;
+    report.restored_pid = Some(restored.pid());
+    let uffd = restored.take_uffd().expect("the uffd is taken once");
+    let process = match restored.process().try_clone() {
+        Ok(p) => p,
+        Err(source) => {
+            let pid = restored.pid();
+            restored.abandon();
+            return Err(pagehop_dest::restore::RestoreError::Pidfd { pid, source }.into());
+        }
+    };
+    let start = fetch::Start {
+        store: intake.store(),
+        lanes,
+        pending,
+        process: &process,
+        reconnect_timeout,
+    };
+    let fetch = match Fetch::new(&start, uffd) {
+        Ok(f) => f,
+        Err(e) => {
+            restored.abandon();
+            return Err(e.into());
+        }
+    };
+    intake.start_postcopy(fetch.arrivals());
+    report.install_ms = started.elapsed().as_secs_f64() * 1e3;
+    control.send(&Done { pages_sent: 0 })?;
+    log::info!(
+        "post-copy: process {} running after {:.1} ms; {} pages to fetch",
+        restored.pid(),
+        report.install_ms,
+        pending.pages(intake.lock_store().page_size() as u64)
+    );
+    match fetch.run(&start, control) {
+        Ok(stats) => {
+            report.pages_installed = stats.installed_pages;
+            let (data, zero) = intake.lock_store().received();
+            report.pages_received = data;
+            report.zero_pages_received = zero;
+            let remote = stats.remote_fault_latency_us.as_ref();
+            log::info!(
+                "post-copy: all pages installed in {:.1} ms; {} faults, remote fault latency p50 {} us p99 {} us",
+                stats.postcopy_ms,
+                stats.faults,
+                remote.map_or(0, |l| l.p50_us),
+                remote.map_or(0, |l| l.p99_us),
+            );
+            report.postcopy = Some(stats);
+            Ok(restored)
+        }
+        // The process stays stopped: the source may still hold its memory.
+        Err(e @ fetch::FetchError::SourceLost { .. }) => {
+            restored.release();
+            Err(e.into())
+        }
+        Err(e) => {
+            restored.abandon();
+            Err(e.into())
+        }
+    }
+}

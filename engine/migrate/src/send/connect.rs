@@ -1,0 +1,78 @@
+//! Opening a migration's connections: the control lane, the data lanes, and
+//! (for post-copy) the priority lane, each authenticated and attached to the
+//! migration's session at an epoch (0 at the start, the next one after each
+//! post-copy reconnect).
+use std::net::TcpStream;
+
+use pagehop_wire::conn::Conn;
+use pagehop_wire::msg::{self, Attach, Lane, Role};
+
+use super::{SendError, SendOptions};
+
+/// The source's connections to the destination.
+pub struct Links {
+    pub control: Conn,
+    pub data: Vec<TcpStream>,
+    /// Post-copy only.
+    pub priority: Option<TcpStream>,
+}
+
+/// Opens every lane of `session` at `epoch`.
+pub fn connect(
+    opts: &SendOptions,
+    page_size: u32,
+    session: u64,
+    epoch: u32,
+) -> Result<Links, SendError> {
+    let postcopy = opts.mode.is_postcopy();
+    let mut caps = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
+    if postcopy {
+        caps |= msg::CAP_POSTCOPY;
+    }
+    let open = |lane: Lane| -> Result<Conn, SendError> {
+        let stream =
+            TcpStream::connect_timeout(&opts.to, opts.connect_timeout).map_err(|source| {
+                SendError::Connect {
+                    addr: opts.to,
+                    source,
+                }
+            })?;
+        let mut conn = Conn::handshake(
+            stream,
+            Role::Source,
+            opts.token.as_ref(),
+            page_size,
+            caps,
+            opts.connect_timeout,
+        )?;
+        conn.send(&Attach {
+            session,
+            lane,
+            epoch,
+        })?;
+        Ok(conn)
+    };
+    let control = open(Lane::Control)?;
+    if postcopy && control.peer.capabilities & msg::CAP_POSTCOPY == 0 {
+        return Err(SendError::NoPostcopy { mode: opts.mode });
+    }
+    let data = (0..opts.streams.max(1))
+        .map(|_| Ok(open(Lane::Data)?.into_stream()))
+        .collect::<Result<Vec<_>, SendError>>()?;
+    let priority = if postcopy {
+        Some(open(Lane::Priority)?.into_stream())
+    } else {
+        None
+    };
+    Ok(Links {
+        control,
+        data,
+        priority,
+    })
+}
+
+/// A fresh random session id.
+pub fn new_session_id() -> Result<u64, SendError> {
+    let nonce = pagehop_wire::auth::try_new_nonce().map_err(pagehop_wire::conn::ConnError::from)?;
+    Ok(u64::from_le_bytes(nonce[..8].try_into().expect("8 bytes")))
+}

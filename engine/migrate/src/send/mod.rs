@@ -1,0 +1,481 @@
+//! `pagehop send`: the source side of a live migration, by phase.
+//!
+//! 1. Prepare: validate the process ([`LiveProcess::open`]), open the
+//!    lanes ([`connect`]), start dirty tracking (pre-copy and hybrid only).
+//! 2. Rounds ([`rounds`]) while the source runs, until the policy says stop.
+//! 3. Switch ([`switch`]): freeze, collect the last writes, then pre-copy's
+//!    final round and `Switchover`, or post-copy's pending set and
+//!    `Switchover { postcopy }`; the destination answers `Done` once its
+//!    process runs. Downtime is freeze → `Done`.
+//! 4. Post-copy ([`postcopy`]): serve demand requests and push the rest from
+//!    the frozen tree until the destination holds everything.
+//! 5. Verify ([`verify`], `--verify`), then end the source as asked and
+//!    report.
+//!
+//! The driver owns its [`Phase`] and publishes it to the caller's
+//! [`PhaseWatch`]. Until the destination runs, any failure thaws the source
+//! and releases tracking: it keeps running exactly as before. From the
+//! moment the source is stopped for a post-copy switch it also holds a
+//! SIGSTOP, so that it stays stopped even if pagehop dies.
+//!
+//! `--mode stop-and-copy` is the baseline: no tracking and no rounds; it
+//! freezes, sends every populated page as round 0 and switches.
+mod connect;
+mod postcopy;
+mod rounds;
+mod switch;
+mod verify;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use pagehop_mem::pages::RangeSet;
+use pagehop_mem::{PageProvider, ProvideError, SpaceKey};
+use pagehop_source::freeze::{FreezeError, FreezeMethod};
+use pagehop_source::heat::WriteHeat;
+use pagehop_source::postcopy::demand::DemandError;
+use pagehop_source::postcopy::push::PushError;
+use pagehop_source::provider::{FrozenTree, LiveProcess};
+use pagehop_source::stream::{PageStreamer, StreamError, ZeroCopy};
+use pagehop_source::target::TargetError;
+use pagehop_source::track::{Session, TrackError, TrackOptions};
+use pagehop_source::tracker::Backend;
+use pagehop_wire::auth::Token;
+use pagehop_wire::batch::Compress;
+use pagehop_wire::conn::{Conn, ConnError, codes};
+
+use crate::phase::{Phase, PhaseWatch};
+use crate::report::{Mode, Progress, Report, RoundReport, Verify};
+use crate::working_set::{WorkingSet, WorkingSetError};
+use connect::{Links, connect, new_session_id};
+use rounds::{Policy, run_round, run_rounds, send_layout};
+use switch::{Frozen, freeze_and_collect, switch_postcopy, switch_precopy};
+
+pub struct SendOptions {
+    pub pid: i32,
+    pub to: SocketAddr,
+    pub token: Option<Token>,
+    pub backend: Backend,
+    pub compress: Compress,
+    pub zerocopy: ZeroCopy,
+    pub streams: usize,
+    pub downtime_target: Duration,
+    pub max_rounds: u32,
+    pub freeze: FreezeMethod,
+    pub leave_stopped: bool,
+    pub verify: bool,
+    pub connect_timeout: Duration,
+    /// A destination that takes no data for this long is given up.
+    pub stall_timeout: Duration,
+    pub mode: Mode,
+    /// Hybrid: a page dirty in this many consecutive rounds is write-hot and
+    /// left for post-copy.
+    pub hot_after: u32,
+    /// Hybrid: switch to post-copy once at most this many bytes are left.
+    pub postcopy_below: u64,
+    /// Post-copy: unsent pages sent along with each demand answer.
+    pub prefetch_pages: u32,
+    /// Post-copy: how long to try reconnecting after a break.
+    pub reconnect_timeout: Duration,
+    /// Write the pages the destination asked for (then the write-hot ones) here.
+    pub record_working_set: Option<PathBuf>,
+    /// Push this recorded working set first.
+    pub prefetch_from: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error(transparent)]
+    Target(#[from] TargetError),
+    #[error(transparent)]
+    Track(#[from] TrackError),
+    #[error(transparent)]
+    Provide(#[from] ProvideError),
+    #[error("connecting to {addr}")]
+    Connect {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Conn(#[from] ConnError),
+    #[error(transparent)]
+    Stream(#[from] StreamError),
+    #[error("freezing the source")]
+    Freeze(#[from] FreezeError),
+    #[error(
+        "--mode {mode} needs a destination that runs the process (pagehop recv --restore-cmd); \
+         this one cannot serve post-copy"
+    )]
+    NoPostcopy { mode: Mode },
+    #[error("destination acknowledged a layout of {acked} mappings, sent {sent}")]
+    LayoutAck { acked: u32, sent: usize },
+    #[error("the destination did not acknowledge round {round} in time: given up")]
+    AckTimeout { round: u32 },
+    #[error(
+        "destination acknowledged round {acked_round} with {acked_pages} pages, sent round {round} with {pages}"
+    )]
+    RoundAck {
+        round: u32,
+        pages: u64,
+        acked_round: u32,
+        acked_pages: u64,
+    },
+    #[error("post-copy push")]
+    Push(#[from] PushError),
+    #[error("post-copy demand server")]
+    Demand(#[from] DemandError),
+    #[error("post-copy: the reconnected destination opened no priority lane")]
+    NoPriorityLane,
+    #[error(
+        "post-copy: the destination stayed unreachable for {secs:.1} s after: {}",
+        pagehop_mem::error_chain(.cause)
+    )]
+    Unreachable {
+        secs: f64,
+        cause: Box<SendError>,
+        #[source]
+        last: Box<SendError>,
+    },
+    #[error("the destination's post-copy statistics")]
+    DestStats(#[source] serde_json::Error),
+    #[error(transparent)]
+    WorkingSet(#[from] WorkingSetError),
+}
+
+/// A failed migration, and the phase it failed in: up to
+/// [`Phase::Frozen`] the source runs on as before; from
+/// [`Phase::DestinationRuns`] on it must not.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct SendFailure {
+    pub phase: Phase,
+    #[source]
+    pub error: SendError,
+}
+
+impl SendFailure {
+    /// The error itself, for matching.
+    pub fn error(&self) -> &SendError {
+        &self.error
+    }
+}
+
+/// The driver's phase: owned here, published to the caller's watch.
+struct Phases<'a> {
+    now: Phase,
+    watch: &'a PhaseWatch,
+}
+
+impl Phases<'_> {
+    fn enter(&mut self, phase: Phase) {
+        self.now = phase;
+        self.watch.set(phase);
+    }
+}
+
+/// Everything a migration works with once prepared.
+struct Migration<'a> {
+    opts: &'a SendOptions,
+    source: &'a LiveProcess,
+    control: Conn,
+    session: Option<Session>,
+    streamer: PageStreamer,
+    report: Report,
+}
+
+/// Migrates the process `opts.pid`; `watch` follows the phase as it goes.
+pub fn send(
+    opts: SendOptions,
+    watch: &PhaseWatch,
+    progress: &mut dyn Progress,
+) -> Result<Report, SendFailure> {
+    let mut phases = Phases {
+        now: Phase::Preparing,
+        watch,
+    };
+    watch.set(Phase::Preparing);
+    drive(&opts, &mut phases, progress).map_err(|error| SendFailure {
+        phase: phases.now,
+        error,
+    })
+}
+
+fn drive(
+    opts: &SendOptions,
+    phases: &mut Phases<'_>,
+    progress: &mut dyn Progress,
+) -> Result<Report, SendError> {
+    let started = Instant::now();
+    let cpu_start = pagehop_sys::own_cpu_time();
+    let page_size = pagehop_sys::page_size();
+    let source = LiveProcess::open(opts.pid)?;
+    let session_id = new_session_id()?;
+    let Links {
+        control,
+        data,
+        priority,
+    } = connect(opts, page_size as u32, session_id, 0)?;
+    // Tracking starts before round 0 reads anything, so no write is missed.
+    let session = if opts.mode.has_rounds() {
+        Some(Session::start(
+            source.target(),
+            TrackOptions {
+                backend: opts.backend,
+                interval: Duration::from_millis(100),
+                hot_intervals: 3,
+                follow_forks: false,
+            },
+        )?)
+    } else {
+        None
+    };
+    let streamer = PageStreamer::new(data, opts.compress, opts.zerocopy, opts.stall_timeout)?;
+    let setup = started.elapsed();
+    let mut m = Migration {
+        opts,
+        source: &source,
+        control,
+        session,
+        streamer,
+        report: Report::new(opts.mode),
+    };
+    let result = match priority {
+        None => m.precopy(phases, progress),
+        Some(priority) => {
+            let mut reconnect = |epoch: u32| connect(opts, page_size as u32, session_id, epoch);
+            m.postcopy(phases, priority, &mut reconnect, progress)
+        }
+    };
+    let tree = match result {
+        Ok(tree) => tree,
+        Err(e) => {
+            m.control
+                .send_error(codes::SOURCE, &pagehop_mem::error_chain(&e));
+            // The session (and with it all write protection) is released on
+            // drop; a frozen tree was thawed when it was dropped.
+            return Err(e);
+        }
+    };
+    // The destination runs: the source is done. Tracking goes first, while
+    // the process is still frozen.
+    if let Some(session) = m.session.take() {
+        let _ = session.finish("migrated");
+    }
+    if opts.leave_stopped {
+        tree.leave_stopped();
+    } else {
+        tree.kill();
+    }
+    phases.enter(Phase::Done);
+    let mut report = m.report;
+    report.setup_ms = setup.as_secs_f64() * 1e3;
+    report.total_ms = started.elapsed().as_secs_f64() * 1e3;
+    report.page_size = page_size as u64;
+    report.streams = opts.streams.max(1);
+    report.send_mode = m.streamer.mode();
+    report.add_totals(&m.streamer);
+    report.engine_cpu_ms = pagehop_sys::own_cpu_time()
+        .saturating_sub(cpu_start)
+        .as_secs_f64()
+        * 1e3;
+    Ok(report)
+}
+
+impl Report {
+    /// Adds the stream's totals (and the demand answers already counted) to
+    /// the byte and throughput fields.
+    fn add_totals(&mut self, streamer: &PageStreamer) {
+        let t = streamer.totals;
+        self.pages_sent = t.pages + self.demand_pages;
+        self.zero_pages = t.zero_pages;
+        self.bytes_raw = t.bytes_raw + self.demand_bytes_raw;
+        self.bytes_wire = t.bytes_wire + self.demand_bytes_wire;
+        self.compression_ratio = if self.bytes_wire > 0 {
+            self.bytes_raw as f64 / self.bytes_wire as f64
+        } else {
+            1.0
+        };
+        let transfer_s: f64 =
+            (self.per_round.iter().map(|r| r.ms).sum::<f64>() + self.postcopy_ms) / 1e3;
+        self.throughput_bytes_per_sec = if transfer_s > 0.0 {
+            self.bytes_wire as f64 / transfer_s
+        } else {
+            0.0
+        };
+    }
+}
+
+impl<'a> Migration<'a> {
+    /// The rounds the policy allows (none for post-copy and stop-and-copy),
+    /// then the freeze. Returns the frozen source with what is left to send.
+    fn rounds_then_freeze(
+        &mut self,
+        phases: &mut Phases<'_>,
+        policy: Option<Policy>,
+        progress: &mut dyn Progress,
+    ) -> Result<(Frozen<'a>, u32, WriteHeat), SendError> {
+        phases.enter(Phase::Rounds);
+        // An acknowledgement that does not come within the stall timeout means
+        // the destination is stuck: give up rather than hold the source.
+        self.control
+            .set_read_timeout(Some(self.opts.stall_timeout))?;
+        let (pages, round, layout, heat) = match (policy, self.session.as_mut()) {
+            (Some(policy), Some(session)) => {
+                let end = run_rounds(
+                    self.opts,
+                    &mut self.control,
+                    self.source,
+                    session,
+                    &mut self.streamer,
+                    &policy,
+                    &mut self.report,
+                    progress,
+                )?;
+                self.report.switch_reason = end.reason;
+                (end.pages, end.round, end.layout, end.heat)
+            }
+            _ => {
+                let layout = self.source.layout(SpaceKey::ROOT)?;
+                send_layout(&mut self.control, &layout)?;
+                self.report.switch_reason = match self.opts.mode {
+                    Mode::StopAndCopy => "stop-and-copy: no pre-copy rounds",
+                    _ => "post-copy: no pre-copy rounds",
+                }
+                .to_string();
+                (RangeSet::new(), 0, layout, WriteHeat::new())
+            }
+        };
+        let tracked = self.session.is_some();
+        let mut frozen = freeze_and_collect(
+            &self.opts.freeze,
+            &mut self.control,
+            self.source,
+            self.session.as_mut(),
+            layout,
+            pages,
+        )?;
+        phases.enter(Phase::Frozen);
+        if !tracked {
+            // Frozen, so the populated set is final: all of it goes now.
+            frozen.pages = frozen.tree.populated(SpaceKey::ROOT, &frozen.layout)?;
+        }
+        Ok((frozen, round, heat))
+    }
+
+    /// Pre-copy and stop-and-copy: rounds, freeze, final round, switchover,
+    /// verify. On success the source is frozen.
+    fn precopy(
+        &mut self,
+        phases: &mut Phases<'_>,
+        progress: &mut dyn Progress,
+    ) -> Result<FrozenTree<'a>, SendError> {
+        let policy = (self.opts.mode == Mode::Precopy).then_some(Policy::Precopy);
+        let (frozen, round, _) = self.rounds_then_freeze(phases, policy, progress)?;
+        let (stats, took) = run_round(
+            &mut self.control,
+            &mut self.streamer,
+            &frozen.tree,
+            round,
+            &frozen.pages,
+        )?;
+        self.report.per_round.push(RoundReport {
+            bandwidth_bytes_per_sec: stats.bytes_wire as f64 / took.as_secs_f64().max(1e-9),
+            ..RoundReport::sent(round, &stats, took)
+        });
+        progress.round(self.report.per_round.last().expect("just pushed"));
+        let installed = switch_precopy(&mut self.control, round)?;
+        phases.enter(Phase::DestinationRuns);
+        self.report.downtime_ms = frozen.at.elapsed().as_secs_f64() * 1e3;
+        self.report.rounds = round + 1;
+        self.report.final_round_pages = stats.pages;
+        self.report.installed_pages = installed;
+        self.verify(&frozen)?;
+        Ok(frozen.tree)
+    }
+
+    /// Post-copy and hybrid: rounds (hybrid only), freeze, switch with the
+    /// pending set, then serve until the destination holds every page.
+    fn postcopy(
+        &mut self,
+        phases: &mut Phases<'_>,
+        priority: std::net::TcpStream,
+        reconnect: &mut postcopy::Reconnect<'_>,
+        progress: &mut dyn Progress,
+    ) -> Result<FrozenTree<'a>, SendError> {
+        let opts = self.opts;
+        let ps = self.source.page_size() as u64;
+        let policy = (opts.mode == Mode::Hybrid).then_some(Policy::Hybrid {
+            hot_after: opts.hot_after.max(1),
+            below: opts.postcopy_below,
+        });
+        let (frozen, round, heat) = self.rounds_then_freeze(phases, policy, progress)?;
+        // Push order: the recorded working set, then the pages written in
+        // the last rounds, then the rest.
+        let mut first = match &opts.prefetch_from {
+            Some(path) => WorkingSet::load(path)?.resolve(&frozen.layout, ps),
+            None => Vec::new(),
+        };
+        first.extend(heat.hot(1, ps).intersection(&frozen.pages).iter_pages(ps));
+        first.retain(|&p| frozen.pages.contains(p));
+        // From here a dying pagehop must leave the source stopped, not running.
+        frozen.tree.hold_stopped();
+        if let Err(e) = switch_postcopy(&mut self.control, &frozen.pages, round) {
+            frozen.tree.release_hold();
+            return Err(e);
+        }
+        phases.enter(Phase::SourceNeeded);
+        self.report.downtime_ms = frozen.at.elapsed().as_secs_f64() * 1e3;
+        self.report.rounds = round;
+        self.report.final_round_pages = frozen.pages.pages(ps);
+        let running = Instant::now();
+        let plan = postcopy::Plan {
+            pending: frozen.pages.clone(),
+            first,
+            round,
+            prefetch_pages: opts.prefetch_pages,
+            compress: opts.compress,
+            reconnect_timeout: opts.reconnect_timeout,
+        };
+        let outcome = postcopy::serve(
+            &frozen.tree,
+            &mut self.control,
+            &mut self.streamer,
+            priority,
+            &plan,
+            reconnect,
+        )?;
+        phases.enter(Phase::DestinationRuns);
+        let r = &mut self.report;
+        r.postcopy_ms = running.elapsed().as_secs_f64() * 1e3;
+        r.demand_requests = outcome.demand.requests;
+        r.demand_pages = outcome.demand.pages;
+        r.prefetched_pages = outcome.demand.prefetched;
+        r.demand_bytes_wire = outcome.demand.bytes_wire;
+        r.demand_bytes_raw = outcome.demand.bytes_raw;
+        r.background_pages = outcome.background_pages;
+        r.reconnects = outcome.reconnects;
+        r.installed_pages = outcome.installed_pages;
+        r.fault_latency_us = outcome.dest.fault_latency_us.clone();
+        r.remote_fault_latency_us = outcome.dest.remote_fault_latency_us.clone();
+        r.blocked_ms = outcome.dest.blocked_ms;
+        r.faults = outcome.dest.faults;
+        if let Some(path) = &opts.record_working_set {
+            let mut wanted = outcome.requested.clone();
+            wanted.extend(heat.hot(1, ps).iter_pages(ps));
+            WorkingSet::from_pages(&frozen.layout, &wanted, ps).save(path)?;
+        }
+        self.verify(&frozen)?;
+        Ok(frozen.tree)
+    }
+
+    fn verify(&mut self, frozen: &Frozen<'_>) -> Result<(), SendError> {
+        self.report.verify = if self.opts.verify {
+            verify::verify(&frozen.tree, &frozen.layout, &mut self.control)?
+        } else {
+            Verify::Skipped
+        };
+        Ok(())
+    }
+}

@@ -1,0 +1,175 @@
+//! Post-copy on the source, once the destination runs: the demand server
+//! answers page requests and the background push sends the rest, both from
+//! the frozen tree ([`pagehop_source::postcopy`]), until the destination
+//! holds every page and says `Done`.
+//!
+//! If a connection breaks, the source reconnects with the next epoch for up
+//! to `--reconnect-timeout`; the destination answers with the pages it still
+//! lacks (`Pending`), and the push resumes from there.
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use pagehop_mem::pages::RangeSet;
+use pagehop_mem::{PageProvider, SpaceKey};
+use pagehop_source::postcopy::demand::{Answering, DemandServer};
+use pagehop_source::postcopy::push::Push;
+use pagehop_source::postcopy::{DemandTotals, Unsent};
+use pagehop_source::provider::FrozenTree;
+use pagehop_source::stream::PageStreamer;
+use pagehop_wire::batch::Compress;
+use pagehop_wire::conn::Conn;
+use pagehop_wire::msg::{Done, Stats};
+use pagehop_wire::stats::DestStats;
+
+use super::SendError;
+use super::connect::Links;
+
+/// Send buffer of each bulk lane during post-copy: bulk bytes queued at a
+/// slow link's bottleneck sit in front of every demand answer.
+const BULK_SEND_BUFFER: usize = 256 << 10;
+/// How long the destination may take to finish after the last push.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What to push and how.
+pub struct Plan {
+    /// Every page the destination lacks.
+    pub pending: RangeSet,
+    /// Pages to push first, in order (the working set).
+    pub first: Vec<u64>,
+    /// Round number carried by post-copy batches.
+    pub round: u32,
+    pub prefetch_pages: u32,
+    pub compress: Compress,
+    pub reconnect_timeout: Duration,
+}
+
+/// What post-copy did, as the source saw it.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    pub demand: DemandTotals,
+    pub background_pages: u64,
+    pub reconnects: u32,
+    /// Requested pages in the order first asked for (for the working set).
+    pub requested: Vec<u64>,
+    pub dest: DestStats,
+    pub installed_pages: u64,
+}
+
+/// Opens a fresh set of connections for an epoch.
+pub type Reconnect<'a> = dyn FnMut(u32) -> Result<Links, SendError> + 'a;
+
+/// Runs post-copy until the destination holds every page and says `Done`.
+pub fn serve(
+    tree: &FrozenTree<'_>,
+    control: &mut Conn,
+    streamer: &mut PageStreamer,
+    priority: TcpStream,
+    plan: &Plan,
+    reconnect: &mut Reconnect<'_>,
+) -> Result<Outcome, SendError> {
+    let provider: &dyn PageProvider = tree;
+    let unsent = Unsent::new(&plan.pending, provider.page_size() as u64);
+    let answering = Answering {
+        space: SpaceKey::ROOT,
+        round: plan.round,
+        prefetch: plan.prefetch_pages,
+        compress: plan.compress,
+    };
+    let (hint_tx, hint_rx) = crossbeam::channel::bounded(4096);
+    let mut push = Push::new(plan.first.clone(), hint_rx);
+    let mut outcome = Outcome::default();
+    let mut epoch = 0u32;
+    streamer.limit_send_buffer(BULK_SEND_BUFFER);
+    let (dest, installed) = std::thread::scope(|scope| -> Result<_, SendError> {
+        let mut demand = Some(DemandServer::start(
+            scope,
+            priority,
+            provider,
+            &unsent,
+            hint_tx.clone(),
+            answering,
+        )?);
+        loop {
+            let result = push
+                .run(
+                    control,
+                    streamer,
+                    provider,
+                    SpaceKey::ROOT,
+                    &unsent,
+                    plan.round,
+                )
+                .map_err(SendError::from)
+                .and_then(|pushed| {
+                    outcome.background_pages += pushed;
+                    finish(control)
+                });
+            let cause = match result {
+                Ok(done) => return Ok(done),
+                Err(e) if plan.reconnect_timeout.is_zero() => return Err(e),
+                Err(e) => e,
+            };
+            log::warn!(
+                "post-copy connection lost ({}); reconnecting for up to {:.1} s",
+                pagehop_mem::error_chain(&cause),
+                plan.reconnect_timeout.as_secs_f64()
+            );
+            drop(demand.take());
+            epoch += 1;
+            let links = reconnect_within(epoch, plan.reconnect_timeout, reconnect, cause)?;
+            *control = links.control;
+            let missing = control.recv_pending()?;
+            unsent.reset(&plan.pending, &missing);
+            streamer.replace_streams(links.data)?;
+            streamer.limit_send_buffer(BULK_SEND_BUFFER);
+            let lane = links.priority.ok_or(SendError::NoPriorityLane)?;
+            demand = Some(DemandServer::start(
+                scope,
+                lane,
+                provider,
+                &unsent,
+                hint_tx.clone(),
+                answering,
+            )?);
+            push.restart();
+            outcome.reconnects += 1;
+        }
+    })?;
+    outcome.demand = unsent.totals();
+    outcome.requested = unsent.take_requested();
+    outcome.dest = dest;
+    outcome.installed_pages = installed;
+    Ok(outcome)
+}
+
+/// Retries `reconnect` until it succeeds or `timeout` passes.
+fn reconnect_within(
+    epoch: u32,
+    timeout: Duration,
+    reconnect: &mut Reconnect<'_>,
+    cause: SendError,
+) -> Result<Links, SendError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match reconnect(epoch) {
+            Ok(links) => return Ok(links),
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+            Err(last) => {
+                return Err(SendError::Unreachable {
+                    secs: timeout.as_secs_f64(),
+                    cause: Box::new(cause),
+                    last: Box::new(last),
+                });
+            }
+        }
+    }
+}
+
+/// Waits for the destination's statistics and its final `Done`.
+fn finish(control: &mut Conn) -> Result<(DestStats, u64), SendError> {
+    control.set_read_timeout(Some(FINISH_TIMEOUT))?;
+    let stats: Stats = control.recv_msg()?;
+    let dest: DestStats = serde_json::from_str(&stats.json).map_err(SendError::DestStats)?;
+    let done: Done = control.recv_msg()?;
+    Ok((dest, done.pages_sent))
+}

@@ -1,0 +1,120 @@
+//! Post-copy's source side. The source is frozen ([`crate::provider::FrozenTree`]);
+//! the destination already runs.
+//!
+//! - [`demand`]: a thread that answers `PageRequest`s on the priority lane
+//!   straight from the frozen memory, plus up to `--prefetch-pages` unsent
+//!   pages after each request.
+//! - [`push`]: the background push of every page not sent yet, most useful
+//!   first: pages right after recent faults, then the working set, then the
+//!   rest in address order.
+//!
+//! Both clear a page's bit in the shared [`Unsent`] set when they take it,
+//! so nothing is pushed twice unless asked for again. Reconnecting after a
+//! break is the driver's (`pagehop::send`): it resets the set to what the
+//! destination still lacks and starts a new demand server.
+pub mod demand;
+pub mod push;
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use pagehop_mem::page_bits::PageBits;
+use pagehop_mem::pages::RangeSet;
+
+/// Most requested pages remembered for `--record-working-set`.
+const MAX_RECORDED: usize = 1 << 20;
+
+/// What the demand server and the push share: the pages not sent yet, the
+/// demand server's counters, the pages asked for, and whether the priority
+/// lane broke.
+pub struct Unsent {
+    bits: Mutex<PageBits>,
+    page_size: u64,
+    requests: AtomicU64,
+    pages: AtomicU64,
+    prefetched: AtomicU64,
+    bytes_raw: AtomicU64,
+    bytes_wire: AtomicU64,
+    requested: Mutex<Vec<u64>>,
+    lane_broke: AtomicBool,
+}
+
+/// What the demand server answered.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DemandTotals {
+    pub requests: u64,
+    /// Pages sent on the priority lane (requested and prefetched).
+    pub pages: u64,
+    pub prefetched: u64,
+    /// Page data (non-zero pages) and frame bytes on the priority lane.
+    pub bytes_raw: u64,
+    pub bytes_wire: u64,
+}
+
+impl Unsent {
+    /// Every page of `pending` unsent.
+    pub fn new(pending: &RangeSet, page_size: u64) -> Self {
+        Self {
+            bits: Mutex::new(PageBits::filled(pending, page_size)),
+            page_size,
+            requests: AtomicU64::new(0),
+            pages: AtomicU64::new(0),
+            prefetched: AtomicU64::new(0),
+            bytes_raw: AtomicU64::new(0),
+            bytes_wire: AtomicU64::new(0),
+            requested: Mutex::new(Vec::new()),
+            lane_broke: AtomicBool::new(false),
+        }
+    }
+
+    /// After a reconnect: the pages of `pending` that the destination still
+    /// lacks (`missing`) are unsent again, the others sent.
+    pub fn reset(&self, pending: &RangeSet, missing: &RangeSet) {
+        let mut bits = PageBits::filled(pending, self.page_size);
+        for page in pending.difference(missing).iter_pages(self.page_size) {
+            bits.clear(page);
+        }
+        *self.bits.lock().expect("lock") = bits;
+        self.lane_broke.store(false, Ordering::SeqCst);
+    }
+
+    pub(crate) fn bits(&self) -> std::sync::MutexGuard<'_, PageBits> {
+        self.bits.lock().expect("lock")
+    }
+
+    /// Whether the demand server's lane broke since the last [`Unsent::reset`].
+    pub fn lane_broke(&self) -> bool {
+        self.lane_broke.load(Ordering::SeqCst)
+    }
+
+    fn record_request(&self, addr: u64, pages: u64) {
+        let mut recorded = self.requested.lock().expect("lock");
+        if recorded.len() < MAX_RECORDED {
+            recorded.extend((0..pages).map(|i| addr + i * self.page_size));
+        }
+    }
+
+    fn record_answer(&self, pages: u64, prefetched: u64, bytes_raw: u64, bytes_wire: u64) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.pages.fetch_add(pages, Ordering::Relaxed);
+        self.prefetched.fetch_add(prefetched, Ordering::Relaxed);
+        self.bytes_raw.fetch_add(bytes_raw, Ordering::Relaxed);
+        self.bytes_wire.fetch_add(bytes_wire, Ordering::Relaxed);
+    }
+
+    /// The demand server's totals so far.
+    pub fn totals(&self) -> DemandTotals {
+        DemandTotals {
+            requests: self.requests.load(Ordering::Relaxed),
+            pages: self.pages.load(Ordering::Relaxed),
+            prefetched: self.prefetched.load(Ordering::Relaxed),
+            bytes_raw: self.bytes_raw.load(Ordering::Relaxed),
+            bytes_wire: self.bytes_wire.load(Ordering::Relaxed),
+        }
+    }
+
+    /// The pages asked for, in the order first asked (for the working set).
+    pub fn take_requested(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.requested.lock().expect("lock"))
+    }
+}

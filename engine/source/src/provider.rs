@@ -1,0 +1,281 @@
+//! The source's [`PageProvider`]s: a running process ([`LiveProcess`]) and
+//! the same process held stopped ([`FrozenTree`]).
+//!
+//! A [`LiveProcess`] is what the pre-copy rounds read while the process runs
+//! on. [`LiveProcess::freeze`] stops it and returns a [`FrozenTree`], which
+//! the final round, post-copy's demand server and `--verify` read: they take
+//! a frozen tree, so they cannot be handed a process that still runs. The
+//! tree decides the source's fate at the end: [`FrozenTree::thaw`] (a failed
+//! migration: it runs on), [`FrozenTree::kill`] or
+//! [`FrozenTree::leave_stopped`].
+//!
+//! Pages are read with `process_vm_readv` ([`PageReader`]). A page that was
+//! unmapped since it was planned is reported absent (`present[i] == false`),
+//! never as zeros. After each read the process is checked through its pidfd,
+//! so that a pid reused by another process after ours exited cannot hand
+//! over someone else's memory.
+use std::time::Duration;
+
+use pagehop_mem::layout::Layout;
+use pagehop_mem::pages::RangeSet;
+use pagehop_mem::{PageProvider, ProvideError, SpaceKey};
+
+use crate::freeze::{self, FreezeError, FreezeMethod, Frozen};
+use crate::pagemap::Pagemap;
+use crate::reader::{PageReader, ReadError};
+use crate::target::{Target, TargetError};
+
+/// A running process whose memory is read as it runs.
+pub struct LiveProcess {
+    target: Target,
+    reader: PageReader,
+}
+
+impl LiveProcess {
+    /// Validates `pid` ([`Target::open`]) and opens its memory.
+    pub fn open(pid: i32) -> Result<Self, TargetError> {
+        Ok(Self::new(Target::open(pid)?))
+    }
+
+    pub fn new(target: Target) -> Self {
+        let reader = PageReader::new(target.pid());
+        Self { target, reader }
+    }
+
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.target.pid()
+    }
+
+    /// Stops the process (every thread, or its cgroup) within `timeout`.
+    pub fn freeze(
+        &self,
+        method: &FreezeMethod,
+        timeout: Duration,
+    ) -> Result<FrozenTree<'_>, FreezeError> {
+        let guard = freeze::freeze(self.target.process(), method, timeout)?;
+        Ok(FrozenTree {
+            members: vec![(SpaceKey::ROOT, self)],
+            guard: Some(guard),
+        })
+    }
+
+    fn check(&self, space: SpaceKey) -> Result<(), ProvideError> {
+        if space != SpaceKey::ROOT {
+            return Err(ProvideError::UnknownSpace { space });
+        }
+        Ok(())
+    }
+
+    fn gone(&self, space: SpaceKey) -> ProvideError {
+        ProvideError::Gone {
+            space,
+            pid: self.pid(),
+        }
+    }
+
+    /// Reads `runs` into `buf`; a run that fails part way is read again
+    /// page by page, and what cannot be read is marked absent.
+    fn read_runs(
+        &self,
+        space: SpaceKey,
+        runs: &[(u64, usize)],
+        buf: &mut [u8],
+        present: &mut Vec<bool>,
+    ) -> Result<(), ProvideError> {
+        let ps = self.reader.page_size();
+        let pages: usize = runs.iter().map(|&(_, n)| n).sum();
+        present.clear();
+        present.resize(pages, true);
+        match self.reader.read(runs, buf) {
+            Ok(_) => {}
+            // Part of it was unmapped meanwhile: read what is left page by page.
+            Err(ReadError::Unmapped { .. }) => {
+                let mut i = 0;
+                for &(start, n) in runs {
+                    for k in 0..n as u64 {
+                        let at = i * ps;
+                        let page = [(start + k * ps as u64, 1)];
+                        match self.reader.read(&page, &mut buf[at..at + ps]) {
+                            Ok(_) => {}
+                            Err(ReadError::Unmapped { .. }) => present[i] = false,
+                            Err(e) => return Err(self.read_error(space, e)),
+                        }
+                        i += 1;
+                    }
+                }
+            }
+            Err(e) => return Err(self.read_error(space, e)),
+        }
+        // The pid still names our process (a pid is not reused while the
+        // process, or its zombie, exists).
+        if self.target.process().signal(0).is_err() {
+            return Err(self.gone(space));
+        }
+        Ok(())
+    }
+
+    fn read_error(&self, space: SpaceKey, e: ReadError) -> ProvideError {
+        match e {
+            ReadError::Gone { .. } => self.gone(space),
+            ReadError::BufferTooSmall { .. } | ReadError::BadRun { .. } => ProvideError::BadRead {
+                space,
+                why: e.to_string(),
+            },
+            other => ProvideError::Failed {
+                space,
+                what: "memory",
+                source: Box::new(other),
+            },
+        }
+    }
+}
+
+impl PageProvider for LiveProcess {
+    fn page_size(&self) -> usize {
+        self.reader.page_size()
+    }
+
+    fn layout(&self, space: SpaceKey) -> Result<Layout, ProvideError> {
+        self.check(space)?;
+        Layout::read(self.pid()).map_err(|source| {
+            if !self.target.is_alive() {
+                self.gone(space)
+            } else {
+                ProvideError::Failed {
+                    space,
+                    what: "the address space",
+                    source: Box::new(source),
+                }
+            }
+        })
+    }
+
+    /// The resident pages of the writable mappings, and every page of the
+    /// writable file-backed ones (their untouched pages hold file contents,
+    /// which the destination cannot know).
+    fn populated(&self, space: SpaceKey, layout: &Layout) -> Result<RangeSet, ProvideError> {
+        self.check(space)?;
+        let failed = |source: crate::pagemap::PagemapError| ProvideError::Failed {
+            space,
+            what: "the resident pages",
+            source: Box::new(source),
+        };
+        let mut pages = Pagemap::open(self.pid())
+            .map_err(failed)?
+            .present_in(&layout.writable_ranges())
+            .map_err(failed)?;
+        let file_backed = RangeSet::from_ranges(
+            layout
+                .vmas
+                .iter()
+                .filter(|v| v.is_writable_private_state() && !v.is_anonymous())
+                .map(|v| v.range)
+                .collect(),
+        );
+        pages.union(&file_backed);
+        Ok(pages)
+    }
+
+    fn read(
+        &self,
+        space: SpaceKey,
+        runs: &[(u64, usize)],
+        buf: &mut [u8],
+        present: &mut Vec<bool>,
+    ) -> Result<(), ProvideError> {
+        self.check(space)?;
+        self.read_runs(space, runs, buf, present)
+    }
+}
+
+/// The source's processes, stopped: nothing in them runs until the tree is
+/// thawed (a failed migration) or ended ([`FrozenTree::kill`],
+/// [`FrozenTree::leave_stopped`]). Dropping it thaws it.
+pub struct FrozenTree<'a> {
+    members: Vec<(SpaceKey, &'a LiveProcess)>,
+    guard: Option<Box<dyn Frozen>>,
+}
+
+impl FrozenTree<'_> {
+    fn member(&self, space: SpaceKey) -> Result<&LiveProcess, ProvideError> {
+        self.members
+            .iter()
+            .find(|(key, _)| *key == space)
+            .map(|(_, p)| *p)
+            .ok_or(ProvideError::UnknownSpace { space })
+    }
+
+    /// The address spaces of the tree.
+    pub fn spaces(&self) -> impl Iterator<Item = SpaceKey> + '_ {
+        self.members.iter().map(|(key, _)| *key)
+    }
+
+    /// Adds a SIGSTOP to every process of the tree, so that it stays stopped
+    /// even if pagehop dies and its freeze goes (post-copy: once the
+    /// destination runs, the source must never run again).
+    pub fn hold_stopped(&self) {
+        for (_, p) in &self.members {
+            let _ = p.target().process().signal(libc::SIGSTOP);
+        }
+    }
+
+    /// Takes back [`FrozenTree::hold_stopped`] (the switch failed before the
+    /// destination ran).
+    pub fn release_hold(&self) {
+        for (_, p) in &self.members {
+            let _ = p.target().process().signal(libc::SIGCONT);
+        }
+    }
+
+    /// Lets the tree run again: a failed migration.
+    pub fn thaw(mut self) -> Result<(), FreezeError> {
+        match self.guard.take() {
+            Some(guard) => guard.thaw(),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends the source after a successful migration: killed.
+    pub fn kill(mut self) {
+        if let Some(guard) = self.guard.take() {
+            guard.kill();
+        }
+    }
+
+    /// Ends the source after a successful migration: left stopped
+    /// (SIGSTOP), and untraced.
+    pub fn leave_stopped(mut self) {
+        self.hold_stopped();
+        if let Some(guard) = self.guard.take() {
+            let _ = guard.thaw();
+        }
+    }
+}
+
+impl PageProvider for FrozenTree<'_> {
+    fn page_size(&self) -> usize {
+        pagehop_sys::page_size()
+    }
+
+    fn layout(&self, space: SpaceKey) -> Result<Layout, ProvideError> {
+        self.member(space)?.layout(space)
+    }
+
+    fn populated(&self, space: SpaceKey, layout: &Layout) -> Result<RangeSet, ProvideError> {
+        self.member(space)?.populated(space, layout)
+    }
+
+    fn read(
+        &self,
+        space: SpaceKey,
+        runs: &[(u64, usize)],
+        buf: &mut [u8],
+        present: &mut Vec<bool>,
+    ) -> Result<(), ProvideError> {
+        self.member(space)?.read(space, runs, buf, present)
+    }
+}
