@@ -78,9 +78,9 @@ fn release(r: &mut Registry) {
 }
 
 fn kill_group(pgid: i32) {
-    // SAFETY: kill has no memory-safety preconditions; a negative pid names
-    // the process group this module created.
-    unsafe { libc::kill(-pgid, libc::SIGKILL) };
+    // A negative pid names the process group this module created (a group
+    // has no pidfd).
+    let _ = pagehop::sys::process::kill(-pgid, libc::SIGKILL);
 }
 
 /// A child running in its own process group; dropping it kills the group.

@@ -17,6 +17,7 @@
 //! processes also on SIGINT/SIGTERM/SIGHUP.
 pub mod bins;
 pub mod cleanup;
+pub mod demo;
 pub mod netns;
 pub mod network;
 pub mod outputs;

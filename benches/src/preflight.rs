@@ -41,8 +41,7 @@ pub enum PreflightError {
 
 /// Everything the scenarios need, checked in the order a user would fix it.
 pub fn check(scenarios: &[Scenario]) -> Result<(), PreflightError> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if pagehop::sys::effective_uid() != 0 {
         return Err(PreflightError::NotRoot);
     }
     let apt = "apt-get install iproute2 iperf3, or `cargo xtask setup`";

@@ -271,9 +271,10 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
     if let Some(first) = first_dest_ns {
         record.workload_downtime_ms = Some(first.saturating_sub(last_source_ns) as f64 / 1e6);
     }
-    // SAFETY: kill has no memory-safety preconditions; the pid is the
-    // restored workload recv just reported, in recv's process group.
-    unsafe { libc::kill(restored, libc::SIGTERM) };
+    // The restored workload recv just reported, in recv's process group.
+    if let Ok(process) = pagehop::sys::process::Process::open(restored) {
+        let _ = process.signal(libc::SIGTERM);
+    }
     let check_within = Duration::from_secs(30 + spec.point.size_mib / 8);
     let text = wait_file_line(&log, "exit ", check_within);
     let Some(exit) = text.lines().find(|l| l.starts_with("exit ")) else {

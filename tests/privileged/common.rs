@@ -319,42 +319,6 @@ pub fn compare(truth: &[Batch], log: &[LoggedInterval], pid: i32, scope: (u64, u
             (fp, reported.count())
         })
         .collect();
-    // TEMP diagnostics: false positives with a time slack around each interval.
-    for slack in [1_000_000u64, 5_000_000, 20_000_000, 100_000_000] {
-        let fp: usize = intervals
-            .iter()
-            .map(|i| {
-                let touched: BTreeSet<u64> = truth
-                    .iter()
-                    .filter(|b| b.end + slack >= i.start && b.start <= i.end + slack)
-                    .flat_map(|b| b.pages.iter().copied())
-                    .collect();
-                i.pages.range(scope.0..scope.1).filter(|p| !touched.contains(p)).count()
-            })
-            .sum();
-        eprintln!("TEMP pid {pid} slack {} ms: fp {fp}", slack / 1_000_000);
-    }
-    eprintln!("TEMP pid {pid} per interval (fp, reported): {per_interval:?}");
-    for (n, i) in intervals.iter().enumerate() {
-        let touched: BTreeSet<u64> = truth
-            .iter()
-            .filter(|b| b.end >= i.start && b.start <= i.end)
-            .flat_map(|b| b.pages.iter().copied())
-            .collect();
-        let fps: Vec<u64> = i.pages.range(scope.0..scope.1).copied().filter(|p| !touched.contains(p)).collect();
-        if fps.is_empty() { continue; }
-        let mut classes = BTreeMap::<String, usize>::new();
-        for p in &fps {
-            let before = truth.iter().filter(|b| b.end < i.start && b.pages.contains(p)).map(|b| (i.start - b.end) / 1_000_000).min();
-            let after = truth.iter().filter(|b| b.start > i.end && b.pages.contains(p)).map(|b| (b.start - i.end) / 1_000_000).min();
-            let class = format!("before<={:?}ms after<={:?}ms", before.map(|d| if d < 5 { 5 } else if d < 100 { 100 } else { 9999 }), after.map(|d| if d < 5 { 5 } else if d < 100 { 100 } else { 9999 }));
-            *classes.entry(class).or_default() += 1;
-        }
-        let in_arena = fps.iter().filter(|p| (scope.0..scope.0 + (64 << 20)).contains(*p)).count();
-        eprintln!("TEMP interval {n}: {} fp, {in_arena} in first 64MiB of scope: {classes:?}", fps.len());
-    }
-    let first_truth = truth.iter().map(|b| b.start).min();
-    eprintln!("TEMP first truth batch at {:?} ms before window start", first_truth.map(|t| (window_start as f64 - t as f64) / 1e6));
     let false_positives = per_interval.iter().map(|(fp, _)| fp).sum();
     let reported_pages = per_interval.iter().map(|(_, n)| n).sum();
     Accuracy {

@@ -87,6 +87,7 @@ fn accuracy_run(backend: &str, pattern: &str) -> (Vec<serde_json::Value>, Accura
         accuracy.per_interval.len(),
         accuracy.false_positive_ratio
     );
+    println!("TEMP {backend} per interval {:?}", accuracy.per_interval);
     assert!(
         accuracy.batches_checked > 100 && accuracy.written_pages > 2000,
         "too little was checked: {accuracy:?}"

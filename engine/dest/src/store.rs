@@ -51,10 +51,7 @@ struct Region {
 impl Region {
     fn new(range: Range, page_size: usize) -> Result<Self, StoreError> {
         let create = |source| StoreError::Create { range, source };
-        let file = pagehop_sys::memfd(c"pagehop-store", range.len()).map_err(create)?;
-        // SAFETY: the memfd is private to this store, sized to the region, and
-        // is never truncated while mapped.
-        let map = unsafe { MmapMut::map_mut(&file) }.map_err(create)?;
+        let map = pagehop_sys::memfd_mapping(c"pagehop-store", range.len()).map_err(create)?;
         let pages = (range.len() / page_size as u64) as usize;
         let words = pages.div_ceil(64);
         Ok(Self {

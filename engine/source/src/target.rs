@@ -399,8 +399,7 @@ mod tests {
         let (tx, rx) = std::sync::mpsc::channel();
         let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            // SAFETY: gettid has no preconditions.
-            tx.send(unsafe { libc::gettid() }).unwrap();
+            tx.send(pagehop_sys::gettid()).unwrap();
             let _ = done_rx.recv();
         });
         let tid = rx.recv().unwrap();

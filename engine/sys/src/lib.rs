@@ -153,6 +153,27 @@ pub fn own_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
+/// The effective user id of this process.
+pub fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// The calling thread's id.
+pub fn gettid() -> i32 {
+    rustix::thread::gettid().as_raw_nonzero().get()
+}
+
+/// An anonymous memory file of `len` bytes ([`memfd`]) mapped shared and
+/// writable; its pages are allocated only when written. The file is private
+/// to the mapping (closed once mapped), so nothing can truncate it.
+pub fn memfd_mapping(name: &std::ffi::CStr, len: u64) -> io::Result<memmap2::MmapMut> {
+    let file = memfd(name, len)?;
+    // SAFETY: the memfd was just created and is never shared: no other
+    // handle exists to truncate or resize it while it is mapped, which is
+    // what memmap2's safety contract asks for.
+    unsafe { memmap2::MmapMut::map_mut(&file) }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -191,7 +191,10 @@ impl Conn {
     /// Whether a frame (or the end of the connection) is waiting to be read.
     pub fn readable(&self, timeout: Duration) -> Result<bool, ConnError> {
         use std::os::fd::AsFd;
-        Ok(pagehop_sys::poll_readable(self.writer.as_fd(), timeout)?)
+        Ok(pagehop_sys::poll::poll_readable(
+            self.writer.as_fd(),
+            timeout,
+        )?)
     }
 
     /// Gives up the connection as a plain stream (for a data stream).

@@ -19,6 +19,11 @@
 //! issues the requests of new pages (contiguous pages of one batch become one
 //! request). `deliver` installs data as it arrives.
 //!
+//! The code is split by job: `messages` is the loop proper (`run_once`:
+//! reading and handling fault and event messages, issuing requests),
+//! `deliver` installs delivered pages and wakes their waiters, `book` keeps
+//! the per-address-space bookkeeping and `histogram` the fault latencies.
+//!
 //! # Addresses
 //! [`PageSource::request`] and [`FaultLoop::deliver`] speak *source*
 //! addresses: the addresses of the layout the source sent. They equal the
@@ -74,15 +79,14 @@ use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::install::{InstallError, Installer};
-use pagehop_mem::pages::Range;
-use pagehop_sys::monotonic_ns;
-use pagehop_sys::uffd::{self, UffdEvent, UffdMsg};
+use pagehop_sys::uffd::{self, UffdMsg};
 
 mod book;
+mod deliver;
 mod histogram;
+mod messages;
 use pagehop_sys::fd as sys;
 
 use book::Book;
@@ -98,8 +102,6 @@ pub const FEATURES: u64 = uffd::UFFD_FEATURE_EVENT_FORK
 
 /// Messages read per `read` call (32 bytes each).
 const MSG_BATCH: usize = 256;
-/// Longest request issued for one run of contiguous faulting pages.
-const MAX_REQUEST_PAGES: u32 = 256;
 
 /// Errors of the fault loop.
 #[derive(Debug, thiserror::Error)]
@@ -248,15 +250,6 @@ struct Space {
     book: Book,
 }
 
-/// How one install into one space ended.
-enum Outcome {
-    Installed,
-    WasPresent,
-    Busy,
-    Discarded,
-    Gone,
-}
-
 /// The fault loop; see the module docs.
 #[derive(Debug)]
 pub struct FaultLoop {
@@ -343,378 +336,5 @@ impl FaultLoop {
         self.spaces
             .get(space.0 as usize)
             .map_or(0, |s| s.book.present_pages())
-    }
-
-    /// Waits up to `timeout` for messages on any uffd (or the waker), reads
-    /// every queued message of each ready uffd in one `read`, handles them,
-    /// issues the requests of new pages, and retries parked deliveries.
-    pub fn run_once(&mut self, source: &mut dyn PageSource, timeout: Duration) -> Result<Progress> {
-        let mut progress = Progress::default();
-        let timeout = if self.parked.is_empty() {
-            timeout
-        } else {
-            timeout.min(Duration::from_millis(1))
-        };
-        let live: Vec<usize> = (0..self.spaces.len())
-            .filter(|&i| self.spaces[i].installer.is_some())
-            .collect();
-        {
-            let mut fds = vec![self.waker.0.as_fd()];
-            fds.extend(live.iter().map(|&i| {
-                self.spaces[i]
-                    .installer
-                    .as_ref()
-                    .expect("live space")
-                    .uffd()
-            }));
-            let mut ready = std::mem::take(&mut self.ready);
-            let polled = sys::poll_in(&fds, timeout, &mut ready);
-            self.ready = ready;
-            polled.map_err(FaultError::Poll)?;
-        }
-        if self.ready.first() == Some(&true) {
-            sys::eventfd_drain(self.waker.0.as_fd()).map_err(FaultError::Poll)?;
-            progress.woken = true;
-        }
-        let mut wanted = Vec::new();
-        for (k, &i) in live.iter().enumerate() {
-            if self.ready.get(k + 1) == Some(&true) {
-                self.read_and_handle(SpaceId(i as u32), &mut wanted, &mut progress)?;
-            }
-        }
-        progress.requests = self.issue(source, wanted)?;
-        for (addr, data) in std::mem::take(&mut self.parked) {
-            self.deliver_page(addr, data.as_deref(), &mut progress)?;
-        }
-        Ok(progress)
-    }
-
-    /// Installs delivered data at source address `addr`: `Some(data)` is one
-    /// or more whole pages, `None` one zero page. Wakes the threads waiting
-    /// for those pages; a page found present already (`EEXIST`) is woken and
-    /// skipped. Returns the spaces found gone on the way.
-    pub fn deliver(&mut self, addr: u64, data: Option<&[u8]>) -> Result<Vec<SpaceId>> {
-        let ps = self.page_size;
-        let len = data.map_or(ps as usize, <[u8]>::len);
-        if !addr.is_multiple_of(ps) || len == 0 || !(len as u64).is_multiple_of(ps) {
-            return Err(FaultError::Unaligned {
-                addr,
-                len,
-                page_size: ps,
-            });
-        }
-        let mut progress = Progress::default();
-        for (k, at) in (addr..addr + len as u64).step_by(ps as usize).enumerate() {
-            let page = data.map(|d| &d[k * ps as usize..(k + 1) * ps as usize]);
-            self.deliver_page(at, page, &mut progress)?;
-        }
-        Ok(progress.gone)
-    }
-
-    fn read_and_handle(
-        &mut self,
-        space: SpaceId,
-        wanted: &mut Vec<u64>,
-        progress: &mut Progress,
-    ) -> Result<()> {
-        let fd = self.spaces[space.0 as usize]
-            .installer
-            .as_ref()
-            .expect("live space")
-            .uffd();
-        let n = match uffd::read_msgs(fd, &mut self.msgs) {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
-            Err(source) => {
-                return Err(FaultError::Read {
-                    space: space.0,
-                    source,
-                });
-            }
-        };
-        let read_ns = monotonic_ns();
-        progress.messages += n;
-        for i in 0..n {
-            let msg = self.msgs[i];
-            match msg.event() {
-                UffdEvent::Pagefault { address, .. } => {
-                    progress.faults += 1;
-                    self.fault(
-                        space,
-                        address & !(self.page_size - 1),
-                        read_ns,
-                        wanted,
-                        progress,
-                    )?;
-                }
-                UffdEvent::Fork { ufd } => {
-                    let fd = sys::adopt_fork_fd(ufd)
-                        .and_then(|fd| sys::set_nonblocking(fd.as_fd()).map(|()| fd))
-                        .map_err(|source| FaultError::ForkFd { ufd, source })?;
-                    let book = self.spaces[space.0 as usize].book.clone();
-                    let child = SpaceId(self.spaces.len() as u32);
-                    self.spaces.push(Space {
-                        installer: Some(Installer::with_page_size(fd, self.page_size as usize)),
-                        book,
-                    });
-                    self.stats.forks += 1;
-                    progress.forks.push(child);
-                }
-                UffdEvent::Remap { from, to, len } => {
-                    self.stats.remaps += 1;
-                    self.release_waiters(space, Range::new(from, from + len), progress)?;
-                    self.spaces[space.0 as usize].book.remap(from, to, len);
-                }
-                UffdEvent::Remove { start, end } => {
-                    self.stats.removes += 1;
-                    let range = Range::new(start, end);
-                    self.spaces[space.0 as usize].book.remove(range);
-                    self.release_waiters(space, range, progress)?;
-                }
-                UffdEvent::Unmap { start, end } => {
-                    self.stats.unmaps += 1;
-                    let range = Range::new(start, end);
-                    self.spaces[space.0 as usize].book.unmap(range);
-                    self.release_waiters(space, range, progress)?;
-                }
-                UffdEvent::Unknown { .. } => self.stats.unknown_events += 1,
-            }
-        }
-        Ok(())
-    }
-
-    /// One page fault at page `addr` of `space`.
-    fn fault(
-        &mut self,
-        space: SpaceId,
-        addr: u64,
-        read_ns: u64,
-        wanted: &mut Vec<u64>,
-        progress: &mut Progress,
-    ) -> Result<()> {
-        self.stats.faults += 1;
-        let ps = self.page_size;
-        let s = &mut self.spaces[space.0 as usize];
-        let Some(installer) = s.installer.as_ref() else {
-            return Ok(());
-        };
-        if s.book.is_present(addr) {
-            self.stats.present_wakes += 1;
-            self.wake(space, addr, ps, progress)?;
-            self.latency.record(monotonic_ns().saturating_sub(read_ns));
-            return Ok(());
-        }
-        if s.book.is_local(addr) {
-            let outcome = classify(installer.zero(addr, ps), space, addr)?;
-            match outcome {
-                Outcome::Installed | Outcome::WasPresent => {
-                    if matches!(outcome, Outcome::WasPresent) {
-                        self.wake(space, addr, ps, progress)?;
-                    }
-                    self.spaces[space.0 as usize].book.set_present(addr);
-                    self.stats.zero_filled += 1;
-                    self.latency.record(monotonic_ns().saturating_sub(read_ns));
-                }
-                // An event is pending: let the thread fault again after it is read.
-                Outcome::Busy | Outcome::Discarded => self.wake(space, addr, ps, progress)?,
-                Outcome::Gone => self.gone(space, progress),
-            }
-            return Ok(());
-        }
-        let source_addr = s.book.source_of(addr);
-        let waiter = Waiter {
-            space,
-            addr,
-            read_ns,
-        };
-        match self.in_flight.get_mut(&source_addr) {
-            Some(waiters) => {
-                self.stats.duplicates += 1;
-                waiters.push(waiter);
-            }
-            None => {
-                self.in_flight.insert(source_addr, vec![waiter]);
-                wanted.push(source_addr);
-            }
-        }
-        Ok(())
-    }
-
-    /// Issues requests for `wanted` source pages, contiguous runs merged.
-    fn issue(&mut self, source: &mut dyn PageSource, mut wanted: Vec<u64>) -> Result<usize> {
-        wanted.sort_unstable();
-        let ps = self.page_size;
-        let mut requests = 0;
-        let mut i = 0;
-        while i < wanted.len() {
-            let start = wanted[i];
-            let mut pages = 1u32;
-            while pages < MAX_REQUEST_PAGES
-                && wanted.get(i + pages as usize) == Some(&(start + pages as u64 * ps))
-            {
-                pages += 1;
-            }
-            source.request(start, pages)?;
-            self.stats.requests += 1;
-            self.stats.pages_requested += pages as u64;
-            requests += 1;
-            i += pages as usize;
-        }
-        Ok(requests)
-    }
-
-    /// Drops the waiters of `space` in `range` (their page became local or
-    /// went away) and wakes the range, so that no thread waits forever.
-    fn release_waiters(
-        &mut self,
-        space: SpaceId,
-        range: Range,
-        progress: &mut Progress,
-    ) -> Result<()> {
-        for waiters in self.in_flight.values_mut() {
-            waiters.retain(|w| !(w.space == space && range.contains(w.addr)));
-        }
-        self.wake(space, range.start, range.len(), progress)
-    }
-
-    fn deliver_page(
-        &mut self,
-        source_addr: u64,
-        data: Option<&[u8]>,
-        progress: &mut Progress,
-    ) -> Result<()> {
-        let ps = self.page_size;
-        let waiters = self.in_flight.remove(&source_addr).unwrap_or_default();
-        // Targets: each waiting (space, page), then every other live space
-        // where the page belongs and is missing.
-        let mut targets: Vec<(SpaceId, u64)> = Vec::new();
-        for w in &waiters {
-            if !targets.contains(&(w.space, w.addr)) {
-                targets.push((w.space, w.addr));
-            }
-        }
-        for (i, s) in self.spaces.iter().enumerate() {
-            let space = SpaceId(i as u32);
-            if s.installer.is_none() || targets.iter().any(|t| t.0 == space) {
-                continue;
-            }
-            if let Some(addr) = s.book.place_of(source_addr)
-                && !s.book.is_present(addr)
-            {
-                targets.push((space, addr));
-            }
-        }
-        if targets.is_empty() {
-            self.stats.discarded += 1;
-        }
-        for (k, &(space, addr)) in targets.iter().enumerate() {
-            let s = &self.spaces[space.0 as usize];
-            let Some(installer) = s.installer.as_ref() else {
-                continue;
-            };
-            let outcome = if s.book.is_local(addr) {
-                Outcome::Discarded
-            } else if s.book.is_present(addr) {
-                Outcome::WasPresent
-            } else {
-                let result = match data {
-                    Some(page) => installer.copy(addr, page),
-                    None => installer.zero(addr, ps),
-                };
-                classify(result, space, addr)?
-            };
-            match outcome {
-                Outcome::Installed => {
-                    self.stats.pages_delivered += 1;
-                    self.spaces[space.0 as usize].book.set_present(addr);
-                }
-                Outcome::WasPresent => {
-                    self.stats.present_wakes += 1;
-                    self.wake(space, addr, ps, progress)?;
-                    self.spaces[space.0 as usize].book.set_present(addr);
-                }
-                Outcome::Discarded => {
-                    self.stats.discarded += 1;
-                    self.wake(space, addr, ps, progress)?;
-                }
-                Outcome::Gone => self.gone(space, progress),
-                Outcome::Busy => {
-                    // Keep the waiters of this and later targets; retry after
-                    // the pending event has been read.
-                    let rest: Vec<Waiter> = waiters
-                        .iter()
-                        .filter(|w| targets[k..].contains(&(w.space, w.addr)))
-                        .copied()
-                        .collect();
-                    self.record_served(&waiters, &targets[..k]);
-                    self.in_flight.insert(source_addr, rest);
-                    self.parked.push((source_addr, data.map(<[u8]>::to_vec)));
-                    self.stats.parked += 1;
-                    return Ok(());
-                }
-            }
-        }
-        self.record_served(&waiters, &targets);
-        Ok(())
-    }
-
-    /// Records the latency of the waiters whose (space, page) is in `served`.
-    fn record_served(&mut self, waiters: &[Waiter], served: &[(SpaceId, u64)]) {
-        let now = monotonic_ns();
-        for w in waiters {
-            if served.contains(&(w.space, w.addr)) {
-                self.latency.record(now.saturating_sub(w.read_ns));
-            }
-        }
-    }
-
-    fn wake(&mut self, space: SpaceId, addr: u64, len: u64, progress: &mut Progress) -> Result<()> {
-        let Some(installer) = self.spaces[space.0 as usize].installer.as_ref() else {
-            return Ok(());
-        };
-        match uffd::wake(installer.uffd(), addr, len) {
-            Ok(()) => Ok(()),
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {
-                self.gone(space, progress);
-                Ok(())
-            }
-            Err(source) => Err(FaultError::Wake {
-                space: space.0,
-                addr,
-                source,
-            }),
-        }
-    }
-
-    /// The process of `space` exited: close its uffd and forget its waiters.
-    fn gone(&mut self, space: SpaceId, progress: &mut Progress) {
-        if self.spaces[space.0 as usize].installer.take().is_some() {
-            progress.gone.push(space);
-        }
-        for waiters in self.in_flight.values_mut() {
-            waiters.retain(|w| w.space != space);
-        }
-    }
-}
-
-/// Sorts an install result into what the loop does next.
-fn classify(result: Result<(), InstallError>, space: SpaceId, addr: u64) -> Result<Outcome> {
-    match result {
-        Ok(()) => Ok(Outcome::Installed),
-        Err(InstallError::AlreadyPresent { .. }) => Ok(Outcome::WasPresent),
-        Err(InstallError::Busy { .. }) => Ok(Outcome::Busy),
-        Err(InstallError::ProcessGone { .. }) => Ok(Outcome::Gone),
-        // No registered mapping there any more (ENOENT), or not one this uffd
-        // may fill (EINVAL): the page has nowhere to go.
-        Err(InstallError::Copy { source, .. } | InstallError::Zero { source, .. })
-            if matches!(source.raw_os_error(), Some(libc::ENOENT | libc::EINVAL)) =>
-        {
-            Ok(Outcome::Discarded)
-        }
-        Err(source) => Err(FaultError::Install {
-            space: space.0,
-            addr,
-            source,
-        }),
     }
 }

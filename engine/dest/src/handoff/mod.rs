@@ -190,7 +190,7 @@ impl HandoffListener {
                     timeout,
                 });
             };
-            sys::poll_readable(self.listener.as_fd(), left).map_err(|source| {
+            pagehop_sys::poll::poll_readable(self.listener.as_fd(), left).map_err(|source| {
                 HandoffError::Accept {
                     path: self.path.clone(),
                     source,
@@ -292,7 +292,7 @@ impl Reader<'_> {
                             want,
                         });
                     };
-                    sys::poll_readable(self.stream.as_fd(), left)
+                    pagehop_sys::poll::poll_readable(self.stream.as_fd(), left)
                         .map_err(|source| HandoffError::Recv { what, source })?;
                 }
                 Err(source) => return Err(HandoffError::Recv { what, source }),

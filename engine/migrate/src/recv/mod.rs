@@ -15,6 +15,8 @@
 mod accept;
 mod machine;
 mod postcopy;
+#[cfg(test)]
+mod tests;
 mod verify;
 
 use std::net::{SocketAddr, TcpListener};
@@ -87,6 +89,11 @@ pub enum RecvError {
     #[error("round {round} failed before switchover; nothing was installed")]
     Lane {
         round: u32,
+        #[source]
+        source: LaneFailure,
+    },
+    #[error("a data lane failed after the switch; the process runs with what it had then")]
+    AfterSwitch {
         #[source]
         source: LaneFailure,
     },
@@ -210,8 +217,14 @@ impl Receiver<'_> {
                 Ok(frame) => frame,
                 Err(source) if !self.state.switched() => return Err(self.lost(source)),
                 // After the switch the process runs; a source that leaves
-                // without verification is no failure.
-                Err(_) => return Ok(()),
+                // without verification is no failure, a lane that broke the
+                // protocol is.
+                Err(_) => {
+                    return match self.intake.take_failure() {
+                        None | Some(LaneFailure::SourceGone) => Ok(()),
+                        Some(failure) => Err(RecvError::AfterSwitch { source: failure }),
+                    };
+                }
             };
             let frame = ControlFrame::decode(kind, payload)?;
             let next = match self.state.next(frame.event()) {

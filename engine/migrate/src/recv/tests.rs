@@ -1,0 +1,190 @@
+//! recv against a scripted source over real loopback sockets: frames out
+//! of order are refused with a protocol error, and the source is told.
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use pagehop_wire::FrameKind;
+use pagehop_wire::batch::{Compress, encode_batch, entry};
+use pagehop_wire::conn::{Conn, ConnError, codes};
+use pagehop_wire::frame::encode_frame;
+use pagehop_wire::msg::{self, Attach, Done, EndOfRound, Lane, LayoutAck, Role, Switchover};
+
+use super::*;
+
+/// A fresh directory under the system temp dir, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(tag: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!(
+            "pagehop-recv-{tag}-{}-{:x}",
+            std::process::id(),
+            pagehop_sys::monotonic_ns()
+        ));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        Self(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// recv in a thread, writing an image; returns its address and its result.
+fn start_recv(
+    dir: &TempDir,
+) -> (
+    SocketAddr,
+    std::thread::JoinHandle<Result<RecvReport, RecvError>>,
+) {
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    let opts = RecvOptions {
+        listen: addr,
+        token: None,
+        output: Output::ImageDir(dir.0.join("image")),
+        handshake_timeout: Duration::from_secs(5),
+        reconnect_timeout: Duration::ZERO,
+    };
+    let handle = std::thread::spawn(move || recv(opts));
+    (addr, handle)
+}
+
+/// One authenticated lane of session 7 at epoch 0, as a source opens it.
+fn lane(addr: SocketAddr, lane: Lane) -> Conn {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let stream = loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => break s,
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("connecting to recv: {e}"),
+        }
+    };
+    let caps = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
+    let mut conn = Conn::handshake(
+        stream,
+        Role::Source,
+        None,
+        pagehop_sys::page_size() as u32,
+        caps,
+        Duration::from_secs(5),
+    )
+    .expect("handshake");
+    conn.send(&Attach {
+        session: 7,
+        lane,
+        epoch: 0,
+    })
+    .expect("attach");
+    conn
+}
+
+fn empty_layout(control: &mut Conn) {
+    control
+        .send(&msg::Layout { vmas: Vec::new() })
+        .expect("layout");
+    let ack: LayoutAck = control.recv_msg().expect("layout ack");
+    assert_eq!(ack.vmas, 0);
+}
+
+/// The next frame must be an `Error` with the protocol code.
+fn expect_protocol_error(control: &mut Conn) -> String {
+    match control.recv() {
+        Err(ConnError::Peer { code, message }) => {
+            assert_eq!(code, codes::PROTOCOL, "{message}");
+            message
+        }
+        other => panic!("expected a protocol error, got {:?}", other.map(|(k, _)| k)),
+    }
+}
+
+#[test]
+fn done_before_the_switch_is_a_protocol_error() {
+    let dir = TempDir::new("early-done");
+    let (addr, recv) = start_recv(&dir);
+    let mut control = lane(addr, Lane::Control);
+    empty_layout(&mut control);
+    control.send(&Done { pages_sent: 0 }).expect("send");
+    let told = expect_protocol_error(&mut control);
+    assert!(told.contains("Done arrived before the switch"), "{told}");
+    let err = recv.join().expect("recv thread").expect_err("refused");
+    assert!(matches!(err, RecvError::Protocol(_)), "{err}");
+    assert!(!dir.0.join("image/image.json").exists(), "nothing written");
+}
+
+#[test]
+fn a_second_switchover_is_a_protocol_error() {
+    let dir = TempDir::new("second-switch");
+    let (addr, recv) = start_recv(&dir);
+    let mut control = lane(addr, Lane::Control);
+    empty_layout(&mut control);
+    let end = EndOfRound {
+        round: 0,
+        pages: 0,
+        bytes_raw: 0,
+        bytes_wire: 0,
+    };
+    control.send(&end).expect("end of round");
+    let _: EndOfRound = control.recv_msg().expect("round ack");
+    let switch = Switchover {
+        final_round: 0,
+        postcopy: false,
+    };
+    control.send(&switch).expect("switch");
+    let done: Done = control.recv_msg().expect("done");
+    assert_eq!(done.pages_sent, 0);
+    control.send(&switch).expect("switch again");
+    let told = expect_protocol_error(&mut control);
+    assert!(told.contains("a second Switchover"), "{told}");
+    let err = recv.join().expect("recv thread").expect_err("refused");
+    assert!(matches!(err, RecvError::Protocol(_)), "{err}");
+}
+
+#[test]
+fn pages_after_the_switch_are_a_protocol_error() {
+    let dir = TempDir::new("late-pages");
+    let (addr, recv) = start_recv(&dir);
+    let mut control = lane(addr, Lane::Control);
+    let data = lane(addr, Lane::Data).into_stream();
+    empty_layout(&mut control);
+    control
+        .send(&Switchover {
+            final_round: 0,
+            postcopy: false,
+        })
+        .expect("switch");
+    let _: Done = control.recv_msg().expect("done");
+    // A late batch on the data lane: one zero page.
+    let mut payload = Vec::new();
+    encode_batch(
+        1,
+        &[entry(0x10_0000, true)],
+        &[],
+        Compress::Off,
+        &mut Vec::new(),
+        &mut payload,
+    );
+    let mut frame = Vec::new();
+    encode_frame(FrameKind::Pages, &payload, &mut frame);
+    std::io::Write::write_all(&mut &data, &frame).expect("late pages");
+    let err = recv.join().expect("recv thread").expect_err("refused");
+    assert!(
+        matches!(
+            &err,
+            RecvError::AfterSwitch {
+                source: LaneFailure::OutOfOrder { .. }
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        pagehop_mem::error_chain(&err).contains("a Pages frame arrived after the pre-copy switch"),
+        "{}",
+        pagehop_mem::error_chain(&err)
+    );
+}
