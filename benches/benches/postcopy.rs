@@ -83,7 +83,7 @@ fn main() {
             med(&runs, |r| f(r, "postcopy_ms")),
         );
     }
-    println!("  (percentiles are log2-bucket upper bounds, capped at the maximum)");
+    println!("  (percentiles exact to 3 significant digits: hdrhistogram)");
 
     // 2: with and without a recorded working set.
     let slow = NetnsPair::create("phpcw", 53).expect("namespaces");

@@ -292,7 +292,7 @@ pub fn markdown(rows: &[Row], scenarios: &[Scenario]) -> String {
         "Medians over the successful repetitions, (min–max) across them. \
          × s&c: the median over stop-and-copy's median at the same point. \
          % iperf3: pagehop's throughput over one iperf3 stream on the same link. \
-         Fault p50: the upper bound of the log2 bucket that holds the median.\n",
+         Fault p50: the median remote fault latency (hdrhistogram, 3 significant digits).\n",
     );
     let mut names: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
     names.dedup();

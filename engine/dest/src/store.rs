@@ -10,7 +10,8 @@
 //! [`PageStore::drain_parallel`]).
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::atomic::{AtomicU64, Ordering};
+
+use bitvec::vec::BitVec;
 
 use memmap2::MmapMut;
 
@@ -43,9 +44,9 @@ struct Region {
     range: Range,
     map: MmapMut,
     /// Bit per page: something was received.
-    present: Vec<AtomicU64>,
+    present: BitVec<u64>,
     /// Bit per page: what was received is a zero page.
-    zero: Vec<AtomicU64>,
+    zero: BitVec<u64>,
 }
 
 impl Region {
@@ -53,25 +54,12 @@ impl Region {
         let create = |source| StoreError::Create { range, source };
         let map = pagehop_sys::memfd_mapping(c"pagehop-store", range.len()).map_err(create)?;
         let pages = (range.len() / page_size as u64) as usize;
-        let words = pages.div_ceil(64);
         Ok(Self {
             range,
             map,
-            present: (0..words).map(|_| AtomicU64::new(0)).collect(),
-            zero: (0..words).map(|_| AtomicU64::new(0)).collect(),
+            present: BitVec::repeat(false, pages),
+            zero: BitVec::repeat(false, pages),
         })
-    }
-}
-
-fn bit(bits: &[AtomicU64], index: usize) -> bool {
-    bits[index / 64].load(Ordering::Relaxed) & (1 << (index % 64)) != 0
-}
-
-fn set_bit(bits: &[AtomicU64], index: usize, on: bool) {
-    if on {
-        bits[index / 64].fetch_or(1 << (index % 64), Ordering::Relaxed);
-    } else {
-        bits[index / 64].fetch_and(!(1 << (index % 64)), Ordering::Relaxed);
     }
 }
 
@@ -144,15 +132,15 @@ impl PageStore {
                     });
                 }
                 region.map[index * page_size..(index + 1) * page_size].copy_from_slice(data);
-                set_bit(&region.zero, index, false);
+                region.zero.set(index, false);
                 self.data_pages += 1;
             }
             None => {
-                set_bit(&region.zero, index, true);
+                region.zero.set(index, true);
                 self.zero_pages += 1;
             }
         }
-        set_bit(&region.present, index, true);
+        region.present.set(index, true);
         Ok(())
     }
 
@@ -160,9 +148,9 @@ impl PageStore {
         let Ok((region, index)) = self.locate(addr) else {
             return PageState::Absent;
         };
-        if !bit(&region.present, index) {
+        if !region.present[index] {
             PageState::Absent
-        } else if bit(&region.zero, index) {
+        } else if region.zero[index] {
             PageState::Zero
         } else {
             PageState::Data(&region.map[index * self.page_size..(index + 1) * self.page_size])
@@ -178,13 +166,11 @@ impl PageStore {
     pub fn iter(&self) -> impl Iterator<Item = (u64, Option<&[u8]>)> + '_ {
         let ps = self.page_size;
         self.regions.values().flat_map(move |r| {
-            (0..(r.range.len() as usize / ps))
-                .filter(move |&i| bit(&r.present, i))
-                .map(move |i| {
-                    let addr = r.range.start + (i * ps) as u64;
-                    let data = (!bit(&r.zero, i)).then(|| &r.map[i * ps..(i + 1) * ps]);
-                    (addr, data)
-                })
+            r.present.iter_ones().map(move |i| {
+                let addr = r.range.start + (i * ps) as u64;
+                let data = (!r.zero[i]).then(|| &r.map[i * ps..(i + 1) * ps]);
+                (addr, data)
+            })
         })
     }
 

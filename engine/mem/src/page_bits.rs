@@ -2,13 +2,15 @@
 //! (source) and "not arrived yet" (destination) sets. Constant-time lookups
 //! and updates, a forward scan for the next set page, and conversion back to
 //! ranges for the wire.
+use bitvec::vec::BitVec;
+
 use crate::pages::{Range, RangeSet};
 
 #[derive(Debug, Clone, Default)]
 pub struct PageBits {
     /// The covered ranges in address order, each with the index of its first bit.
     ranges: Vec<(Range, usize)>,
-    words: Vec<u64>,
+    bits: BitVec<u64>,
     page_size: u64,
     set: u64,
 }
@@ -26,15 +28,9 @@ impl PageBits {
                 (*r, first)
             })
             .collect();
-        let mut words = vec![u64::MAX; next.div_ceil(64)];
-        if !next.is_multiple_of(64)
-            && let Some(last) = words.last_mut()
-        {
-            *last = (1u64 << (next % 64)) - 1;
-        }
         Self {
             ranges,
-            words,
+            bits: BitVec::repeat(true, next),
             page_size,
             set: next as u64,
         }
@@ -50,8 +46,7 @@ impl PageBits {
 
     /// Whether `addr`'s page is covered and set.
     pub fn get(&self, addr: u64) -> bool {
-        self.index(addr)
-            .is_some_and(|i| self.words[i / 64] & (1 << (i % 64)) != 0)
+        self.index(addr).is_some_and(|i| self.bits[i])
     }
 
     /// Clears `addr`'s page; returns whether it was set.
@@ -59,9 +54,7 @@ impl PageBits {
         let Some(i) = self.index(addr) else {
             return false;
         };
-        let word = &mut self.words[i / 64];
-        let was = *word & (1 << (i % 64)) != 0;
-        *word &= !(1 << (i % 64));
+        let was = self.bits.replace(i, false);
         self.set -= was as u64;
         was
     }
@@ -71,9 +64,7 @@ impl PageBits {
         let Some(i) = self.index(addr) else {
             return false;
         };
-        let word = &mut self.words[i / 64];
-        let was = *word & (1 << (i % 64)) != 0;
-        *word |= 1 << (i % 64);
+        let was = self.bits.replace(i, true);
         self.set += (!was) as u64;
         !was
     }
@@ -89,19 +80,12 @@ impl PageBits {
         while let Some(&(range, first)) = self.ranges.get(at) {
             let from = addr.max(range.start);
             let pages = (range.len() / self.page_size) as usize;
-            let mut i = first + ((from - range.start) / self.page_size) as usize;
+            let i = first + ((from - range.start) / self.page_size) as usize;
             let end = first + pages;
-            while i < end {
-                let word = self.words[i / 64] >> (i % 64);
-                if word == 0 {
-                    i = (i / 64 + 1) * 64;
-                    continue;
-                }
-                let found = i + word.trailing_zeros() as usize;
-                if found < end {
-                    return Some(range.start + (found - first) as u64 * self.page_size);
-                }
-                break;
+            if i < end
+                && let Some(k) = self.bits[i..end].first_one()
+            {
+                return Some(range.start + (i + k - first) as u64 * self.page_size);
             }
             at += 1;
         }

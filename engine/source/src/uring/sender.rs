@@ -1,15 +1,20 @@
-//! [`UringSender`]: the ring, the streams, the buffer slots and the
-//! completion handling. See the module docs of `crate::uring` for the
-//! ownership and ordering rules this code implements.
+//! [`UringSender`]: the ring, the streams, the buffer slots and the calls
+//! that hand buffers out and take them back. See the module docs of
+//! `crate::uring` for the ownership and ordering rules this code implements.
+//!
+//! - `submit`: starting sends, pushing and submitting SQEs, waiting.
+//! - `complete`: reaping and handling completions, and the cancellation that
+//!   collects them on drop.
+mod complete;
+mod submit;
+
 use std::collections::VecDeque;
 use std::io;
 use std::net::TcpStream;
 use std::os::fd::{AsRawFd, RawFd};
-use std::time::{Duration, Instant};
 
-use io_uring::{IoUring, cqueue, opcode, squeue, types};
+use io_uring::IoUring;
 
-use super::sys::{IORING_NOTIF_USAGE_ZC_COPIED, IORING_SEND_ZC_REPORT_USAGE, SEND_FLAGS};
 use super::{BufferPool, SendMode, Support, UringError};
 
 /// A buffer of the pool, by index. Obtained from [`UringSender::acquire`];
@@ -39,13 +44,6 @@ pub struct Stats {
     /// Zero-copy notifications saying the kernel copied the data anyway.
     pub zc_copied: u64,
 }
-
-/// user_data of operations that are not sends (cancellations): beyond any
-/// buffer index.
-const CANCEL: u64 = 1 << 32;
-
-/// How long `Drop` waits for cancelled sends to complete.
-const DROP_RESULTS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Where one buffer is in its life (module docs: "Buffer ownership").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -360,255 +358,6 @@ impl UringSender {
         }
         Ok(())
     }
-
-    /// Starts the oldest queued buffer of an idle `stream`. On a dead stream,
-    /// returns every queued buffer to the pool instead.
-    fn start_next(&mut self, stream: usize) {
-        debug_assert!(self.streams[stream].active.is_none());
-        if self.streams[stream].error.is_some() {
-            while let Some(index) = self.streams[stream].queue.pop_front() {
-                self.slots[index as usize] = Slot::Free;
-                self.free.push(index);
-                self.busy -= 1;
-            }
-            return;
-        }
-        let Some(index) = self.streams[stream].queue.pop_front() else {
-            return;
-        };
-        let Slot::Queued { len, .. } = self.slots[index as usize] else {
-            unreachable!(
-                "queued buffer {index} in state {:?}",
-                self.slots[index as usize]
-            );
-        };
-        self.slots[index as usize] = Slot::Busy {
-            stream,
-            len,
-            done: 0,
-            in_flight: true,
-            notifs: 0,
-        };
-        self.streams[stream].active = Some(index);
-        self.push_send(index);
-    }
-
-    /// Pushes the SQE sending the unsent rest of Busy buffer `index`.
-    fn push_send(&mut self, index: u16) {
-        let Slot::Busy {
-            stream, len, done, ..
-        } = self.slots[index as usize]
-        else {
-            unreachable!(
-                "sending buffer {index} in state {:?}",
-                self.slots[index as usize]
-            );
-        };
-        let fd = types::Fd(self.streams[stream].fd);
-        // SAFETY: done < len <= buffer_size, so the offset stays inside the
-        // buffer.
-        let ptr = unsafe { self.pool.ptr(index as usize).add(done) };
-        let rest = (len - done) as u32;
-        let entry = match self.mode {
-            SendMode::Copy => opcode::Send::new(fd, ptr, rest).flags(SEND_FLAGS).build(),
-            SendMode::ZeroCopy => opcode::SendZc::new(fd, ptr, rest)
-                .buf_index(Some(index))
-                .flags(SEND_FLAGS)
-                .zc_flags(IORING_SEND_ZC_REPORT_USAGE)
-                .build(),
-        }
-        .user_data(u64::from(index));
-        // SAFETY: the SQE reads `rest` bytes at `ptr`, inside buffer `index`
-        // of the pool (and of its fixed-buffer registration for SEND_ZC). The
-        // slot is Busy, so nobody writes the buffer or hands it out until the
-        // completion (and every notification) has been reaped; the pool
-        // outlives all operations (`Drop` collects them or leaks the pool).
-        // `fd` belongs to a stream owned by `self` that stays open as long.
-        unsafe { self.push(&entry) };
-        self.stats.submissions += 1;
-    }
-
-    /// Pushes an SQE.
-    ///
-    /// The submission queue holds two entries per stream, and at most one
-    /// send and one cancellation per stream are ever waiting in it, so it
-    /// cannot be full.
-    ///
-    /// # Safety
-    /// Every buffer and fd the entry names must stay valid until its
-    /// completion is reaped.
-    unsafe fn push(&mut self, entry: &squeue::Entry) {
-        // SAFETY: forwarded from the caller.
-        unsafe { self.ring.submission().push(entry) }
-            .expect("submission queue sized for one send and one cancel per stream");
-    }
-
-    /// Submits pushed SQEs.
-    fn submit(&mut self) -> Result<(), UringError> {
-        while !self.ring.submission().is_empty() {
-            match self.ring.submit() {
-                Ok(_) => {}
-                Err(e) if retryable(&e) => self.reap(),
-                Err(source) => return Err(UringError::Enter { source }),
-            }
-        }
-        Ok(())
-    }
-
-    /// Submits and waits for at least one completion (or the timeout).
-    /// Returns false on timeout.
-    fn wait(&mut self, timeout: Option<Duration>) -> Result<bool, UringError> {
-        let res = match timeout {
-            None => self.ring.submit_and_wait(1),
-            Some(t) => {
-                let ts = types::Timespec::from(t);
-                let args = types::SubmitArgs::new().timespec(&ts);
-                self.ring.submitter().submit_with_args(1, &args)
-            }
-        };
-        match res {
-            Ok(_) => Ok(true),
-            Err(e) if e.raw_os_error() == Some(libc::ETIME) => Ok(false),
-            Err(e) if retryable(&e) => Ok(true),
-            Err(source) => Err(UringError::Enter { source }),
-        }
-    }
-
-    /// Handles every completion available now, without blocking. Send errors
-    /// are recorded on their stream (see `take_error`).
-    fn reap(&mut self) {
-        let mut cqes = std::mem::take(&mut self.cqes);
-        loop {
-            cqes.clear();
-            cqes.extend(
-                self.ring
-                    .completion()
-                    .map(|c: cqueue::Entry| (c.user_data(), c.result(), c.flags())),
-            );
-            if cqes.is_empty() {
-                break;
-            }
-            for &(user_data, res, flags) in &cqes {
-                self.complete(user_data, res, flags);
-            }
-        }
-        self.cqes = cqes;
-    }
-
-    fn complete(&mut self, user_data: u64, res: i32, flags: u32) {
-        if user_data >= CANCEL {
-            return;
-        }
-        let index = user_data as u16;
-        let Slot::Busy {
-            stream,
-            len,
-            mut done,
-            mut in_flight,
-            mut notifs,
-        } = self.slots[index as usize]
-        else {
-            unreachable!(
-                "completion for buffer {index} in state {:?}",
-                self.slots[index as usize]
-            );
-        };
-        if cqueue::notif(flags) {
-            // The kernel no longer references the data of one SEND_ZC.
-            notifs -= 1;
-            self.stats.zc_notifs += 1;
-            if res as u32 & IORING_NOTIF_USAGE_ZC_COPIED != 0 {
-                self.stats.zc_copied += 1;
-            }
-        } else {
-            in_flight = false;
-            if cqueue::more(flags) {
-                notifs += 1;
-            }
-            let s = &mut self.streams[stream];
-            if res < 0 {
-                s.error.get_or_insert(-res);
-            } else if res == 0 && done < len {
-                s.error.get_or_insert(0);
-            } else {
-                done += res as usize;
-                self.stats.bytes_sent += res as u64;
-            }
-            if s.error.is_none() && done < len {
-                self.stats.short_sends += 1;
-                in_flight = true;
-            } else if s.error.is_none() {
-                self.stats.sends += 1;
-            }
-        }
-        self.slots[index as usize] = Slot::Busy {
-            stream,
-            len,
-            done,
-            in_flight,
-            notifs,
-        };
-        if cqueue::notif(flags) {
-            // Nothing else changes for the stream.
-        } else if in_flight {
-            self.push_send(index);
-        } else {
-            self.streams[stream].active = None;
-            self.start_next(stream);
-        }
-        if !in_flight && notifs == 0 {
-            self.slots[index as usize] = Slot::Free;
-            self.free.push(index);
-            self.busy -= 1;
-        }
-    }
-
-    /// Cancels all sends and collects their completions; false if the kernel
-    /// did not complete every send within the timeout.
-    fn shut_down(&mut self) -> bool {
-        for s in &mut self.streams {
-            // Stops new submissions and releases queued buffers.
-            s.error.get_or_insert(libc::ECANCELED);
-        }
-        for stream in 0..self.streams.len() {
-            if self.streams[stream].active.is_none() {
-                self.start_next(stream);
-            }
-        }
-        let in_flight: Vec<u16> = self.streams.iter().filter_map(|s| s.active).collect();
-        if self.support.async_cancel {
-            for index in in_flight {
-                let entry = opcode::AsyncCancel::new(u64::from(index))
-                    .build()
-                    .user_data(CANCEL);
-                // SAFETY: a cancellation names no buffer or fd.
-                unsafe { self.push(&entry) };
-            }
-        }
-        let start = Instant::now();
-        while self.streams.iter().any(|s| s.active.is_some()) {
-            let left = DROP_RESULTS_TIMEOUT.saturating_sub(start.elapsed());
-            if left.is_zero() || !matches!(self.wait(Some(left)), Ok(true)) {
-                return false;
-            }
-            self.reap();
-        }
-        // Outstanding zero-copy notifications are not waited for: they come
-        // when the skbs are freed, which a peer that stopped reading can
-        // delay indefinitely, and the ring pins the registered pages until
-        // then, so unmapping our view of them is safe and the bytes queued
-        // for the wire stay intact.
-        true
-    }
-}
-
-impl Drop for UringSender {
-    fn drop(&mut self) {
-        if self.busy > 0 && !self.shut_down() {
-            // A send may still read from the pool by address: never unmap it.
-            self.pool.leak();
-        }
-    }
 }
 
 impl std::fmt::Debug for UringSender {
@@ -630,12 +379,4 @@ fn send_error(stream: usize, errno: i32) -> UringError {
         io::Error::from_raw_os_error(errno)
     };
     UringError::Send { stream, source }
-}
-
-/// io_uring_enter errors that go away by reaping or retrying.
-fn retryable(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)
-    )
 }
