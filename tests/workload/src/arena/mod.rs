@@ -29,23 +29,28 @@
 //! thrown away, so a copy taken in between is made whole like any other
 //! interrupted write. Resume mode uses it to make a restored process drop
 //! parts of its userfaultfd-registered memory while pagehop serves it.
+//!
+//! This module has the mapping itself ([`Arena`]: creating, mapping empty
+//! for a resume, reading the table and pages, finishing interrupted
+//! writes); the rest is split by job:
+//! - `layout`: where everything is: the [`Header`] with its [`ThreadSlot`]s,
+//!   and the [`Layout`] of an arena of a given size.
+//! - `writer`: the [`ShardWriter`] that writes (and recycles) the pages of
+//!   one shard, tick by tick.
+mod layout;
+mod writer;
+
 use std::io;
-use std::ops::Range;
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, compiler_fence};
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::page::{self, Fill};
-use super::pattern::{Pattern, PickState, Rng};
+use super::pattern::{Pattern, Rng};
 use super::sys;
+use layout::MIN_PAGE_SIZE;
 
-/// `PGHOPWKL`, little-endian.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"PGHOPWKL");
-/// Version of the arena layout; bump on any change to [`Header`] or the page map.
-pub const LAYOUT_VERSION: u32 = 3;
-/// Most writer threads the header has slots for.
-pub const MAX_THREADS: usize = 62;
-/// Smallest supported page size: the header must fit in one page.
-const MIN_PAGE_SIZE: usize = 4096;
+pub use layout::{Header, LAYOUT_VERSION, Layout, MAGIC, MAX_THREADS, ThreadSlot};
+pub use writer::{RecycleError, ShardWriter, TickTimes};
 
 /// Errors of creating an arena.
 #[derive(Debug, thiserror::Error)]
@@ -71,164 +76,6 @@ pub enum ArenaError {
     },
     #[error("disabling huge pages on the arena")]
     NoHugePages(#[source] io::Error),
-}
-
-/// A page recycle ([`ShardWriter::recycle_first`]) that failed; the page's
-/// write stays recorded in flight in its writer's slot.
-#[derive(Debug, thiserror::Error)]
-#[error("recycling data page {index} at {addr:#x} ({how})")]
-pub struct RecycleError {
-    pub index: u64,
-    pub addr: usize,
-    /// `"munmap and mmap"` or `"MADV_DONTNEED"`.
-    pub how: &'static str,
-    #[source]
-    pub source: io::Error,
-}
-
-/// Per-thread state in the header. Only its own writer thread stores to it.
-#[repr(C, align(64))]
-#[derive(Debug)]
-pub struct ThreadSlot {
-    /// splitmix64 state ([`Rng`]).
-    pub rng: AtomicU64,
-    /// Next shard-relative page of the sequential sweep.
-    pub cursor: AtomicU64,
-    /// Data pages written so far.
-    pub pages_written: AtomicU64,
-    /// Ticks in which the thread wrote.
-    pub ticks: AtomicU64,
-    /// Fractional page budget carried to the next tick (`f64` bits).
-    pub carry: AtomicU64,
-    /// 1 + the data page being written (recycling if any, content, then
-    /// table entry), 0 when none.
-    pub in_flight: AtomicU64,
-    _reserved: [u64; 2],
-}
-
-const _: () = assert!(size_of::<ThreadSlot>() == 64);
-
-impl ThreadSlot {
-    const fn new(rng: u64) -> Self {
-        Self {
-            rng: AtomicU64::new(rng),
-            cursor: AtomicU64::new(0),
-            pages_written: AtomicU64::new(0),
-            ticks: AtomicU64::new(0),
-            carry: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            _reserved: [0; 2],
-        }
-    }
-
-    /// The thread's pattern state.
-    pub fn pick_state(&self) -> PickState {
-        PickState {
-            rng: Rng(self.rng.load(Ordering::Relaxed)),
-            cursor: self.cursor.load(Ordering::Relaxed),
-        }
-    }
-
-    /// The fractional page budget carried over.
-    pub fn carry(&self) -> f64 {
-        f64::from_bits(self.carry.load(Ordering::Relaxed))
-    }
-
-    /// The data page whose write was under way, if any.
-    pub fn in_flight(&self) -> Option<u64> {
-        self.in_flight.load(Ordering::Relaxed).checked_sub(1)
-    }
-}
-
-/// Page 0 of the arena. The plain fields are written once, before the arena is shared.
-#[repr(C)]
-#[derive(Debug)]
-pub struct Header {
-    pub magic: u64,
-    pub version: u32,
-    pub page_size: u32,
-    /// Arena size in bytes.
-    pub size: u64,
-    pub total_pages: u64,
-    pub table_pages: u64,
-    pub data_pages: u64,
-    pub seed: u64,
-    pub threads: u32,
-    /// [`Pattern`] as its `u32` value.
-    pub pattern: u32,
-    /// [`Fill`] as its `u32` value (since version 3).
-    pub fill: u32,
-    _pad: u32,
-    _reserved: [u64; 7],
-    pub slots: [ThreadSlot; MAX_THREADS],
-}
-
-const _: () = assert!(size_of::<Header>() == MIN_PAGE_SIZE);
-
-/// Where everything is in an arena of a given size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Layout {
-    pub page_size: usize,
-    pub total_pages: u64,
-    pub table_pages: u64,
-    pub data_pages: u64,
-    pub threads: usize,
-}
-
-impl Layout {
-    /// The layout of an arena of `size` bytes (rounded down to whole pages)
-    /// shared by `threads` writer threads.
-    pub fn new(size: usize, page_size: usize, threads: usize) -> Result<Self, ArenaError> {
-        if !page_size.is_power_of_two() || page_size < MIN_PAGE_SIZE {
-            return Err(ArenaError::PageSize { page_size });
-        }
-        if threads == 0 || threads > MAX_THREADS {
-            return Err(ArenaError::Threads { threads });
-        }
-        let ps = page_size as u64;
-        let total_pages = (size / page_size) as u64;
-        // Largest D with 1 + ceil(4D / ps) + D <= total_pages.
-        let mut data_pages = total_pages.saturating_sub(1) * ps / (ps + 4);
-        while data_pages > 0 && 1 + Self::table_pages_for(data_pages, ps) + data_pages > total_pages
-        {
-            data_pages -= 1;
-        }
-        if data_pages < threads as u64 {
-            return Err(ArenaError::TooSmall { size, threads });
-        }
-        Ok(Self {
-            page_size,
-            total_pages,
-            table_pages: Self::table_pages_for(data_pages, ps),
-            data_pages,
-            threads,
-        })
-    }
-
-    fn table_pages_for(data_pages: u64, page_size: u64) -> u64 {
-        (data_pages * size_of::<u32>() as u64).div_ceil(page_size)
-    }
-
-    /// Arena size in bytes.
-    pub fn size(&self) -> usize {
-        self.total_pages as usize * self.page_size
-    }
-
-    /// Offset of the generation table.
-    pub fn table_offset(&self) -> usize {
-        self.page_size
-    }
-
-    /// Offset of data page 0.
-    pub fn data_offset(&self) -> usize {
-        (1 + self.table_pages as usize) * self.page_size
-    }
-
-    /// Data pages of shard `shard`: contiguous, sizes differing by at most one.
-    pub fn shard(&self, shard: usize) -> Range<u64> {
-        let (d, t) = (self.data_pages, self.threads as u64);
-        shard as u64 * d / t..(shard as u64 + 1) * d / t
-    }
 }
 
 /// The mapped arena. Dropping it unmaps it.
@@ -459,24 +306,6 @@ impl Arena {
             std::slice::from_raw_parts_mut(ptr, self.layout.page_size / size_of::<u64>())
         }
     }
-
-    /// The writer of shard `shard`, which owns its data pages and its header slot.
-    ///
-    /// # Safety
-    /// While the writer lives, no other writer of the same shard may exist in
-    /// this process and [`Arena::check_invariants`] must not be called.
-    /// (In a forked child the parent's writer threads are gone, so the child
-    /// may create new writers.)
-    pub unsafe fn shard_writer(&self, shard: usize) -> ShardWriter<'_> {
-        assert!(shard < self.layout.threads, "shard {shard} out of range");
-        ShardWriter {
-            arena: self,
-            shard,
-            pages: self.layout.shard(shard),
-            recycle_left: 0,
-            recycled: 0,
-        }
-    }
 }
 
 impl Drop for Arena {
@@ -486,159 +315,6 @@ impl Drop for Arena {
         }
         // SAFETY: the mapping is ours, and every reference into it borrows `self`.
         let _ = unsafe { sys::unmap(self.base, self.layout.size()) };
-    }
-}
-
-/// When a tick's writes happened: `start_ns` just before the first write,
-/// `end_ns` just after the last (CLOCK_MONOTONIC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct TickTimes {
-    pub start_ns: u64,
-    pub end_ns: u64,
-}
-
-/// Exclusive writer of one shard's data pages and header slot.
-#[derive(Debug)]
-pub struct ShardWriter<'a> {
-    arena: &'a Arena,
-    shard: usize,
-    pages: Range<u64>,
-    /// Page writes left that recycle their page first.
-    recycle_left: u64,
-    /// Pages recycled so far; even counts remap, odd ones discard.
-    recycled: u64,
-}
-
-// SAFETY: the writer only refers to its own shard's pages (exclusive by the
-// constructor's contract) and to atomics; moving it to another thread is fine.
-unsafe impl Send for ShardWriter<'_> {}
-
-impl ShardWriter<'_> {
-    pub fn shard(&self) -> usize {
-        self.shard
-    }
-
-    /// Number of data pages in the shard.
-    pub fn pages(&self) -> u64 {
-        self.pages.end - self.pages.start
-    }
-
-    pub fn slot(&self) -> &ThreadSlot {
-        &self.arena.header().slots[self.shard]
-    }
-
-    /// Makes the next `pages` page writes of [`ShardWriter::write_tick`]
-    /// recycle their page before filling it, alternately by `munmap` and a
-    /// fresh `mmap` of the page at the same address (first) and by
-    /// `MADV_DONTNEED`. Each remap may add a mapping (VMA) to the process.
-    pub fn recycle_first(&mut self, pages: u64) {
-        self.recycle_left = pages;
-    }
-
-    /// Pages recycled so far.
-    pub fn recycled(&self) -> u64 {
-        self.recycled
-    }
-
-    /// Throws away the memory of data page `index` (see
-    /// [`ShardWriter::recycle_first`]); it reads as zeros afterwards, or
-    /// whatever the userfaultfd monitor of a registered page puts there.
-    fn recycle(&mut self, index: u64) -> Result<(), RecycleError> {
-        let addr = self.arena.data_page_addr(index);
-        let ptr = NonNull::new(addr as *mut u8).expect("the arena does not start at address 0");
-        let len = self.arena.layout.page_size;
-        let (how, done) = if self.recycled.is_multiple_of(2) {
-            // SAFETY: the page is in this writer's shard, which it owns
-            // exclusively (`shard_writer`'s contract), and no reference into
-            // it is alive: page slices only live during one `fill_page`, and
-            // no check or `finish_interrupted_writes` runs while a writer lives.
-            ("munmap and mmap", unsafe { sys::remap_fresh(ptr, len) })
-        } else {
-            // SAFETY: as above; the page's old content is not needed, the
-            // caller rewrites all of it.
-            ("MADV_DONTNEED", unsafe { sys::discard(ptr, len) })
-        };
-        done.map_err(|source| RecycleError {
-            index,
-            addr,
-            how,
-            source,
-        })?;
-        self.recycle_left -= 1;
-        self.recycled += 1;
-        Ok(())
-    }
-
-    /// Writes the shard-relative data pages `picks` (bumping their generation),
-    /// then stores the thread's new `state` and `carry` in its header slot.
-    ///
-    /// If `addrs` is given, it is extended with the address of every page
-    /// written: the data pages, the generation-table pages and the header page.
-    ///
-    /// Fails only if recycling a page fails; the rest of the tick is then
-    /// not done and that page stays recorded in flight.
-    pub fn write_tick(
-        &mut self,
-        picks: &[u64],
-        state: PickState,
-        carry: f64,
-        addrs: Option<&mut Vec<usize>>,
-    ) -> Result<TickTimes, RecycleError> {
-        let arena = self.arena;
-        let table = arena.table();
-        let slot = &arena.header().slots[self.shard];
-        let start_ns = pagehop_sys::monotonic_ns();
-        for &pick in picks {
-            let index = self.pages.start + pick;
-            assert!(
-                index < self.pages.end,
-                "page {pick} outside shard {}",
-                self.shard
-            );
-            let generation = table[index as usize]
-                .load(Ordering::Relaxed)
-                .wrapping_add(1);
-            // The intent record comes before any byte of the page, in program
-            // order, which is what a copy of a frozen process sees.
-            slot.in_flight.store(index + 1, Ordering::Relaxed);
-            compiler_fence(Ordering::SeqCst);
-            if self.recycle_left > 0 {
-                self.recycle(index)?;
-            }
-            // SAFETY: the page is in this writer's shard, which it owns exclusively.
-            page::fill_page(
-                unsafe { arena.data_page_mut(index) },
-                index,
-                generation,
-                arena.fill,
-            );
-            table[index as usize].store(generation, Ordering::Release);
-            slot.in_flight.store(0, Ordering::Release);
-        }
-        slot.rng.store(state.rng.0, Ordering::Relaxed);
-        slot.cursor.store(state.cursor, Ordering::Relaxed);
-        slot.carry.store(carry.to_bits(), Ordering::Relaxed);
-        slot.ticks.fetch_add(1, Ordering::Relaxed);
-        slot.pages_written
-            .fetch_add(picks.len() as u64, Ordering::Relaxed);
-        let end_ns = pagehop_sys::monotonic_ns();
-
-        if let Some(addrs) = addrs {
-            addrs.extend(
-                picks
-                    .iter()
-                    .map(|&p| self.arena.data_page_addr(self.pages.start + p)),
-            );
-            let mut tables: Vec<usize> = picks
-                .iter()
-                .map(|&p| self.arena.table_page_addr(self.pages.start + p))
-                .collect();
-            tables.sort_unstable();
-            tables.dedup();
-            addrs.extend(tables);
-            addrs.push(self.arena.start());
-        }
-        Ok(TickTimes { start_ns, end_ns })
     }
 }
 
