@@ -231,38 +231,69 @@ pub struct Accuracy {
     pub written_pages: usize,
     pub false_negatives: Vec<(u64, u64)>,
     pub batches_checked: usize,
-    /// Pages reported dirty inside the scope, summed over the intervals (a
-    /// page reported in three intervals counts three times).
-    pub reported_pages: usize,
-    /// Of those, the ones the ground truth does not write in that interval.
-    pub false_positives: usize,
-    /// `false_positives / reported_pages` (0 when nothing was reported).
-    pub false_positive_ratio: f64,
-    /// `(false positives, reported)` of each interval, in log order.
+    pub false_positives: FalsePositives,
+}
+
+/// Pages a tracker reported dirty in an interval that the ground truth did
+/// not write in that interval.
+#[derive(Debug, Clone)]
+pub struct FalsePositives {
+    /// `(false positives, pages reported)` of each interval, in log order.
     pub per_interval: Vec<(usize, usize)>,
 }
 
-impl Accuracy {
-    /// Fails unless the false-positive ratio is at most `bound`; `what` names
-    /// the run in the message.
-    #[track_caller]
-    pub fn assert_false_positive_ratio_at_most(&self, what: &str, bound: f64) {
+impl FalsePositives {
+    pub fn count(&self) -> usize {
+        self.per_interval.iter().map(|(fp, _)| fp).sum()
+    }
+
+    /// Pages reported, summed over the intervals (a page reported in three
+    /// intervals counts three times).
+    pub fn reported(&self) -> usize {
+        self.per_interval.iter().map(|(_, n)| n).sum()
+    }
+
+    /// False positives over pages reported (0 when nothing was reported).
+    pub fn ratio(&self) -> f64 {
+        match self.reported() {
+            0 => 0.0,
+            n => self.count() as f64 / n as f64,
+        }
+    }
+
+    /// The same figures without the first `n` intervals.
+    pub fn skip(&self, n: usize) -> Self {
+        Self {
+            per_interval: self.per_interval.iter().skip(n).copied().collect(),
+        }
+    }
+
+    pub fn describe(&self) -> String {
         let worst = self
             .per_interval
             .iter()
             .enumerate()
             .max_by_key(|(_, (fp, _))| *fp)
-            .map(|(i, (fp, reported))| format!("interval {i}: {fp} of {reported}"))
-            .unwrap_or_default();
-        assert!(
-            self.false_positive_ratio <= bound,
-            "{what}: false-positive ratio {:.4} is above the bound {bound}: {} of {} pages \
-             reported dirty (over {} intervals) were not written in their interval; \
-             worst {worst}",
-            self.false_positive_ratio,
-            self.false_positives,
-            self.reported_pages,
+            .map_or_else(String::new, |(i, (fp, n))| {
+                format!("; the most in interval {i}: {fp} of {n}")
+            });
+        format!(
+            "false-positive ratio {:.4}: {} of {} pages reported dirty over {} intervals \
+             were not written in their interval{worst}",
+            self.ratio(),
+            self.count(),
+            self.reported(),
             self.per_interval.len(),
+        )
+    }
+
+    /// Fails unless the ratio is at most `bound`; `what` names the run.
+    #[track_caller]
+    pub fn assert_ratio_at_most(&self, what: &str, bound: f64) {
+        assert!(
+            self.ratio() <= bound,
+            "{what}: {}, above the bound of {bound}",
+            self.describe()
         );
     }
 }
@@ -319,20 +350,11 @@ pub fn compare(truth: &[Batch], log: &[LoggedInterval], pid: i32, scope: (u64, u
             (fp, reported.count())
         })
         .collect();
-    let false_positives = per_interval.iter().map(|(fp, _)| fp).sum();
-    let reported_pages = per_interval.iter().map(|(_, n)| n).sum();
     Accuracy {
         written_pages: written.len(),
         false_negatives,
         batches_checked: checked,
-        reported_pages,
-        false_positives,
-        false_positive_ratio: if reported_pages == 0 {
-            0.0
-        } else {
-            false_positives as f64 / reported_pages as f64
-        },
-        per_interval,
+        false_positives: FalsePositives { per_interval },
     }
 }
 

@@ -10,11 +10,34 @@ use pagehop::source::tracker::Backend;
 
 use crate::common::*;
 
+/// Most pages a real backend may report dirty in an interval that the ground
+/// truth does not write in that interval, as a share of the pages reported.
+///
+/// Measured here (2 CPUs; 20 to 50 runs each, a few with two busy loops
+/// competing for the CPUs): ebpf 0 to 0.019 (0 in most runs), pagemap-scan 0
+/// to 0.005, the forked child after its first interval 0 to 0.018. Each such
+/// page was written within a few milliseconds of an interval edge (tens of
+/// milliseconds before the first interval, during the attach that precedes
+/// its start time): an interval's end time is taken before its collection,
+/// so writes in between may be reported in this interval, the next or both;
+/// at 40 MB/s that is about 10 pages per millisecond of delay, which grows
+/// on a loaded machine. 0.10 is five times the worst seen, while a backend
+/// that reported every resident page (`none`: 0.886) fails, and so would one
+/// that over-reported a single interval's resident pages (about 14 500
+/// untouched ones, against about 20 000 pages reported in a whole ebpf run).
+const MAX_FALSE_POSITIVE_RATIO: f64 = 0.10;
+
+/// The bound for the churn run, which counts the whole address space: on top
+/// of the edge pages, the workload's own bookkeeping (heap, malloc arenas,
+/// thread stacks, libc's and its binary's data) is written every interval
+/// but not in the ground truth: about 15 pages an interval, 0.033 to 0.041 of
+/// what is reported (0 to 0.0074 inside the arena). 0.15 leaves that more
+/// than three times over; every resident page would be well above 0.5.
+const MAX_CHURN_FALSE_POSITIVE_RATIO: f64 = 0.15;
+
 /// Tracks a 64 MiB workload writing 40 MB/s for 3 s in 200 ms intervals and
 /// checks that no written page was missed; returns the intervals and the
 /// comparison with the ground truth.
-const MAX_FALSE_POSITIVE_RATIO: f64 = 1.0;
-
 fn accuracy_run(backend: &str, pattern: &str) -> (Vec<serde_json::Value>, Accuracy) {
     let dir = TempDir::new(&format!("accuracy-{backend}"));
     let (gt, log) = (dir.path("truth"), dir.path("dirty"));
@@ -76,18 +99,12 @@ fn accuracy_run(backend: &str, pattern: &str) -> (Vec<serde_json::Value>, Accura
 
     let accuracy = compare(&read_ground_truth(&gt), &read_dirty_log(&log), pid, arena);
     println!(
-        "{backend}: {} written pages in {} batches checked, false negatives {}; \
-         {} of {} pages reported in the arena over {} intervals were not written in \
-         their interval: false-positive ratio {:.4}",
+        "{backend}: {} written pages in {} batches checked, false negatives {}; in the arena, {}",
         accuracy.written_pages,
         accuracy.batches_checked,
         accuracy.false_negatives.len(),
-        accuracy.false_positives,
-        accuracy.reported_pages,
-        accuracy.per_interval.len(),
-        accuracy.false_positive_ratio
+        accuracy.false_positives.describe()
     );
-    println!("TEMP {backend} per interval {:?}", accuracy.per_interval);
     assert!(
         accuracy.batches_checked > 100 && accuracy.written_pages > 2000,
         "too little was checked: {accuracy:?}"
@@ -106,7 +123,9 @@ fn accuracy_run(backend: &str, pattern: &str) -> (Vec<serde_json::Value>, Accura
 fn ebpf_backend_misses_no_written_page() {
     require_root();
     let (intervals, accuracy) = accuracy_run("ebpf", "skew");
-    accuracy.assert_false_positive_ratio_at_most("ebpf", MAX_FALSE_POSITIVE_RATIO);
+    accuracy
+        .false_positives
+        .assert_ratio_at_most("ebpf", MAX_FALSE_POSITIVE_RATIO);
     // 90% of the writes go to 10% of the pages: most of those stay dirty in
     // every interval and must show as hot.
     let hot = intervals.last().unwrap()["hot_pages"].as_u64().unwrap();
@@ -118,15 +137,25 @@ fn ebpf_backend_misses_no_written_page() {
 fn pagemap_scan_backend_misses_no_written_page() {
     require_root();
     let (_, accuracy) = accuracy_run("pagemap-scan", "uniform");
-    accuracy.assert_false_positive_ratio_at_most("pagemap-scan", MAX_FALSE_POSITIVE_RATIO);
+    accuracy
+        .false_positives
+        .assert_ratio_at_most("pagemap-scan", MAX_FALSE_POSITIVE_RATIO);
 }
 
+/// The `none` backend reports every resident page in every interval: it misses
+/// nothing, and it must fail the false-positive bound, or the bound proves
+/// nothing.
 #[test]
 #[ignore = "needs root"]
-fn none_backend_fails_the_false_positive_bound() {
+fn none_backend_exceeds_the_false_positive_bound() {
     require_root();
     let (_, accuracy) = accuracy_run("none", "uniform");
-    println!("none: {accuracy:?}");
+    let fp = &accuracy.false_positives;
+    assert!(
+        fp.ratio() > MAX_FALSE_POSITIVE_RATIO,
+        "none: {}, yet within the bound of {MAX_FALSE_POSITIVE_RATIO} meant to fail it",
+        fp.describe()
+    );
 }
 
 #[test]
@@ -201,13 +230,14 @@ fn address_space_changes_are_tracked() {
     let truth = read_ground_truth(&gt);
     let accuracy = compare(&truth, &logged, pid, (0, u64::MAX));
     println!("churn: {accuracy:?}");
-    let in_arena = compare(&truth, &logged, pid, arena);
-    println!("TEMP churn in arena: {} of {} ratio {:.4}", in_arena.false_positives, in_arena.reported_pages, in_arena.false_positive_ratio);
     assert!(
         accuracy.false_negatives.is_empty(),
         "missed pages in new mappings: {:x?}",
         &accuracy.false_negatives
     );
+    accuracy
+        .false_positives
+        .assert_ratio_at_most("churn", MAX_CHURN_FALSE_POSITIVE_RATIO);
     // The churn writes land outside the arena, in mappings created while tracking.
     let outside: usize = truth
         .iter()
@@ -290,6 +320,14 @@ fn forked_child_is_followed() {
         "missed child pages: {:x?}",
         &accuracy.false_negatives
     );
+    // A child's resident pages count as written in the interval it is attached
+    // in (it may have written any of them since the fork, before tracking):
+    // that interval reports the whole arena by design. The bound applies to
+    // the intervals after it.
+    accuracy
+        .false_positives
+        .skip(1)
+        .assert_ratio_at_most("child after its first interval", MAX_FALSE_POSITIVE_RATIO);
 }
 
 #[derive(Clone, Copy, Debug)]

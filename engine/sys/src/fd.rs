@@ -10,10 +10,6 @@ use rustix::io::Errno;
 
 use crate::cvt;
 
-// Old path of `crate::poll::poll_in`; callers move to `pagehop_sys::poll`.
-#[doc(hidden)]
-pub use crate::poll::poll_in;
-
 /// A non-blocking, close-on-exec eventfd with counter 0.
 pub fn eventfd() -> io::Result<OwnedFd> {
     Ok(rustix::event::eventfd(

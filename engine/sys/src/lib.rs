@@ -28,15 +28,6 @@ use std::time::Duration;
 
 use rustix::time::ClockId;
 
-// Old path of `poll::poll_readable`; callers move to `pagehop_sys::poll`.
-#[doc(hidden)]
-pub use poll::poll_readable;
-
-// Old name of `process::kill`, the one kill(2) wrapper (`mm::kill` is the
-// same function); callers move to `pagehop_sys::process::kill`.
-#[doc(hidden)]
-pub use process::kill as signal;
-
 /// Turns a `-1`-on-error libc return value into an `io::Result`.
 pub fn cvt<T: Copy + PartialEq + From<i8>>(ret: T) -> io::Result<T> {
     if ret == T::from(-1) {

@@ -14,11 +14,6 @@ use rustix::process::WaitOptions;
 
 use crate::cvt;
 
-// Old path of `crate::process::kill`, the one kill(2) wrapper (`pagehop_sys::signal`
-// is the same function); callers move to `pagehop_sys::process::kill`.
-#[doc(hidden)]
-pub use crate::process::kill;
-
 /// Set by the SIGTERM/SIGINT handler.
 static STOP: AtomicBool = AtomicBool::new(false);
 

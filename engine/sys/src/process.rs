@@ -380,8 +380,6 @@ mod tests {
         let mut child = sleeper();
         let pid = pid_of(&child);
         kill(pid, 0).expect("exists");
-        crate::signal(pid, 0).expect("old name, lib.rs");
-        crate::mm::kill(pid, 0).expect("old name, mm.rs");
         kill(pid, libc::SIGKILL).expect("kill");
         child.wait().expect("reap");
         assert_eq!(

@@ -15,10 +15,6 @@ use rustix::net::{
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketAddrUnix, SocketFlags, SocketType,
 };
 
-// Old path of `crate::poll::poll_readable`; callers move to `pagehop_sys::poll`.
-#[doc(hidden)]
-pub use crate::poll::poll_readable;
-
 /// Most descriptors taken from one message; a well-behaved peer sends one.
 const MAX_FDS: usize = 4;
 /// Control buffer size for [`MAX_FDS`] descriptors. It includes slack for
@@ -175,7 +171,9 @@ mod tests {
                 .expect("poll")
         );
         // The old path still works.
-        assert!(poll_readable(listener.as_fd(), std::time::Duration::ZERO).expect("poll"));
+        assert!(
+            crate::poll::poll_readable(listener.as_fd(), std::time::Duration::ZERO).expect("poll")
+        );
         // Binding again at the same path fails (the file exists).
         assert!(listen_unix(&path, 0o600, 4).is_err());
         drop(listener);

@@ -41,7 +41,7 @@ impl FaultLoop {
                     .uffd()
             }));
             let mut ready = std::mem::take(&mut self.ready);
-            let polled = sys::poll_in(&fds, timeout, &mut ready);
+            let polled = pagehop_sys::poll::poll_in(&fds, timeout, &mut ready);
             self.ready = ready;
             polled.map_err(FaultError::Poll)?;
         }

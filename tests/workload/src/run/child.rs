@@ -58,7 +58,7 @@ impl Child {
     pub(super) fn request_stop(&self) {
         if let Some(pid) = self.pid {
             // The child may have exited already: ESRCH is fine, `finish` reaps it.
-            let _ = sys::kill(pid, libc::SIGTERM);
+            let _ = pagehop_sys::process::kill(pid, libc::SIGTERM);
         }
     }
 
@@ -73,7 +73,7 @@ impl Child {
         while self.pid.is_some() {
             std::thread::sleep(Duration::from_millis(1));
             if monotonic_ns() >= give_up {
-                let _ = sys::kill(pid, libc::SIGKILL);
+                let _ = pagehop_sys::process::kill(pid, libc::SIGKILL);
             }
             self.reap()?;
         }
