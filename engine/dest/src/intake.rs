@@ -11,7 +11,6 @@
 //! that breaks is reported to the fetch loop, which reconnects.
 use std::collections::HashMap;
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -24,29 +23,19 @@ use crate::store::{PageStore, StoreError};
 
 /// What the data lanes may deliver now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
 pub enum Accepting {
     /// Pre-copy rounds: pages for the store.
-    Rounds = 0,
+    Rounds,
     /// Post-copy: pages for the store and the fetch loop.
-    Postcopy = 1,
+    Postcopy,
     /// After the pre-copy switch: the final round was acknowledged, nothing
     /// more may come; lanes may close.
-    AfterSwitch = 2,
+    AfterSwitch,
     /// After the end of the migration.
-    AfterDone = 3,
+    AfterDone,
 }
 
 impl Accepting {
-    fn from_u8(v: u8) -> Self {
-        match v {
-            0 => Accepting::Rounds,
-            1 => Accepting::Postcopy,
-            2 => Accepting::AfterSwitch,
-            _ => Accepting::AfterDone,
-        }
-    }
-
     fn describe(self) -> &'static str {
         match self {
             Accepting::Rounds => "during the rounds",
@@ -97,7 +86,7 @@ pub struct Intake {
     failure: Mutex<Option<LaneFailure>>,
     /// The control connection, to wake the control loop when a lane fails.
     control: TcpStream,
-    accepting: AtomicU8,
+    accepting: Mutex<Accepting>,
     /// Set at a post-copy switch: where received pages are reported.
     postcopy: OnceLock<Arc<Arrivals>>,
 }
@@ -110,7 +99,7 @@ impl Intake {
             arrived: Condvar::new(),
             failure: Mutex::new(None),
             control,
-            accepting: AtomicU8::new(Accepting::Rounds as u8),
+            accepting: Mutex::new(Accepting::Rounds),
             postcopy: OnceLock::new(),
         }
     }
@@ -125,11 +114,11 @@ impl Intake {
 
     /// What the lanes may deliver from now on.
     pub fn set_accepting(&self, accepting: Accepting) {
-        self.accepting.store(accepting as u8, Ordering::SeqCst);
+        *self.accepting.lock().expect("lock") = accepting;
     }
 
     pub fn accepting(&self) -> Accepting {
-        Accepting::from_u8(self.accepting.load(Ordering::SeqCst))
+        *self.accepting.lock().expect("lock")
     }
 
     /// Post-copy: report arrivals to `arrivals` from now on.

@@ -294,4 +294,65 @@ mod tests {
         store.insert(0x11000, None).expect("zero");
         assert_eq!(store.get(0x11000), PageState::Zero);
     }
+
+    /// A sink that remembers what it was given.
+    #[derive(Default)]
+    struct Recorder {
+        pages: Vec<(u64, Option<Vec<u8>>)>,
+        finished: bool,
+    }
+
+    impl PageSink for Recorder {
+        type Error = StoreError;
+
+        fn set_layout(&mut self, _: SpaceKey, _: &[Range]) -> Result<(), StoreError> {
+            Ok(())
+        }
+
+        fn put(&mut self, _: SpaceKey, pages: &[(u64, Option<&[u8]>)]) -> Result<(), StoreError> {
+            assert!(pages.len() <= DRAIN_BATCH);
+            assert!(pages.windows(2).all(|w| w[0].0 < w[1].0), "ascending");
+            self.pages
+                .extend(pages.iter().map(|&(a, p)| (a, p.map(<[u8]>::to_vec))));
+            Ok(())
+        }
+
+        fn finish(&mut self) -> Result<u64, StoreError> {
+            self.finished = true;
+            Ok(self.pages.len() as u64)
+        }
+    }
+
+    #[test]
+    fn drains_every_page_once_over_parallel_sinks() {
+        let mut store = PageStore::new(PS);
+        let range = Range::new(0x100_0000, 0x100_0000 + 2000 * PS as u64);
+        store.set_layout(SpaceKey::ROOT, &[range]).expect("layout");
+        let pages: Vec<(u64, Option<Vec<u8>>)> = (0..2000u64)
+            .filter(|i| i % 3 != 0)
+            .map(|i| {
+                let addr = range.start + i * PS as u64;
+                (addr, (i % 5 != 0).then(|| vec![(i % 251) as u8; PS]))
+            })
+            .collect();
+        let borrowed: Vec<(u64, Option<&[u8]>)> =
+            pages.iter().map(|(a, p)| (*a, p.as_deref())).collect();
+        store.put(SpaceKey::ROOT, &borrowed).expect("put");
+        let mut sinks: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
+        store.drain_parallel(&mut sinks).expect("drain");
+        let mut got: Vec<(u64, Option<Vec<u8>>)> = sinks
+            .iter_mut()
+            .flat_map(|s| std::mem::take(&mut s.pages))
+            .collect();
+        got.sort_by_key(|(a, _)| *a);
+        assert_eq!(got, pages, "every stored page, once, with its content");
+        let mut one = Recorder::default();
+        store.drain_into(&mut one).expect("drain");
+        assert_eq!(one.pages, pages);
+        assert_eq!(store.finish().expect("finish"), pages.len() as u64);
+        assert!(matches!(
+            store.put(SpaceKey(1), &borrowed[..1]),
+            Err(StoreError::UnknownSpace { .. })
+        ));
+    }
 }

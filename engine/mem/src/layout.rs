@@ -33,6 +33,21 @@ pub struct Vma {
 }
 
 impl Vma {
+    /// A private anonymous read-write mapping of `range` (what a restored
+    /// image or a working set describes).
+    pub fn anonymous(range: Range, name: &str) -> Self {
+        Vma {
+            range,
+            read: true,
+            write: true,
+            exec: false,
+            shared: false,
+            offset: 0,
+            inode: 0,
+            name: name.to_string(),
+        }
+    }
+
     /// Kernel-provided mappings whose contents are not the process's own state.
     pub fn is_special(&self) -> bool {
         matches!(

@@ -208,16 +208,7 @@ mod tests {
     const PS: u64 = 4096;
 
     fn vma(start: u64, end: u64, name: &str) -> Vma {
-        Vma {
-            range: Range::new(start, end),
-            read: true,
-            write: true,
-            exec: false,
-            shared: false,
-            offset: 0,
-            inode: 0,
-            name: name.to_string(),
-        }
+        Vma::anonymous(Range::new(start, end), name)
     }
 
     #[test]

@@ -77,47 +77,6 @@ impl LiveProcess {
         }
     }
 
-    /// Reads `runs` into `buf`; a run that fails part way is read again
-    /// page by page, and what cannot be read is marked absent.
-    fn read_runs(
-        &self,
-        space: SpaceKey,
-        runs: &[(u64, usize)],
-        buf: &mut [u8],
-        present: &mut Vec<bool>,
-    ) -> Result<(), ProvideError> {
-        let ps = self.reader.page_size();
-        let pages: usize = runs.iter().map(|&(_, n)| n).sum();
-        present.clear();
-        present.resize(pages, true);
-        match self.reader.read(runs, buf) {
-            Ok(_) => {}
-            // Part of it was unmapped meanwhile: read what is left page by page.
-            Err(ReadError::Unmapped { .. }) => {
-                let mut i = 0;
-                for &(start, n) in runs {
-                    for k in 0..n as u64 {
-                        let at = i * ps;
-                        let page = [(start + k * ps as u64, 1)];
-                        match self.reader.read(&page, &mut buf[at..at + ps]) {
-                            Ok(_) => {}
-                            Err(ReadError::Unmapped { .. }) => present[i] = false,
-                            Err(e) => return Err(self.read_error(space, e)),
-                        }
-                        i += 1;
-                    }
-                }
-            }
-            Err(e) => return Err(self.read_error(space, e)),
-        }
-        // The pid still names our process (a pid is not reused while the
-        // process, or its zombie, exists).
-        if self.target.process().signal(0).is_err() {
-            return Err(self.gone(space));
-        }
-        Ok(())
-    }
-
     fn read_error(&self, space: SpaceKey, e: ReadError) -> ProvideError {
         match e {
             ReadError::Gone { .. } => self.gone(space),
@@ -188,7 +147,38 @@ impl PageProvider for LiveProcess {
         present: &mut Vec<bool>,
     ) -> Result<(), ProvideError> {
         self.check(space)?;
-        self.read_runs(space, runs, buf, present)
+        // A run that fails part way is read again page by page, and what
+        // cannot be read is marked absent.
+        let ps = self.reader.page_size();
+        let pages: usize = runs.iter().map(|&(_, n)| n).sum();
+        present.clear();
+        present.resize(pages, true);
+        match self.reader.read(runs, buf) {
+            Ok(_) => {}
+            // Part of it was unmapped meanwhile: read what is left page by page.
+            Err(ReadError::Unmapped { .. }) => {
+                let mut i = 0;
+                for &(start, n) in runs {
+                    for k in 0..n as u64 {
+                        let at = i * ps;
+                        let page = [(start + k * ps as u64, 1)];
+                        match self.reader.read(&page, &mut buf[at..at + ps]) {
+                            Ok(_) => {}
+                            Err(ReadError::Unmapped { .. }) => present[i] = false,
+                            Err(e) => return Err(self.read_error(space, e)),
+                        }
+                        i += 1;
+                    }
+                }
+            }
+            Err(e) => return Err(self.read_error(space, e)),
+        }
+        // The pid still names our process (a pid is not reused while the
+        // process, or its zombie, exists).
+        if self.target.process().signal(0).is_err() {
+            return Err(self.gone(space));
+        }
+        Ok(())
     }
 }
 
@@ -277,5 +267,141 @@ impl PageProvider for FrozenTree<'_> {
         present: &mut Vec<bool>,
     ) -> Result<(), ProvideError> {
         self.member(space)?.read(space, runs, buf, present)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Seek, SeekFrom};
+    use std::process::{Child, Command};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// A `sleep` child, killed and reaped when dropped.
+    struct Sleeper(Child);
+
+    impl Sleeper {
+        fn start() -> Self {
+            Self(
+                Command::new("sleep")
+                    .arg("30")
+                    .spawn()
+                    .expect("spawn sleep"),
+            )
+        }
+
+        fn pid(&self) -> i32 {
+            self.0.id() as i32
+        }
+
+        /// The state letter of /proc/PID/stat, once it settles on `want`.
+        fn wait_state(&self, want: &[char]) -> char {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            loop {
+                let stat =
+                    std::fs::read_to_string(format!("/proc/{}/stat", self.pid())).expect("stat");
+                let state = stat
+                    .rsplit_once(')')
+                    .and_then(|(_, rest)| rest.trim_start().chars().next())
+                    .expect("state");
+                if want.contains(&state) || Instant::now() >= deadline {
+                    return state;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+    }
+
+    impl Drop for Sleeper {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn a_live_process_reads_what_proc_mem_shows() {
+        let child = Sleeper::start();
+        // Asleep in nanosleep: its memory no longer changes under the reads.
+        assert_eq!(child.wait_state(&['S']), 'S');
+        let live = LiveProcess::open(child.pid()).expect("a valid target");
+        let layout = live.layout(SpaceKey::ROOT).expect("layout");
+        let populated = live.populated(SpaceKey::ROOT, &layout).expect("populated");
+        assert!(
+            !populated.is_empty(),
+            "a running process has resident pages"
+        );
+        let ps = live.page_size();
+        let runs: Vec<(u64, usize)> = populated
+            .ranges()
+            .iter()
+            .take(4)
+            .map(|r| (r.start, ((r.len() as usize) / ps).min(16)))
+            .collect();
+        let bytes: usize = runs.iter().map(|r| r.1 * ps).sum();
+        let mut buf = vec![0u8; bytes];
+        let mut present = Vec::new();
+        live.read(SpaceKey::ROOT, &runs, &mut buf, &mut present)
+            .expect("read");
+        assert!(present.iter().all(|&p| p), "resident pages are readable");
+        let mut mem = std::fs::File::open(format!("/proc/{}/mem", child.pid())).expect("mem");
+        let mut at = 0;
+        for &(start, pages) in &runs {
+            let mut want = vec![0u8; pages * ps];
+            mem.seek(SeekFrom::Start(start)).expect("seek");
+            mem.read_exact(&mut want).expect("read mem");
+            assert!(
+                buf[at..at + want.len()] == want[..],
+                "run at {start:#x} differs"
+            );
+            at += want.len();
+        }
+        // Only the root space exists.
+        assert!(matches!(
+            live.layout(SpaceKey(3)),
+            Err(ProvideError::UnknownSpace { .. })
+        ));
+    }
+
+    #[test]
+    #[ignore = "needs root"]
+    fn a_frozen_tree_stops_holds_and_thaws() {
+        let child = Sleeper::start();
+        let live = LiveProcess::open(child.pid()).expect("a valid target");
+        let tree = live
+            .freeze(&FreezeMethod::Ptrace, Duration::from_secs(5))
+            .expect("freeze");
+        assert_eq!(child.wait_state(&['t']), 't', "ptrace-stopped");
+        assert_eq!(tree.spaces().collect::<Vec<_>>(), vec![SpaceKey::ROOT]);
+        // Readable while frozen, through the same interface.
+        let layout = tree.layout(SpaceKey::ROOT).expect("layout");
+        assert!(
+            !tree
+                .populated(SpaceKey::ROOT, &layout)
+                .expect("populated")
+                .is_empty()
+        );
+        tree.thaw().expect("thaw");
+        assert!(
+            matches!(child.wait_state(&['S', 'R']), 'S' | 'R'),
+            "running again"
+        );
+        // A post-copy hold survives the freeze going away: stopped, untraced.
+        let tree = live
+            .freeze(&FreezeMethod::Ptrace, Duration::from_secs(5))
+            .expect("freeze again");
+        tree.hold_stopped();
+        tree.leave_stopped();
+        assert_eq!(child.wait_state(&['T']), 'T', "left stopped");
+        live.target()
+            .process()
+            .signal(libc::SIGCONT)
+            .expect("continue");
+        assert!(
+            matches!(child.wait_state(&['S', 'R']), 'S' | 'R'),
+            "continued"
+        );
     }
 }

@@ -232,12 +232,7 @@ mod tests {
         // created afterwards, so the other tests' threads are unaffected.
         std::thread::spawn(|| {
             block_termination_signals().expect("block");
-            let tid = std::fs::read_link("/proc/thread-self").expect("thread-self");
-            let tid: i32 = tid
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse().ok())
-                .expect("tid");
+            let tid = crate::gettid();
             crate::ptrace::tgkill(crate::mm::getpid(), tid, libc::SIGHUP).expect("tgkill");
             assert_eq!(wait_termination_signal(), libc::SIGHUP);
         })

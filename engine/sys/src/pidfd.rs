@@ -95,12 +95,7 @@ mod tests {
         // A thread that is not the leader: EINVAL without PIDFD_THREAD.
         let (tx, rx) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let tid = std::fs::read_link("/proc/thread-self").expect("thread-self");
-            let tid: i32 = tid
-                .file_name()
-                .and_then(|n| n.to_str())
-                .and_then(|n| n.parse().ok())
-                .expect("tid");
+            let tid = crate::gettid();
             let leader = pidfd_open(tid).expect_err("not a leader");
             assert!(
                 matches!(leader.raw_os_error(), Some(libc::EINVAL | libc::ENOENT)),

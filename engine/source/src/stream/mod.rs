@@ -98,6 +98,15 @@ pub struct PageStreamer {
     pub totals: RoundStats,
 }
 
+/// Second handles to `streams` (for the watchdog and for socket options).
+fn clone_all(streams: &[TcpStream]) -> Result<Vec<TcpStream>, StreamError> {
+    streams
+        .iter()
+        .map(TcpStream::try_clone)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(StreamError::Socket)
+}
+
 impl PageStreamer {
     pub fn new(
         streams: Vec<TcpStream>,
@@ -111,11 +120,7 @@ impl PageStreamer {
             ZeroCopy::On | ZeroCopy::Auto => SendMode::ZeroCopy,
         };
         let buffer_size = HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + page_size);
-        let watched = streams
-            .iter()
-            .map(TcpStream::try_clone)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StreamError::Socket)?;
+        let watched = clone_all(&streams)?;
         let sender = UringSender::new(streams, BUFFERS, buffer_size, mode)?;
         Ok(Self {
             sender,
@@ -129,11 +134,7 @@ impl PageStreamer {
             present: Vec::with_capacity(BATCH_PAGES),
             next_stream: 0,
             lz4_sampler: Lz4Sampler::default(),
-            sockets: watched
-                .iter()
-                .map(TcpStream::try_clone)
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(StreamError::Socket)?,
+            sockets: clone_all(&watched)?,
             watchdog: Watchdog::start(watched, stall_timeout),
             totals: RoundStats::default(),
         })
@@ -142,18 +143,10 @@ impl PageStreamer {
     /// Carries on over new data connections (after a reconnect); batches
     /// still in flight on the old ones are abandoned.
     pub fn replace_streams(&mut self, streams: Vec<TcpStream>) -> Result<(), StreamError> {
-        let watched = streams
-            .iter()
-            .map(TcpStream::try_clone)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StreamError::Socket)?;
+        let watched = clone_all(&streams)?;
         let buffer_size = HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + self.page_size);
         self.sender = UringSender::new(streams, BUFFERS, buffer_size, self.sender.mode())?;
-        self.sockets = watched
-            .iter()
-            .map(TcpStream::try_clone)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(StreamError::Socket)?;
+        self.sockets = clone_all(&watched)?;
         self.watchdog = Watchdog::start(watched, self.watchdog.timeout);
         self.next_stream = 0;
         Ok(())

@@ -368,16 +368,7 @@ impl pagehop_mem::PageProvider for Image {
             vmas: self
                 .ranges
                 .iter()
-                .map(|&range| pagehop_mem::layout::Vma {
-                    range,
-                    read: true,
-                    write: true,
-                    exec: false,
-                    shared: false,
-                    offset: 0,
-                    inode: 0,
-                    name: String::new(),
-                })
+                .map(|&range| pagehop_mem::layout::Vma::anonymous(range, ""))
                 .collect(),
         })
     }
