@@ -54,7 +54,7 @@ pub enum FetchError {
     #[error(transparent)]
     Faults(#[from] FaultError),
     #[error(
-        "post-copy: the source has been gone for {waited:.1} s ({why}); the restored process {pid} \
+        "post-copy: the source has been gone for {waited:.1} s; the restored process {pid} \
          is left stopped with {missing} pages still on the source: it must not be continued \
          (it would read zero pages); kill it or migrate again"
     )]
@@ -62,10 +62,22 @@ pub enum FetchError {
         pid: i32,
         missing: u64,
         waited: f64,
-        why: String,
+        #[source]
+        why: LinkBreak,
     },
     #[error("post-copy: sending to the source")]
     Control(#[source] ConnError),
+}
+
+/// Why post-copy lost the source.
+#[derive(Debug, thiserror::Error)]
+pub enum LinkBreak {
+    #[error("the control lane broke")]
+    Control(#[source] ConnError),
+    #[error("unexpected {kind} frame from the source")]
+    Unexpected { kind: pagehop_wire::FrameKind },
+    #[error("a data or priority lane broke")]
+    Lane,
 }
 
 /// What the caller knows at the switch.
@@ -196,16 +208,14 @@ impl Fetch {
             if control_broke || (lane_lost && missing > 0) {
                 let why = if control_broke {
                     match control.recv() {
-                        Ok((kind, _)) => {
-                            format!("unexpected {} frame from the source", kind.name())
-                        }
-                        Err(e) => pagehop_mem::error_chain(&e),
+                        Ok((kind, _)) => LinkBreak::Unexpected { kind },
+                        Err(e) => LinkBreak::Control(e),
                     }
                 } else {
-                    "a data or priority lane broke".to_string()
+                    LinkBreak::Lane
                 };
                 let stopped = Instant::now();
-                epoch = self.reconnect(start, control, epoch, &why)?;
+                epoch = self.reconnect(start, control, epoch, why)?;
                 stats.reconnects += 1;
                 stats.stopped_ms += stopped.elapsed().as_secs_f64() * 1e3;
                 source.rearm(
@@ -280,14 +290,15 @@ impl Fetch {
         start: &Start<'_>,
         control: &mut Conn,
         epoch: u32,
-        why: &str,
+        why: LinkBreak,
     ) -> Result<u32, FetchError> {
         let stopped = crate::tree::signal_tree(start.process, libc::SIGSTOP);
         let arrivals = Arc::clone(&self.arrivals);
         let missing = move || arrivals.outstanding.lock().expect("lock").count();
         log::warn!(
-            "post-copy connection lost ({why}); process {} stopped with {} pages \
+            "post-copy connection lost ({}); process {} stopped with {} pages \
              still on the source; waiting {:.1} s for the source",
+            pagehop_mem::error_chain(&why),
             self.pid,
             missing(),
             self.reconnect_timeout.as_secs_f64()
@@ -305,7 +316,7 @@ impl Fetch {
                     pid: self.pid,
                     missing: missing(),
                     waited: waited.elapsed().as_secs_f64(),
-                    why: why.to_string(),
+                    why,
                 });
             }
             // Keep reading events (a stopped process makes none, but its

@@ -70,17 +70,27 @@ impl State {
         !matches!(self, State::Rounds { .. })
     }
 
-    /// What the data lanes may deliver in this state.
+    /// What the data lanes may deliver in this state. After a pre-copy
+    /// switch nothing: the final round was acknowledged whole before it.
+    /// During post-copy pages keep coming until the source's final `Done`,
+    /// also after every page is installed: a background push and a demand
+    /// answer can both carry a page, and the later copy is simply late.
     pub fn accepting(self) -> Accepting {
         match self {
             State::Rounds { .. } => Accepting::Rounds,
             State::Running {
                 switch: SwitchKind::Postcopy,
+            }
+            | State::Verifying {
+                switch: SwitchKind::Postcopy,
             } => Accepting::Postcopy,
             State::Running {
                 switch: SwitchKind::Precopy,
+            }
+            | State::Verifying {
+                switch: SwitchKind::Precopy,
             } => Accepting::AfterSwitch,
-            State::Verifying { .. } | State::Finished => Accepting::AfterDone,
+            State::Finished => Accepting::AfterDone,
         }
     }
 
@@ -273,6 +283,22 @@ mod tests {
             }
             .accepting(),
             Accepting::AfterSwitch
+        );
+    }
+
+    #[test]
+    fn late_postcopy_pages_are_taken_until_the_final_done() {
+        let verifying = State::Verifying {
+            switch: SwitchKind::Postcopy,
+        };
+        assert_eq!(verifying.accepting(), Accepting::Postcopy);
+        let precopy = State::Verifying {
+            switch: SwitchKind::Precopy,
+        };
+        assert_eq!(precopy.accepting(), Accepting::AfterSwitch);
+        assert_eq!(
+            verifying.next(Event::Done).map(State::accepting),
+            Ok(Accepting::AfterDone)
         );
     }
 

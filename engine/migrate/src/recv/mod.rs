@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use pagehop_dest::fetch::{FetchError, Lanes};
-use pagehop_dest::intake::{Accepting, Intake, LaneFailure, RoundWaitError};
+use pagehop_dest::intake::{Intake, LaneFailure, RoundWaitError};
 use pagehop_dest::restore::{RestoreCommand, RestoreError, Restored};
 use pagehop_dest::store::{PageStore, StoreError};
 use pagehop_dest::uffd_sink::{UffdSink, UffdSinkError};
@@ -402,7 +402,6 @@ impl Receiver<'_> {
             self.opts.reconnect_timeout,
             &mut self.report,
         )?;
-        self.intake.set_accepting(Accepting::AfterDone);
         self.restored = Some(restored);
         Ok(())
     }
