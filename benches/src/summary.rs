@@ -292,7 +292,7 @@ pub fn markdown(rows: &[Row], scenarios: &[Scenario]) -> String {
         "Medians over the successful repetitions, (min–max) across them. \
          × s&c: the median over stop-and-copy's median at the same point. \
          % iperf3: pagehop's throughput over one iperf3 stream on the same link. \
-         Fault p50: the median remote fault latency (hdrhistogram, 3 significant digits).\n",
+         Fault p50: the median fault-to-install latency of every fault at the destination (hdrhistogram, exact to 3 significant digits).\n",
     );
     let mut names: Vec<&str> = rows.iter().map(|r| r.scenario.as_str()).collect();
     names.dedup();
