@@ -175,34 +175,28 @@ impl PageStreamer {
         pages: &RangeSet,
     ) -> Result<RoundStats, StreamError> {
         self.watchdog.set_busy(true);
-        let result = self.send_round_inner(provider, space, round, pages);
-        self.watchdog.set_busy(false);
-        result.map_err(|e| self.watchdog.explain(e))
-    }
-
-    fn send_round_inner(
-        &mut self,
-        provider: &dyn PageProvider,
-        space: SpaceKey,
-        round: u32,
-        pages: &RangeSet,
-    ) -> Result<RoundStats, StreamError> {
         let mut stats = RoundStats::default();
         let ps = self.page_size as u64;
         let mut batch: Vec<u64> = Vec::with_capacity(BATCH_PAGES);
+        let mut result = Ok(());
         for page in pages.iter_pages(ps) {
             batch.push(page);
             if batch.len() == BATCH_PAGES {
-                self.send_batch(provider, space, round, &batch, &mut stats)?;
+                result = self.send_batch(provider, space, round, &batch, &mut stats);
+                if result.is_err() {
+                    break;
+                }
                 batch.clear();
                 self.watchdog.tick();
                 self.adapt_zerocopy();
             }
         }
-        if !batch.is_empty() {
-            self.send_batch(provider, space, round, &batch, &mut stats)?;
+        if result.is_ok() && !batch.is_empty() {
+            result = self.send_batch(provider, space, round, &batch, &mut stats);
         }
-        self.sender.flush()?;
+        let result = result.and_then(|()| Ok(self.sender.flush()?));
+        self.watchdog.set_busy(false);
+        result.map_err(|e| self.watchdog.explain(e))?;
         self.adapt_zerocopy();
         self.totals.add(&stats);
         Ok(stats)
