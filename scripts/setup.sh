@@ -51,4 +51,10 @@ if [ -n "$missing_pkgs" ]; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing_pkgs >/dev/null
 fi
 
+# The applications the tests migrate (redis, nginx, Debian's python3, ...),
+# then CRIU 4.2.1 in its own Debian root behind /opt/pagehop/bin/criu.
+scripts="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+bash "$scripts/setup-apps.sh"
+bash "$scripts/setup-criu.sh"
+
 say "toolchain ready"

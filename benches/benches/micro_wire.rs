@@ -8,12 +8,12 @@ use std::hint::black_box;
 use std::io::Read;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use pagehop::wire::FrameReader;
 use pagehop::wire::batch::{self, Compress};
 use pagehop::wire::frame::{FrameKind, HEADER_LEN, encode_frame, frame_header};
 use pagehop::wire::msg::{
     CAP_LZ4, CAP_VERIFY, EndOfRound, Hello, Layout, PageRequest, Role, VerifyDigests, VmaDesc,
 };
+use pagehop::wire::{FrameReader, SpaceKey};
 
 mod micro_common;
 use micro_common::{PAGE, Texture, config, pages};
@@ -76,6 +76,7 @@ fn frames(c: &mut Criterion) {
 
 fn layout(vmas: usize) -> Layout {
     Layout {
+        space: SpaceKey::ROOT,
         vmas: (0..vmas as u64)
             .map(|i| VmaDesc {
                 start: 0x5555_0000_0000 + i * 0x20_0000,
@@ -139,6 +140,7 @@ fn messages(c: &mut Criterion) {
         "PageRequest",
         PageRequest,
         PageRequest {
+            space: SpaceKey::ROOT,
             addr: 0x7f00_1234_5000,
             pages: 16,
         }
@@ -148,6 +150,7 @@ fn messages(c: &mut Criterion) {
         "VerifyDigests-65536",
         VerifyDigests,
         VerifyDigests {
+            space: SpaceKey::ROOT,
             start: 0x7f00_0000_0000,
             hashes: (0..65536u64)
                 .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -181,6 +184,7 @@ fn page_batches(c: &mut Criterion) {
                     b.iter(|| {
                         out.clear();
                         batch::encode_batch(
+                            SpaceKey::ROOT,
                             1,
                             &entries,
                             black_box(&data),
@@ -193,7 +197,15 @@ fn page_batches(c: &mut Criterion) {
                 },
             );
             let mut payload = Vec::new();
-            batch::encode_batch(1, &entries, &data, mode, &mut Vec::new(), &mut payload);
+            batch::encode_batch(
+                SpaceKey::ROOT,
+                1,
+                &entries,
+                &data,
+                mode,
+                &mut Vec::new(),
+                &mut payload,
+            );
             let mut dscratch = Vec::new();
             let compressed = batch::decode_batch(&payload, PAGE, &mut dscratch)
                 .expect("decode")

@@ -7,6 +7,7 @@
 //! checks what it reads (a per-page pattern, or zeroes). The parent serves
 //! it with a `FaultLoop` whose `PageSource` answers every request from a
 //! worker thread after a delay, as a network would.
+use pagehop::mem::SpaceKey;
 use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -188,7 +189,7 @@ struct TestSource {
 }
 
 impl PageSource for TestSource {
-    fn request(&mut self, addr: u64, pages: u32) -> Result<(), FaultError> {
+    fn request(&mut self, _space: SpaceKey, addr: u64, pages: u32) -> Result<(), FaultError> {
         self.requests.push((addr, pages));
         if self.held.contains(&addr) {
             return Ok(());
@@ -257,7 +258,8 @@ fn serve(
     let handoff = listener
         .accept_uffd(DEADLINE)
         .unwrap_or_else(|e| panic!("accept the child's uffd: {e}"));
-    let mut faults = FaultLoop::new(handoff.uffd, ps() as usize).expect("FaultLoop::new");
+    let mut faults =
+        FaultLoop::new(handoff.uffd, ps() as usize, SpaceKey::ROOT).expect("FaultLoop::new");
     let (mut source, answers) = TestSource::start(faults.waker(), held);
     let start = Instant::now();
     loop {
@@ -266,7 +268,7 @@ fn serve(
             .unwrap_or_else(|e| panic!("run_once: {e}"));
         for (addr, data) in answers.try_iter() {
             faults
-                .deliver(addr, Some(&data))
+                .deliver(SpaceKey::ROOT, addr, Some(&data))
                 .unwrap_or_else(|e| panic!("deliver {addr:#x}: {e}"));
         }
         each(&mut faults, &source);
@@ -475,7 +477,7 @@ fn faults_munmap_wakes_blocked_thread() {
             if faults.stats().unmaps == 1 && !delivered_after_unmap {
                 delivered_after_unmap = true;
                 faults
-                    .deliver(held_page, Some(&pattern(held_page)))
+                    .deliver(SpaceKey::ROOT, held_page, Some(&pattern(held_page)))
                     .unwrap_or_else(|e| panic!("late delivery: {e}"));
             }
         },

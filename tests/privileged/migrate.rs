@@ -491,11 +491,11 @@ fn wrong_token_and_protocol_version_are_refused() {
         send_err.contains("token"),
         "send should say the token is wrong: {send_err}"
     );
-    // A peer speaking protocol version 2: a frame header with version 2.
+    // A peer speaking another protocol version: a frame header with version 99.
     let mut raw = TcpStream::connect("127.0.0.1:7201").expect("connect");
     let mut header = [0u8; 16];
     header[..4].copy_from_slice(b"PHOP");
-    header[4..6].copy_from_slice(&2u16.to_le_bytes());
+    header[4..6].copy_from_slice(&99u16.to_le_bytes());
     header[6..8].copy_from_slice(&1u16.to_le_bytes());
     raw.write_all(&header).unwrap();
     let mut reply = Vec::new();
@@ -511,7 +511,7 @@ fn wrong_token_and_protocol_version_are_refused() {
         "recv should log the bad token: {recv_err}"
     );
     assert!(
-        recv_err.contains("version 2"),
+        recv_err.contains("version 99"),
         "recv should log the version mismatch: {recv_err}"
     );
     assert!(!marker.exists(), "something was restored");

@@ -14,7 +14,7 @@ use std::net::TcpStream;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use pagehop_mem::{PageSink, SpaceKey};
+use pagehop_mem::PageSink;
 use pagehop_wire::batch::{BatchError, decode_batch};
 use pagehop_wire::{FrameError, FrameKind, FrameReader};
 
@@ -197,12 +197,16 @@ impl Intake {
             };
             let round = batch.round;
             let pages: Vec<(u64, Option<&[u8]>)> = batch.iter().collect();
-            let stored = self.lock_store().put(SpaceKey::ROOT, &pages);
+            let stored = self.lock_store().put(batch.space, &pages);
             if let Err(e) = stored {
                 return self.fail(LaneFailure::Store(e));
             }
             if let Some(arrivals) = self.postcopy.get() {
-                arrivals.arrived(priority, pages.iter().map(|(addr, _)| *addr).collect());
+                arrivals.arrived(
+                    batch.space,
+                    priority,
+                    pages.iter().map(|(addr, _)| *addr).collect(),
+                );
             }
             *self.counts.lock().expect("lock").entry(round).or_default() += pages.len() as u64;
             self.arrived.notify_all();

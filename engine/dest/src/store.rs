@@ -1,6 +1,8 @@
 //! The destination's page store: received memory, kept until switchover.
 //!
-//! One memfd-backed region per source mapping (the layout the source sent),
+//! One [`SpaceStore`] per address space of the source (one per process of a
+//! tree), and in it one memfd-backed region per mapping (the layout the
+//! source sent),
 //! so memory is allocated only for pages that arrive, and each page is
 //! copied once: from the receive buffer into the store. A page is absent
 //! (never sent), zero (sent as a hole) or data.
@@ -24,8 +26,8 @@ use pagehop_mem::sink::{self, DRAIN_BATCH, PageSink};
 pub enum StoreError {
     #[error("{space} is not stored here")]
     UnknownSpace { space: SpaceKey },
-    #[error("page {addr:#x} is outside every mapping the source announced")]
-    OutsideLayout { addr: u64 },
+    #[error("page {addr:#x} of {space} is outside every mapping the source announced")]
+    OutsideLayout { space: SpaceKey, addr: u64 },
     #[error("page {addr:#x}: got {len} bytes, pages are {page_size}")]
     PageSize {
         addr: u64,
@@ -63,16 +65,19 @@ impl Region {
     }
 }
 
-pub struct PageStore {
+/// The received pages of one address space.
+pub struct SpaceStore {
+    space: SpaceKey,
     page_size: usize,
     regions: BTreeMap<u64, Region>,
     data_pages: u64,
     zero_pages: u64,
 }
 
-impl PageStore {
-    pub fn new(page_size: usize) -> Self {
+impl SpaceStore {
+    fn new(space: SpaceKey, page_size: usize) -> Self {
         Self {
+            space,
             page_size,
             regions: BTreeMap::new(),
             data_pages: 0,
@@ -107,7 +112,10 @@ impl PageStore {
             .range(..=addr)
             .next_back()
             .filter(|(_, r)| r.range.contains(addr))
-            .ok_or(StoreError::OutsideLayout { addr })?;
+            .ok_or(StoreError::OutsideLayout {
+                space: self.space,
+                addr,
+            })?;
         Ok((
             region,
             ((addr - region.range.start) / self.page_size as u64) as usize,
@@ -178,17 +186,71 @@ impl PageStore {
     pub fn received(&self) -> (u64, u64) {
         (self.data_pages, self.zero_pages)
     }
+}
 
-    /// Hands every stored page to `sink`, in address order.
-    pub fn drain_into<S: PageSink + ?Sized>(&self, sink: &mut S) -> Result<(), S::Error> {
-        sink::drain(SpaceKey::ROOT, self.iter(), sink)
+/// The received pages of every address space.
+pub struct PageStore {
+    page_size: usize,
+    spaces: BTreeMap<SpaceKey, SpaceStore>,
+}
+
+impl PageStore {
+    pub fn new(page_size: usize) -> Self {
+        Self {
+            page_size,
+            spaces: BTreeMap::new(),
+        }
     }
 
-    /// Hands every stored page to one of `sinks`, a [`DRAIN_BATCH`] of pages
-    /// to each in turn, with one thread per sink (installing into a fresh
-    /// process touches each page for the first time: it pays to use every
-    /// core). The sinks' `finish` is the caller's.
-    pub fn drain_parallel<S: PageSink + Send>(&self, sinks: &mut [S]) -> Result<(), S::Error> {
+    pub fn page_size(&self) -> usize {
+        self.page_size
+    }
+
+    /// The store of one address space, if the source announced it.
+    pub fn space(&self, space: SpaceKey) -> Option<&SpaceStore> {
+        self.spaces.get(&space)
+    }
+
+    /// The address spaces the source announced.
+    pub fn spaces(&self) -> impl Iterator<Item = SpaceKey> + '_ {
+        self.spaces.keys().copied()
+    }
+
+    /// What the store holds for a page.
+    pub fn get(&self, space: SpaceKey, addr: u64) -> PageState<'_> {
+        self.spaces
+            .get(&space)
+            .map_or(PageState::Absent, |s| s.get(addr))
+    }
+
+    /// Pages received as data and as zero pages, in all spaces (counting repeats).
+    pub fn received(&self) -> (u64, u64) {
+        self.spaces.values().fold((0, 0), |(d, z), s| {
+            let (sd, sz) = s.received();
+            (d + sd, z + sz)
+        })
+    }
+
+    /// Hands every stored page to `sink`, space by space, in address order.
+    pub fn drain_into<S: PageSink + ?Sized>(&self, sink: &mut S) -> Result<(), S::Error> {
+        for (&space, store) in &self.spaces {
+            sink::drain(space, store.iter(), sink)?;
+        }
+        Ok(())
+    }
+
+    /// Hands every stored page of `space` to one of `sinks`, a
+    /// [`DRAIN_BATCH`] of pages to each in turn, with one thread per sink
+    /// (installing into a fresh process touches each page for the first
+    /// time: it pays to use every core). The sinks' `finish` is the caller's.
+    pub fn drain_parallel<S: PageSink + Send>(
+        &self,
+        space: SpaceKey,
+        sinks: &mut [S],
+    ) -> Result<(), S::Error> {
+        let Some(store) = self.spaces.get(&space) else {
+            return Ok(());
+        };
         let lanes = sinks.len();
         let results: Vec<Result<(), S::Error>> = std::thread::scope(|scope| {
             let handles: Vec<_> = sinks
@@ -202,14 +264,14 @@ impl PageStore {
                             let mine = number % lanes == lane;
                             number += 1;
                             let result = if mine && !batch.is_empty() {
-                                sink.put(SpaceKey::ROOT, batch)
+                                sink.put(space, batch)
                             } else {
                                 Ok(())
                             };
                             batch.clear();
                             result
                         };
-                        for page in self.iter() {
+                        for page in store.iter() {
                             batch.push(page);
                             if batch.len() == DRAIN_BATCH {
                                 flush(&mut batch)?;
@@ -226,35 +288,44 @@ impl PageStore {
         });
         results.into_iter().collect()
     }
-
-    fn check(space: SpaceKey) -> Result<(), StoreError> {
-        if space == SpaceKey::ROOT {
-            Ok(())
-        } else {
-            Err(StoreError::UnknownSpace { space })
-        }
-    }
 }
 
 impl PageSink for PageStore {
     type Error = StoreError;
 
+    /// Follows a new layout of `space` (creating it); an empty layout means
+    /// the process is gone and drops what was received for it.
     fn set_layout(&mut self, space: SpaceKey, ranges: &[Range]) -> Result<(), StoreError> {
-        Self::check(space)?;
-        self.follow_layout(ranges)
+        if ranges.is_empty() {
+            self.spaces.remove(&space);
+            return Ok(());
+        }
+        let page_size = self.page_size;
+        self.spaces
+            .entry(space)
+            .or_insert_with(|| SpaceStore::new(space, page_size))
+            .follow_layout(ranges)
     }
 
     fn put(&mut self, space: SpaceKey, pages: &[(u64, Option<&[u8]>)]) -> Result<(), StoreError> {
-        Self::check(space)?;
+        let store = match self.spaces.get_mut(&space) {
+            Some(store) => store,
+            None => {
+                return match pages.first() {
+                    Some(&(addr, _)) => Err(StoreError::OutsideLayout { space, addr }),
+                    None => Ok(()),
+                };
+            }
+        };
         for &(addr, page) in pages {
-            self.insert(addr, page)?;
+            store.insert(addr, page)?;
         }
         Ok(())
     }
 
     /// The store keeps what it took; finishing only counts it.
     fn finish(&mut self) -> Result<u64, StoreError> {
-        Ok(self.iter().count() as u64)
+        Ok(self.spaces.values().map(|s| s.iter().count() as u64).sum())
     }
 }
 
@@ -264,35 +335,68 @@ mod tests {
 
     const PS: usize = 4096;
 
+    const ROOT: SpaceKey = SpaceKey::ROOT;
+
     #[test]
     fn put_get_and_layout_changes() {
         let mut store = PageStore::new(PS);
         let a = Range::new(0x10000, 0x10000 + 4 * PS as u64);
         let b = Range::new(0x40000, 0x40000 + 2 * PS as u64);
-        store.follow_layout(&[a, b]).expect("layout");
+        store.set_layout(ROOT, &[a, b]).expect("layout");
         let page = vec![7u8; PS];
-        store.insert(0x11000, Some(&page)).expect("put");
-        store.insert(0x40000, None).expect("zero");
-        assert_eq!(store.get(0x11000), PageState::Data(&page));
-        assert_eq!(store.get(0x40000), PageState::Zero);
-        assert_eq!(store.get(0x10000), PageState::Absent);
+        store
+            .put(ROOT, &[(0x11000, Some(&page)), (0x40000, None)])
+            .expect("put");
+        assert_eq!(store.get(ROOT, 0x11000), PageState::Data(&page));
+        assert_eq!(store.get(ROOT, 0x40000), PageState::Zero);
+        assert_eq!(store.get(ROOT, 0x10000), PageState::Absent);
         assert!(matches!(
-            store.insert(0x30000, None),
+            store.put(ROOT, &[(0x30000, None)]),
             Err(StoreError::OutsideLayout { .. })
         ));
         assert!(matches!(
-            store.insert(0x10000, Some(&page[..10])),
+            store.put(ROOT, &[(0x10000, Some(&page[..10]))]),
             Err(StoreError::PageSize { .. })
         ));
-        let pages: Vec<u64> = store.iter().map(|(a, _)| a).collect();
+        let pages: Vec<u64> = store
+            .space(ROOT)
+            .expect("root")
+            .iter()
+            .map(|(a, _)| a)
+            .collect();
         assert_eq!(pages, vec![0x11000, 0x40000]);
         // b vanishes, a stays with its contents.
-        store.follow_layout(&[a]).expect("layout");
-        assert_eq!(store.get(0x11000), PageState::Data(&page));
-        assert_eq!(store.get(0x40000), PageState::Absent);
+        store.set_layout(ROOT, &[a]).expect("layout");
+        assert_eq!(store.get(ROOT, 0x11000), PageState::Data(&page));
+        assert_eq!(store.get(ROOT, 0x40000), PageState::Absent);
         // A zero page replaces data.
-        store.insert(0x11000, None).expect("zero");
-        assert_eq!(store.get(0x11000), PageState::Zero);
+        store.put(ROOT, &[(0x11000, None)]).expect("zero");
+        assert_eq!(store.get(ROOT, 0x11000), PageState::Zero);
+    }
+
+    #[test]
+    fn spaces_are_stored_apart() {
+        let mut store = PageStore::new(PS);
+        let r = Range::new(0x10000, 0x10000 + 2 * PS as u64);
+        let (one, two) = (SpaceKey(1), SpaceKey(2));
+        store.set_layout(one, &[r]).expect("layout");
+        store.set_layout(two, &[r]).expect("layout");
+        let (p1, p2) = (vec![1u8; PS], vec![2u8; PS]);
+        store.put(one, &[(0x10000, Some(&p1))]).expect("put");
+        store.put(two, &[(0x10000, Some(&p2))]).expect("put");
+        assert_eq!(store.get(one, 0x10000), PageState::Data(&p1));
+        assert_eq!(store.get(two, 0x10000), PageState::Data(&p2));
+        assert_eq!(store.spaces().collect::<Vec<_>>(), vec![one, two]);
+        assert_eq!(store.received(), (2, 0));
+        // A space nobody announced takes no pages.
+        assert!(matches!(
+            store.put(SpaceKey(3), &[(0x10000, None)]),
+            Err(StoreError::OutsideLayout { .. })
+        ));
+        // An empty layout: the process is gone.
+        store.set_layout(one, &[]).expect("gone");
+        assert_eq!(store.get(one, 0x10000), PageState::Absent);
+        assert_eq!(store.spaces().collect::<Vec<_>>(), vec![two]);
     }
 
     /// A sink that remembers what it was given.
@@ -339,7 +443,9 @@ mod tests {
             pages.iter().map(|(a, p)| (*a, p.as_deref())).collect();
         store.put(SpaceKey::ROOT, &borrowed).expect("put");
         let mut sinks: Vec<Recorder> = (0..3).map(|_| Recorder::default()).collect();
-        store.drain_parallel(&mut sinks).expect("drain");
+        store
+            .drain_parallel(SpaceKey::ROOT, &mut sinks)
+            .expect("drain");
         let mut got: Vec<(u64, Option<Vec<u8>>)> = sinks
             .iter_mut()
             .flat_map(|s| std::mem::take(&mut s.pages))
@@ -352,7 +458,7 @@ mod tests {
         assert_eq!(store.finish().expect("finish"), pages.len() as u64);
         assert!(matches!(
             store.put(SpaceKey(1), &borrowed[..1]),
-            Err(StoreError::UnknownSpace { .. })
+            Err(StoreError::OutsideLayout { .. })
         ));
     }
 }

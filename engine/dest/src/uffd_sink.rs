@@ -26,6 +26,7 @@ pub enum UffdSinkError {
 
 /// One installer lane of a restored process.
 pub struct UffdSink {
+    space: SpaceKey,
     installer: Installer,
     registered: RangeSet,
     outside: u64,
@@ -40,8 +41,10 @@ pub struct Installs {
 }
 
 impl UffdSink {
-    /// `count` lanes installing through `uffd` into the `registered` ranges.
+    /// `count` lanes installing the source's address space `space` through
+    /// `uffd` into the `registered` ranges.
     pub fn lanes(
+        space: SpaceKey,
         uffd: OwnedFd,
         page_size: usize,
         registered: &RangeSet,
@@ -55,6 +58,7 @@ impl UffdSink {
         Ok(fds
             .into_iter()
             .map(|fd| UffdSink {
+                space,
                 installer: Installer::with_page_size(fd, page_size),
                 registered: registered.clone(),
                 outside: 0,
@@ -86,7 +90,7 @@ impl PageSink for UffdSink {
     /// The restored process registered its own ranges; the source's layout
     /// only has to agree with them page by page, which `put` checks.
     fn set_layout(&mut self, space: SpaceKey, _ranges: &[Range]) -> Result<(), UffdSinkError> {
-        check(space)
+        self.check(space)
     }
 
     fn put(
@@ -94,7 +98,7 @@ impl PageSink for UffdSink {
         space: SpaceKey,
         pages: &[(u64, Option<&[u8]>)],
     ) -> Result<(), UffdSinkError> {
-        check(space)?;
+        self.check(space)?;
         let inside: Vec<(u64, Option<&[u8]>)> = pages
             .iter()
             .copied()
@@ -112,10 +116,12 @@ impl PageSink for UffdSink {
     }
 }
 
-fn check(space: SpaceKey) -> Result<(), UffdSinkError> {
-    if space == SpaceKey::ROOT {
-        Ok(())
-    } else {
-        Err(UffdSinkError::UnknownSpace { space })
+impl UffdSink {
+    fn check(&self, space: SpaceKey) -> Result<(), UffdSinkError> {
+        if space == self.space {
+            Ok(())
+        } else {
+            Err(UffdSinkError::UnknownSpace { space })
+        }
     }
 }

@@ -1,10 +1,13 @@
 //! One bit per page over a fixed set of ranges: post-copy's "not sent yet"
 //! (source) and "not arrived yet" (destination) sets. Constant-time lookups
 //! and updates, a forward scan for the next set page, and conversion back to
-//! ranges for the wire.
+//! ranges for the wire. [`SpaceBits`] keeps one set per address space.
 use bitvec::vec::BitVec;
 
+use std::collections::BTreeMap;
+
 use crate::pages::{Range, RangeSet};
+use crate::space::SpaceKey;
 
 #[derive(Debug, Clone, Default)]
 pub struct PageBits {
@@ -108,6 +111,59 @@ impl PageBits {
     }
 }
 
+/// [`PageBits`] for several address spaces: post-copy's sets over a
+/// process tree.
+#[derive(Debug, Clone, Default)]
+pub struct SpaceBits {
+    spaces: BTreeMap<SpaceKey, PageBits>,
+}
+
+impl SpaceBits {
+    /// Bits for every page of each space's ranges, all set.
+    pub fn filled(ranges: &BTreeMap<SpaceKey, RangeSet>, page_size: u64) -> Self {
+        Self {
+            spaces: ranges
+                .iter()
+                .map(|(&space, r)| (space, PageBits::filled(r, page_size)))
+                .collect(),
+        }
+    }
+
+    /// Whether page `addr` of `space` is covered and set.
+    pub fn get(&self, space: SpaceKey, addr: u64) -> bool {
+        self.spaces.get(&space).is_some_and(|b| b.get(addr))
+    }
+
+    /// Clears page `addr` of `space`; returns whether it was set.
+    pub fn clear(&mut self, space: SpaceKey, addr: u64) -> bool {
+        self.spaces.get_mut(&space).is_some_and(|b| b.clear(addr))
+    }
+
+    /// Pages set, in all spaces.
+    pub fn count(&self) -> u64 {
+        self.spaces.values().map(PageBits::count).sum()
+    }
+
+    /// The first set page of `space` at or after `addr`.
+    pub fn next_set(&self, space: SpaceKey, addr: u64) -> Option<u64> {
+        self.spaces.get(&space)?.next_set(addr)
+    }
+
+    /// The spaces covered, in order.
+    pub fn spaces(&self) -> impl Iterator<Item = SpaceKey> + '_ {
+        self.spaces.keys().copied()
+    }
+
+    /// The set pages of each space as ranges (spaces with none left out).
+    pub fn to_ranges(&self) -> BTreeMap<SpaceKey, RangeSet> {
+        self.spaces
+            .iter()
+            .map(|(&space, b)| (space, b.to_ranges()))
+            .filter(|(_, r)| !r.is_empty())
+            .collect()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,5 +221,29 @@ mod tests {
         assert_eq!(bits.count(), 0);
         assert!(!bits.get(0));
         assert_eq!(bits.next_set(0), None);
+    }
+
+    #[test]
+    fn space_bits_keep_spaces_apart() {
+        let ranges: BTreeMap<SpaceKey, RangeSet> = [
+            (SpaceKey(1), set(&[(0x1000, 0x3000)])),
+            (SpaceKey(2), set(&[(0x1000, 0x2000)])),
+        ]
+        .into();
+        let mut bits = SpaceBits::filled(&ranges, 0x1000);
+        assert_eq!(bits.count(), 3);
+        assert!(bits.clear(SpaceKey(1), 0x1000));
+        assert!(
+            bits.get(SpaceKey(2), 0x1000),
+            "the other space keeps its page"
+        );
+        assert!(!bits.clear(SpaceKey(3), 0x1000));
+        assert_eq!(bits.next_set(SpaceKey(1), 0), Some(0x2000));
+        assert_eq!(bits.to_ranges().len(), 2);
+        assert!(bits.clear(SpaceKey(2), 0x1000));
+        assert_eq!(
+            bits.to_ranges().keys().copied().collect::<Vec<_>>(),
+            vec![SpaceKey(1)]
+        );
     }
 }

@@ -8,7 +8,14 @@
 //! - cgroup v2 ([`FreezeMethod::Cgroup`]): `cgroup.freeze` of the container's
 //!   cgroup, for all of its processes at once.
 //!
-//! Dropping a freeze without [`Frozen::thaw`] thaws it.
+//! - signals ([`FreezeMethod::Signal`]): SIGSTOP to every process, waited
+//!   for until every thread is stopped. Nothing else holds the processes, so
+//!   another tool (CRIU) can seize them; a SIGSTOPped tree stays stopped
+//!   through CRIU's dump and comes back stopped from its restore. If pagehop
+//!   dies meanwhile the tree stays stopped (`kill -CONT` resumes it).
+//!
+//! [`freeze_tree`] freezes several processes at once (one guard each, or
+//! one for the cgroup). Dropping a freeze without [`Frozen::thaw`] thaws it.
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -47,6 +54,12 @@ pub enum FreezeError {
         #[source]
         source: io::Error,
     },
+    #[error("signalling pid {pid}")]
+    Signal {
+        pid: i32,
+        #[source]
+        source: io::Error,
+    },
     #[error("duplicating the pidfd of pid {pid}")]
     Handle {
         pid: i32,
@@ -61,6 +74,7 @@ pub enum FreezeError {
 pub enum FreezeMethod {
     Ptrace,
     Cgroup(PathBuf),
+    Signal,
 }
 
 /// A frozen process (or cgroup).
@@ -69,6 +83,51 @@ pub trait Frozen: Send + Sync {
     fn thaw(self: Box<Self>) -> Result<(), FreezeError>;
     /// Kills the process (after a successful migration) and releases it.
     fn kill(self: Box<Self>);
+    /// Releases the freeze but leaves the process stopped (it holds a
+    /// SIGSTOP already: see `FrozenTree::hold_stopped`).
+    fn leave_stopped(self: Box<Self>);
+}
+
+/// Freezes every process of `processes` (or their cgroup) within `timeout`.
+/// On failure the ones already frozen are thawed.
+pub fn freeze_tree(
+    processes: &[&Process],
+    method: &FreezeMethod,
+    timeout: Duration,
+) -> Result<Vec<Box<dyn Frozen>>, FreezeError> {
+    let handles = processes
+        .iter()
+        .map(|p| {
+            p.try_clone().map_err(|source| FreezeError::Handle {
+                pid: p.pid(),
+                source,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    match method {
+        FreezeMethod::Cgroup(path) => Ok(vec![Box::new(CgroupFreeze::freeze(
+            handles, path, timeout,
+        )?)]),
+        FreezeMethod::Ptrace => handles
+            .into_iter()
+            .map(|h| Ok(Box::new(PtraceFreeze::freeze(h, timeout)?) as Box<dyn Frozen>))
+            .collect(),
+        FreezeMethod::Signal => {
+            // Stop them all first, so that none runs on while another is waited for.
+            let stopping: Vec<SignalFreeze> = handles
+                .into_iter()
+                .map(SignalFreeze::stop)
+                .collect::<Result<_, _>>()?;
+            let deadline = Instant::now() + timeout;
+            for s in &stopping {
+                s.wait_stopped(deadline, timeout)?;
+            }
+            Ok(stopping
+                .into_iter()
+                .map(|s| Box::new(s) as Box<dyn Frozen>)
+                .collect())
+        }
+    }
 }
 
 /// Freezes `process` (or its cgroup) within `timeout`.
@@ -77,14 +136,8 @@ pub fn freeze(
     method: &FreezeMethod,
     timeout: Duration,
 ) -> Result<Box<dyn Frozen>, FreezeError> {
-    let pid = process.pid();
-    let handle = process
-        .try_clone()
-        .map_err(|source| FreezeError::Handle { pid, source })?;
-    match method {
-        FreezeMethod::Ptrace => Ok(Box::new(PtraceFreeze::freeze(handle, timeout)?)),
-        FreezeMethod::Cgroup(path) => Ok(Box::new(CgroupFreeze::freeze(handle, path, timeout)?)),
-    }
+    let mut frozen = freeze_tree(&[process], method, timeout)?;
+    Ok(frozen.pop().expect("one process, one guard"))
 }
 
 fn thread_ids(pid: i32) -> Result<Vec<i32>, FreezeError> {
@@ -188,6 +241,10 @@ impl Frozen for PtraceFreeze {
         let _ = self.process.signal(libc::SIGKILL);
         let _ = self.release();
     }
+
+    fn leave_stopped(mut self: Box<Self>) {
+        let _ = self.release();
+    }
 }
 
 impl Drop for PtraceFreeze {
@@ -198,7 +255,7 @@ impl Drop for PtraceFreeze {
 
 /// A cgroup v2 freeze.
 struct CgroupFreeze {
-    process: Process,
+    processes: Vec<Process>,
     path: PathBuf,
     frozen: bool,
 }
@@ -212,10 +269,14 @@ impl CgroupFreeze {
         })
     }
 
-    fn freeze(process: Process, path: &Path, timeout: Duration) -> Result<Self, FreezeError> {
+    fn freeze(
+        processes: Vec<Process>,
+        path: &Path,
+        timeout: Duration,
+    ) -> Result<Self, FreezeError> {
         Self::write(path, "1")?;
         let mut freeze = Self {
-            process,
+            processes,
             path: path.to_path_buf(),
             frozen: true,
         };
@@ -251,7 +312,14 @@ impl Frozen for CgroupFreeze {
     }
 
     fn kill(mut self: Box<Self>) {
-        let _ = self.process.signal(libc::SIGKILL);
+        for p in &self.processes {
+            let _ = p.signal(libc::SIGKILL);
+        }
+        self.frozen = false;
+        let _ = Self::write(&self.path, "0");
+    }
+
+    fn leave_stopped(mut self: Box<Self>) {
         self.frozen = false;
         let _ = Self::write(&self.path, "0");
     }
@@ -261,6 +329,87 @@ impl Drop for CgroupFreeze {
     fn drop(&mut self) {
         if self.frozen {
             let _ = Self::write(&self.path, "0");
+        }
+    }
+}
+
+/// A SIGSTOP freeze of one process.
+struct SignalFreeze {
+    process: Process,
+    frozen: bool,
+}
+
+impl SignalFreeze {
+    fn stop(process: Process) -> Result<Self, FreezeError> {
+        let pid = process.pid();
+        process
+            .signal(libc::SIGSTOP)
+            .map_err(|source| match source.raw_os_error() {
+                Some(libc::ESRCH) => FreezeError::Exited { pid },
+                _ => FreezeError::Signal { pid, source },
+            })?;
+        Ok(Self {
+            process,
+            frozen: true,
+        })
+    }
+
+    /// Waits until every thread of the process is stopped.
+    fn wait_stopped(&self, deadline: Instant, timeout: Duration) -> Result<(), FreezeError> {
+        let pid = self.process.pid();
+        loop {
+            let mut running = None;
+            for tid in thread_ids(pid)? {
+                match thread_state(pid, tid) {
+                    Some('T') | Some('t') | None => {}
+                    Some(_) => {
+                        running = Some(tid);
+                        break;
+                    }
+                }
+            }
+            let Some(tid) = running else {
+                return Ok(());
+            };
+            if Instant::now() >= deadline {
+                return Err(FreezeError::Timeout { pid, tid, timeout });
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+/// The state letter of one thread (`None` once it is gone).
+fn thread_state(pid: i32, tid: i32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+impl Frozen for SignalFreeze {
+    fn thaw(mut self: Box<Self>) -> Result<(), FreezeError> {
+        self.frozen = false;
+        let pid = self.process.pid();
+        match self.process.signal(libc::SIGCONT) {
+            Ok(()) => Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => Ok(()),
+            Err(source) => Err(FreezeError::Signal { pid, source }),
+        }
+    }
+
+    fn kill(mut self: Box<Self>) {
+        self.frozen = false;
+        let _ = self.process.signal(libc::SIGKILL);
+    }
+
+    fn leave_stopped(mut self: Box<Self>) {
+        self.frozen = false;
+    }
+}
+
+impl Drop for SignalFreeze {
+    fn drop(&mut self) {
+        if self.frozen {
+            let _ = self.process.signal(libc::SIGCONT);
         }
     }
 }

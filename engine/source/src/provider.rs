@@ -1,8 +1,12 @@
-//! The source's [`PageProvider`]s: a running process ([`LiveProcess`]) and
-//! the same process held stopped ([`FrozenTree`]).
+//! The source's [`PageProvider`]s: the running processes ([`LiveTree`]:
+//! one [`LiveProcess`] per address space) and the same processes held
+//! stopped ([`FrozenTree`]).
 //!
-//! A [`LiveProcess`] is what the pre-copy rounds read while the process runs
-//! on. [`LiveProcess::freeze`] stops it and returns a [`FrozenTree`], which
+//! A [`LiveTree`] is what the pre-copy rounds read while the processes run
+//! on: one process under [`SpaceKey::ROOT`], or a process tree keyed by pid
+//! in the tree's pid namespace, with members joining (forks) and leaving
+//! (exits) as the rounds go. [`LiveTree::freeze`] stops every member and
+//! returns a [`FrozenTree`], which
 //! the final round, post-copy's demand server and `--verify` read: they take
 //! a frozen tree, so they cannot be handed a process that still runs. The
 //! tree decides the source's fate at the end: [`FrozenTree::thaw`] (a failed
@@ -14,6 +18,7 @@
 //! never as zeros. After each read the process is checked through its pidfd,
 //! so that a pid reused by another process after ours exited cannot hand
 //! over someone else's memory.
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use pagehop_mem::layout::Layout;
@@ -50,26 +55,6 @@ impl LiveProcess {
         self.target.pid()
     }
 
-    /// Stops the process (every thread, or its cgroup) within `timeout`.
-    pub fn freeze(
-        &self,
-        method: &FreezeMethod,
-        timeout: Duration,
-    ) -> Result<FrozenTree<'_>, FreezeError> {
-        let guard = freeze::freeze(self.target.process(), method, timeout)?;
-        Ok(FrozenTree {
-            members: vec![(SpaceKey::ROOT, self)],
-            guard: Some(guard),
-        })
-    }
-
-    fn check(&self, space: SpaceKey) -> Result<(), ProvideError> {
-        if space != SpaceKey::ROOT {
-            return Err(ProvideError::UnknownSpace { space });
-        }
-        Ok(())
-    }
-
     fn gone(&self, space: SpaceKey) -> ProvideError {
         ProvideError::Gone {
             space,
@@ -93,13 +78,14 @@ impl LiveProcess {
     }
 }
 
+/// One process read as address space `space` (the key only labels errors;
+/// a [`LiveTree`] picks the member).
 impl PageProvider for LiveProcess {
     fn page_size(&self) -> usize {
         self.reader.page_size()
     }
 
     fn layout(&self, space: SpaceKey) -> Result<Layout, ProvideError> {
-        self.check(space)?;
         Layout::read(self.pid()).map_err(|source| {
             if !self.target.is_alive() {
                 self.gone(space)
@@ -117,7 +103,6 @@ impl PageProvider for LiveProcess {
     /// writable file-backed ones (their untouched pages hold file contents,
     /// which the destination cannot know).
     fn populated(&self, space: SpaceKey, layout: &Layout) -> Result<RangeSet, ProvideError> {
-        self.check(space)?;
         let failed = |source: crate::pagemap::PagemapError| ProvideError::Failed {
             space,
             what: "the resident pages",
@@ -146,7 +131,6 @@ impl PageProvider for LiveProcess {
         buf: &mut [u8],
         present: &mut Vec<bool>,
     ) -> Result<(), ProvideError> {
-        self.check(space)?;
         // A run that fails part way is read again page by page, and what
         // cannot be read is marked absent.
         let ps = self.reader.page_size();
@@ -182,12 +166,104 @@ impl PageProvider for LiveProcess {
     }
 }
 
+/// The source's running processes, one per address space.
+#[derive(Default)]
+pub struct LiveTree {
+    members: BTreeMap<SpaceKey, LiveProcess>,
+}
+
+impl LiveTree {
+    /// One process, as [`SpaceKey::ROOT`].
+    pub fn single(process: LiveProcess) -> Self {
+        Self {
+            members: [(SpaceKey::ROOT, process)].into(),
+        }
+    }
+
+    /// Adds (or replaces) the process of `space`.
+    pub fn insert(&mut self, space: SpaceKey, process: LiveProcess) {
+        self.members.insert(space, process);
+    }
+
+    /// Drops the process of `space` (it exited).
+    pub fn remove(&mut self, space: SpaceKey) -> Option<LiveProcess> {
+        self.members.remove(&space)
+    }
+
+    /// The address spaces, in order.
+    pub fn spaces(&self) -> impl Iterator<Item = SpaceKey> + '_ {
+        self.members.keys().copied()
+    }
+
+    /// The process of `space`.
+    pub fn process(&self, space: SpaceKey) -> Option<&LiveProcess> {
+        self.members.get(&space)
+    }
+
+    /// The address space of the process `pid`, if it is a member.
+    pub fn space_of(&self, pid: i32) -> Option<SpaceKey> {
+        self.members
+            .iter()
+            .find(|(_, p)| p.pid() == pid)
+            .map(|(&space, _)| space)
+    }
+
+    fn member(&self, space: SpaceKey) -> Result<&LiveProcess, ProvideError> {
+        self.members
+            .get(&space)
+            .ok_or(ProvideError::UnknownSpace { space })
+    }
+
+    /// Stops every process (every thread, or their cgroup, or with SIGSTOP)
+    /// within `timeout`.
+    pub fn freeze(
+        &self,
+        method: &FreezeMethod,
+        timeout: Duration,
+    ) -> Result<FrozenTree<'_>, FreezeError> {
+        let processes: Vec<&pagehop_sys::process::Process> = self
+            .members
+            .values()
+            .map(|p| p.target().process())
+            .collect();
+        let guards = freeze::freeze_tree(&processes, method, timeout)?;
+        Ok(FrozenTree {
+            members: self.members.iter().map(|(&k, p)| (k, p)).collect(),
+            guards,
+        })
+    }
+}
+
+impl PageProvider for LiveTree {
+    fn page_size(&self) -> usize {
+        pagehop_sys::page_size()
+    }
+
+    fn layout(&self, space: SpaceKey) -> Result<Layout, ProvideError> {
+        self.member(space)?.layout(space)
+    }
+
+    fn populated(&self, space: SpaceKey, layout: &Layout) -> Result<RangeSet, ProvideError> {
+        self.member(space)?.populated(space, layout)
+    }
+
+    fn read(
+        &self,
+        space: SpaceKey,
+        runs: &[(u64, usize)],
+        buf: &mut [u8],
+        present: &mut Vec<bool>,
+    ) -> Result<(), ProvideError> {
+        self.member(space)?.read(space, runs, buf, present)
+    }
+}
+
 /// The source's processes, stopped: nothing in them runs until the tree is
 /// thawed (a failed migration) or ended ([`FrozenTree::kill`],
 /// [`FrozenTree::leave_stopped`]). Dropping it thaws it.
 pub struct FrozenTree<'a> {
     members: Vec<(SpaceKey, &'a LiveProcess)>,
-    guard: Option<Box<dyn Frozen>>,
+    guards: Vec<Box<dyn Frozen>>,
 }
 
 impl FrozenTree<'_> {
@@ -221,17 +297,27 @@ impl FrozenTree<'_> {
         }
     }
 
+    /// The process of `space`.
+    pub fn process(&self, space: SpaceKey) -> Option<&LiveProcess> {
+        self.member(space).ok()
+    }
+
     /// Lets the tree run again: a failed migration.
     pub fn thaw(mut self) -> Result<(), FreezeError> {
-        match self.guard.take() {
-            Some(guard) => guard.thaw(),
-            None => Ok(()),
+        let mut first = Ok(());
+        for guard in self.guards.drain(..) {
+            if let Err(e) = guard.thaw()
+                && first.is_ok()
+            {
+                first = Err(e);
+            }
         }
+        first
     }
 
     /// Ends the source after a successful migration: killed.
     pub fn kill(mut self) {
-        if let Some(guard) = self.guard.take() {
+        for guard in self.guards.drain(..) {
             guard.kill();
         }
     }
@@ -240,8 +326,8 @@ impl FrozenTree<'_> {
     /// (SIGSTOP), and untraced.
     pub fn leave_stopped(mut self) {
         self.hold_stopped();
-        if let Some(guard) = self.guard.take() {
-            let _ = guard.thaw();
+        for guard in self.guards.drain(..) {
+            guard.leave_stopped();
         }
     }
 }
@@ -358,9 +444,10 @@ mod tests {
             );
             at += want.len();
         }
-        // Only the root space exists.
+        // A tree of one holds only the root space.
+        let tree = LiveTree::single(live);
         assert!(matches!(
-            live.layout(SpaceKey(3)),
+            tree.layout(SpaceKey(3)),
             Err(ProvideError::UnknownSpace { .. })
         ));
     }
@@ -369,7 +456,7 @@ mod tests {
     #[ignore = "needs root"]
     fn a_frozen_tree_stops_holds_and_thaws() {
         let child = Sleeper::start();
-        let live = LiveProcess::open(child.pid()).expect("a valid target");
+        let live = LiveTree::single(LiveProcess::open(child.pid()).expect("a valid target"));
         let tree = live
             .freeze(&FreezeMethod::Ptrace, Duration::from_secs(5))
             .expect("freeze");
@@ -395,7 +482,9 @@ mod tests {
         tree.hold_stopped();
         tree.leave_stopped();
         assert_eq!(child.wait_state(&['T']), 'T', "left stopped");
-        live.target()
+        live.process(SpaceKey::ROOT)
+            .expect("member")
+            .target()
             .process()
             .signal(libc::SIGCONT)
             .expect("continue");

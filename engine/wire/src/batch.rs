@@ -3,9 +3,9 @@
 //! ```text
 //!  0       4       6       8       12        16        20        24
 //!  +-------+-------+-------+-------+---------+---------+---------+
-//!  | round | flags | rsvd  | count | data_len| raw_len |  rsvd   |   batch header, LE
+//!  | round | flags | rsvd  | count | data_len| raw_len |  space  |   batch header, LE
 //!  +-------+-------+-------+-------+---------+---------+---------+
-//!    u32     u16     u16=0   u32     u32       u32       u32=0
+//!    u32     u16     u16=0   u32     u32       u32       u32
 //!  +------------------------------------------------------------+
 //!  | count × u64 entry: page address | ZERO_PAGE (bit 0)         |
 //!  +------------------------------------------------------------+
@@ -19,6 +19,9 @@
 //! - `count` is at most [`MAX_BATCH_PAGES`]; entries are strictly increasing,
 //!   page-aligned and below 2^56. A page with [`ZERO_PAGE`] set has no data.
 //! - `raw_len` is (entries without `ZERO_PAGE`) × page size.
+//! - `space` names the address space the pages belong to (a
+//!   `pagehop_mem::SpaceKey`: 0 for a single process, the pid in the tree's
+//!   pid namespace for a process tree).
 //!
 //! A sender builds the prefix with [`batch_prefix`] and sends it, then the
 //! page data (its own buffer, or the [`compress_pages`] output) as a
@@ -27,6 +30,7 @@
 
 use std::borrow::Cow;
 
+use pagehop_mem::SpaceKey;
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -49,8 +53,8 @@ pub enum BatchError {
     Short { len: usize, need: usize },
     #[error("batch has unknown flags {flags:#06x}")]
     Flags { flags: u16 },
-    #[error("batch has non-zero reserved fields ({first:#x}, {second:#x})")]
-    Reserved { first: u16, second: u32 },
+    #[error("batch has a non-zero reserved field ({value:#x})")]
+    Reserved { value: u16 },
     #[error("batch of {count} pages exceeds the cap of {max}")]
     TooManyPages { count: u32, max: usize },
     #[error("batch payload is {len} bytes, header and entries say {expected}")]
@@ -90,7 +94,7 @@ struct BatchHeader {
     count: U32,
     data_len: U32,
     raw_len: U32,
-    reserved2: U32,
+    space: U32,
 }
 
 const _: () = assert!(size_of::<BatchHeader>() == BATCH_HEADER_LEN);
@@ -163,6 +167,7 @@ fn len_u32(n: usize) -> u32 {
 /// Appends the batch header and entries to `out`. The data (`data_len`
 /// bytes, `raw_len` once decompressed) follows as a separate slice.
 pub fn batch_prefix(
+    space: SpaceKey,
     round: u32,
     lz4: bool,
     entries: &[u64],
@@ -178,7 +183,7 @@ pub fn batch_prefix(
         count: U32::new(len_u32(entries.len())),
         data_len: U32::new(data_len),
         raw_len: U32::new(raw_len),
-        reserved2: U32::ZERO,
+        space: U32::new(space.0),
     };
     out.extend_from_slice(header.as_bytes());
     for &e in entries {
@@ -190,6 +195,7 @@ pub fn batch_prefix(
 /// non-zero pages in entry order) compressed as `mode` says. `scratch`
 /// holds the compressed data in between.
 pub fn encode_batch(
+    space: SpaceKey,
     round: u32,
     entries: &[u64],
     data: &[u8],
@@ -200,6 +206,7 @@ pub fn encode_batch(
     let lz4 = compress_pages(data, mode, scratch);
     let wire: &[u8] = if lz4 { scratch } else { data };
     batch_prefix(
+        space,
         round,
         lz4,
         entries,
@@ -214,6 +221,7 @@ pub fn encode_batch(
 /// `None` is a zero page.
 #[derive(Debug)]
 pub struct DecodedBatch<'a> {
+    pub space: SpaceKey,
     pub round: u32,
     /// `count` little-endian entries.
     entries: &'a [U64],
@@ -247,13 +255,11 @@ pub fn decode_batch<'a>(
         return Err(BatchError::Flags { flags });
     }
     let compressed = flags & FLAG_LZ4 != 0;
-    let (reserved1, reserved2) = (header.reserved1.get(), header.reserved2.get());
-    if reserved1 != 0 || reserved2 != 0 {
-        return Err(BatchError::Reserved {
-            first: reserved1,
-            second: reserved2,
-        });
+    let reserved = header.reserved1.get();
+    if reserved != 0 {
+        return Err(BatchError::Reserved { value: reserved });
     }
+    let space = SpaceKey(header.space.get());
     let count = header.count.get();
     if count as usize > MAX_BATCH_PAGES {
         return Err(BatchError::TooManyPages {
@@ -343,6 +349,7 @@ pub fn decode_batch<'a>(
     };
 
     Ok(DecodedBatch {
+        space,
         round,
         entries,
         data,

@@ -12,6 +12,9 @@ use std::time::Duration;
 use crate::auth::{self, AuthError, Token};
 use crate::msg::{Auth, ErrorMsg, Hello, MAX_PENDING_RANGES, Message, MsgError, Pending, Role};
 use crate::{FrameError, FrameKind, FrameReader, PROTOCOL_VERSION};
+use std::collections::BTreeMap;
+
+use pagehop_mem::SpaceKey;
 use pagehop_mem::pages::{Range, RangeSet};
 
 #[derive(Debug, thiserror::Error)]
@@ -152,34 +155,52 @@ impl Conn {
         Ok(M::decode(payload)?)
     }
 
-    /// Sends `ranges` as `Pending` frames, the last one flagged (one empty
-    /// frame when there are none).
-    pub fn send_pending(&mut self, ranges: &RangeSet) -> Result<(), ConnError> {
-        let all: Vec<(u64, u64)> = ranges.ranges().iter().map(|r| (r.start, r.end)).collect();
-        let mut chunks = all.chunks(MAX_PENDING_RANGES).peekable();
-        if chunks.peek().is_none() {
-            return self.send(&Pending {
+    /// Sends the pages each address space still needs as `Pending` frames,
+    /// the last one flagged (one empty frame when there are none).
+    pub fn send_pending(
+        &mut self,
+        pending: &BTreeMap<SpaceKey, RangeSet>,
+    ) -> Result<(), ConnError> {
+        let mut frames: Vec<Pending> = Vec::new();
+        for (&space, ranges) in pending {
+            let all: Vec<(u64, u64)> = ranges.ranges().iter().map(|r| (r.start, r.end)).collect();
+            for chunk in all.chunks(MAX_PENDING_RANGES) {
+                frames.push(Pending {
+                    space,
+                    ranges: chunk.to_vec(),
+                    last: false,
+                });
+            }
+        }
+        match frames.last_mut() {
+            Some(last) => last.last = true,
+            None => frames.push(Pending {
+                space: SpaceKey::ROOT,
                 ranges: Vec::new(),
                 last: true,
-            });
+            }),
         }
-        while let Some(chunk) = chunks.next() {
-            self.send(&Pending {
-                ranges: chunk.to_vec(),
-                last: chunks.peek().is_none(),
-            })?;
+        for frame in &frames {
+            self.send(frame)?;
         }
         Ok(())
     }
 
-    /// Reads `Pending` frames up to the last one.
-    pub fn recv_pending(&mut self) -> Result<RangeSet, ConnError> {
-        let mut ranges = Vec::new();
+    /// Reads `Pending` frames up to the last one: the pages each address
+    /// space still needs (a space with none may be missing).
+    pub fn recv_pending(&mut self) -> Result<BTreeMap<SpaceKey, RangeSet>, ConnError> {
+        let mut ranges: BTreeMap<SpaceKey, Vec<Range>> = BTreeMap::new();
         loop {
             let p: Pending = self.recv_msg()?;
-            ranges.extend(p.ranges.iter().map(|&(a, b)| Range::new(a, b)));
+            ranges
+                .entry(p.space)
+                .or_default()
+                .extend(p.ranges.iter().map(|&(a, b)| Range::new(a, b)));
             if p.last {
-                return Ok(RangeSet::from_ranges(ranges));
+                return Ok(ranges
+                    .into_iter()
+                    .map(|(space, r)| (space, RangeSet::from_ranges(r)))
+                    .collect());
             }
         }
     }

@@ -29,7 +29,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 /// The header's first four bytes.
 pub const MAGIC: [u8; 4] = *b"PHOP";
 /// The only wire protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// Version 2: every page batch, layout, pending list, page request and
+/// verify digest names its address space (multi-process migrations).
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Size of a frame header in bytes.
 pub const HEADER_LEN: usize = 16;
 

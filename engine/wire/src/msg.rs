@@ -10,21 +10,22 @@
 //! Hello          version u16 | role u8 | authenticated u8 | page_size u32
 //!                | capabilities u64 | nonce [32]                     (48 bytes)
 //! Auth           mac [32]                                            (32 bytes)
-//! Layout         count u32 | count × VmaDesc
+//! Layout         space u32 | count u32 | count × VmaDesc
 //!   VmaDesc      start u64 | end u64 | prot u32 | flags u32 | name string
 //! EndOfRound     round u32 | pages u64 | bytes_raw u64 | bytes_wire u64 (28 bytes)
 //! Switchover     final_round u32 | postcopy u8 (0|1)                 (5 bytes)
 //! Done           pages_sent u64                                      (8 bytes)
 //! Error          code u32 | message string
 //! Stats          json string
-//! VerifyDigests  start u64 | count u32 | count × xxh3-64 u64
+//! VerifyDigests  space u32 | start u64 | count u32 | count × xxh3-64 u64
 //! VerifyResult   has_mismatch u8 (0|1) | mismatch u64 (0 if none)
 //!                | pages_checked u64                                 (17 bytes)
-//! PageRequest    addr u64 | pages u32                                (12 bytes)
+//! PageRequest    space u32 | addr u64 | pages u32                    (16 bytes)
 //! LayoutAck      vmas u32: the destination follows that Layout now   (4 bytes)
 //! Attach         session u64 | lane u8 (1 control, 2 data, 3 priority)
 //!                | epoch u32                                         (13 bytes)
-//! Pending        last u8 (0|1) | count u32 | count × (start u64 | end u64)
+//! Pending        space u32 | last u8 (0|1) | count u32
+//!                | count × (start u64 | end u64)
 //! ```
 //!
 //! The fixed-size messages, and the fixed runs of fields inside the others,
@@ -32,10 +33,16 @@
 //! encoding appends their bytes and decoding is one checked cast, and a
 //! payload too short for one is refused naming the first field it lacks.
 //!
+//! `space` is the address space a message is about (a
+//! [`SpaceKey`](pagehop_mem::SpaceKey): 0 for a single process, the pid in
+//! the tree's own pid namespace for each process of a tree).
+//!
 //! Encoding never fails: a string longer than its cap is cut at a character
 //! boundary, and a vector longer than its cap is sent whole for the peer to
 //! refuse (callers split layouts and digests into frames of at most
 //! [`MAX_VMAS`] and [`MAX_HASHES`] entries).
+
+use pagehop_mem::SpaceKey;
 
 use super::frame::{FrameKind, HEADER_LEN, frame_header};
 
@@ -173,9 +180,11 @@ pub struct Auth {
     pub mac: [u8; 32],
 }
 
-/// The source's address space.
+/// The mappings of one of the source's address spaces. An empty layout
+/// for a space the destination knows says the process is gone.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Layout {
+    pub space: SpaceKey,
     pub vmas: Vec<VmaDesc>,
 }
 
@@ -229,9 +238,10 @@ pub struct Stats {
     pub json: String,
 }
 
-/// One xxh3-64 per consecutive page from `start`.
+/// One xxh3-64 per consecutive page from `start` of `space`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VerifyDigests {
+    pub space: SpaceKey,
     pub start: u64,
     /// At most [`MAX_HASHES`].
     pub hashes: Vec<u64>,
@@ -290,13 +300,15 @@ pub struct Attach {
 /// destination when the source reconnects. `last` ends the list.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Pending {
+    pub space: SpaceKey,
     pub ranges: Vec<(u64, u64)>,
     pub last: bool,
 }
 
-/// A request for `pages` pages from `addr` (post-copy).
+/// A request for `pages` pages from `addr` of `space` (post-copy).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PageRequest {
+    pub space: SpaceKey,
     pub addr: u64,
     pub pages: u32,
 }

@@ -5,6 +5,7 @@
 //! forgets address spaces whose process is gone.
 use super::{FaultError, FaultLoop, Progress, Result, SpaceId, Waiter};
 use crate::install::InstallError;
+use pagehop_mem::SpaceKey;
 use pagehop_sys::monotonic_ns;
 use pagehop_sys::uffd;
 
@@ -18,11 +19,17 @@ pub(super) enum Outcome {
 }
 
 impl FaultLoop {
-    /// Installs delivered data at source address `addr`: `Some(data)` is one
-    /// or more whole pages, `None` one zero page. Wakes the threads waiting
-    /// for those pages; a page found present already (`EEXIST`) is woken and
-    /// skipped. Returns the spaces found gone on the way.
-    pub fn deliver(&mut self, addr: u64, data: Option<&[u8]>) -> Result<Vec<SpaceId>> {
+    /// Installs delivered data at source address `addr` of the source's
+    /// address space `source`: `Some(data)` is one or more whole pages,
+    /// `None` one zero page. Wakes the threads waiting for those pages; a
+    /// page found present already (`EEXIST`) is woken and skipped. Returns
+    /// the spaces found gone on the way.
+    pub fn deliver(
+        &mut self,
+        source: SpaceKey,
+        addr: u64,
+        data: Option<&[u8]>,
+    ) -> Result<Vec<SpaceId>> {
         let ps = self.page_size;
         let len = data.map_or(ps as usize, <[u8]>::len);
         if !addr.is_multiple_of(ps) || len == 0 || !(len as u64).is_multiple_of(ps) {
@@ -35,19 +42,23 @@ impl FaultLoop {
         let mut progress = Progress::default();
         for (k, at) in (addr..addr + len as u64).step_by(ps as usize).enumerate() {
             let page = data.map(|d| &d[k * ps as usize..(k + 1) * ps as usize]);
-            self.deliver_page(at, page, &mut progress)?;
+            self.deliver_page(source, at, page, &mut progress)?;
         }
         Ok(progress.gone)
     }
 
     pub(super) fn deliver_page(
         &mut self,
+        source: SpaceKey,
         source_addr: u64,
         data: Option<&[u8]>,
         progress: &mut Progress,
     ) -> Result<()> {
         let ps = self.page_size;
-        let waiters = self.in_flight.remove(&source_addr).unwrap_or_default();
+        let waiters = self
+            .in_flight
+            .remove(&(source, source_addr))
+            .unwrap_or_default();
         // Targets: each waiting (space, page), then every other live space
         // where the page belongs and is missing.
         let mut targets: Vec<(SpaceId, u64)> = Vec::new();
@@ -58,7 +69,7 @@ impl FaultLoop {
         }
         for (i, s) in self.spaces.iter().enumerate() {
             let space = SpaceId(i as u32);
-            if s.installer.is_none() || targets.iter().any(|t| t.0 == space) {
+            if s.installer.is_none() || s.source != source || targets.iter().any(|t| t.0 == space) {
                 continue;
             }
             if let Some(addr) = s.book.place_of(source_addr)
@@ -110,8 +121,9 @@ impl FaultLoop {
                         .copied()
                         .collect();
                     self.record_served(&waiters, &targets[..k]);
-                    self.in_flight.insert(source_addr, rest);
-                    self.parked.push((source_addr, data.map(<[u8]>::to_vec)));
+                    self.in_flight.insert((source, source_addr), rest);
+                    self.parked
+                        .push((source, source_addr, data.map(<[u8]>::to_vec)));
                     self.stats.parked += 1;
                     return Ok(());
                 }

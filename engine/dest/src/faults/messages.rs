@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::deliver::{Outcome, classify};
 use super::{FaultError, FaultLoop, PageSource, Progress, Result, Space, SpaceId, Waiter, sys};
 use crate::install::Installer;
+use pagehop_mem::SpaceKey;
 use pagehop_mem::pages::Range;
 use pagehop_sys::monotonic_ns;
 use pagehop_sys::uffd::{self, UffdEvent};
@@ -56,8 +57,8 @@ impl FaultLoop {
             }
         }
         progress.requests = self.issue(source, wanted)?;
-        for (addr, data) in std::mem::take(&mut self.parked) {
-            self.deliver_page(addr, data.as_deref(), &mut progress)?;
+        for (space, addr, data) in std::mem::take(&mut self.parked) {
+            self.deliver_page(space, addr, data.as_deref(), &mut progress)?;
         }
         Ok(progress)
     }
@@ -65,7 +66,7 @@ impl FaultLoop {
     fn read_and_handle(
         &mut self,
         space: SpaceId,
-        wanted: &mut Vec<u64>,
+        wanted: &mut Vec<(SpaceKey, u64)>,
         progress: &mut Progress,
     ) -> Result<()> {
         let fd = self.spaces[space.0 as usize]
@@ -102,9 +103,11 @@ impl FaultLoop {
                     let fd = sys::adopt_fork_fd(ufd)
                         .and_then(|fd| sys::set_nonblocking(fd.as_fd()).map(|()| fd))
                         .map_err(|source| FaultError::ForkFd { ufd, source })?;
-                    let book = self.spaces[space.0 as usize].book.clone();
+                    let parent = &self.spaces[space.0 as usize];
+                    let (book, source) = (parent.book.clone(), parent.source);
                     let child = SpaceId(self.spaces.len() as u32);
                     self.spaces.push(Space {
+                        source,
                         installer: Some(Installer::with_page_size(fd, self.page_size as usize)),
                         book,
                     });
@@ -140,7 +143,7 @@ impl FaultLoop {
         space: SpaceId,
         addr: u64,
         read_ns: u64,
-        wanted: &mut Vec<u64>,
+        wanted: &mut Vec<(SpaceKey, u64)>,
         progress: &mut Progress,
     ) -> Result<()> {
         self.stats.faults += 1;
@@ -172,7 +175,7 @@ impl FaultLoop {
             }
             return Ok(());
         }
-        let source_addr = s.book.source_of(addr);
+        let source_addr = (s.source, s.book.source_of(addr));
         let waiter = Waiter {
             space,
             addr,
@@ -192,20 +195,24 @@ impl FaultLoop {
     }
 
     /// Issues requests for `wanted` source pages, contiguous runs merged.
-    fn issue(&mut self, source: &mut dyn PageSource, mut wanted: Vec<u64>) -> Result<usize> {
+    fn issue(
+        &mut self,
+        source: &mut dyn PageSource,
+        mut wanted: Vec<(SpaceKey, u64)>,
+    ) -> Result<usize> {
         wanted.sort_unstable();
         let ps = self.page_size;
         let mut requests = 0;
         let mut i = 0;
         while i < wanted.len() {
-            let start = wanted[i];
+            let (space, start) = wanted[i];
             let mut pages = 1u32;
             while pages < MAX_REQUEST_PAGES
-                && wanted.get(i + pages as usize) == Some(&(start + pages as u64 * ps))
+                && wanted.get(i + pages as usize) == Some(&(space, start + pages as u64 * ps))
             {
                 pages += 1;
             }
-            source.request(start, pages)?;
+            source.request(space, start, pages)?;
             self.stats.requests += 1;
             self.stats.pages_requested += pages as u64;
             requests += 1;

@@ -26,7 +26,10 @@
 //!
 //! # Addresses
 //! [`PageSource::request`] and [`FaultLoop::deliver`] speak *source*
-//! addresses: the addresses of the layout the source sent. They equal the
+//! addresses: an address space of the source ([`SpaceKey`]) and an address
+//! in the layout the source sent for it. Each uffd the loop serves belongs to
+//! one source space (given to [`FaultLoop::new`] and [`FaultLoop::add`]; a
+//! fork child inherits its parent's). Source addresses They equal the
 //! process's addresses until the process moves a range with mremap; the loop
 //! follows `UFFD_EVENT_REMAP` and translates both ways.
 //!
@@ -78,6 +81,8 @@
 use std::collections::HashMap;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+
+use pagehop_mem::SpaceKey;
 use std::sync::Arc;
 
 use crate::install::{InstallError, Installer};
@@ -160,7 +165,7 @@ type Result<T, E = FaultError> = std::result::Result<T, E>;
 /// Where the pages come from (the network, in post-copy).
 pub trait PageSource: Send {
     /// Starts fetching `pages` pages at `addr` (page-aligned); the data arrives later through `FaultLoop::deliver`.
-    fn request(&mut self, addr: u64, pages: u32) -> Result<(), FaultError>;
+    fn request(&mut self, space: SpaceKey, addr: u64, pages: u32) -> Result<(), FaultError>;
 }
 
 /// One address space served by the loop: 0 is the process whose uffd was
@@ -245,6 +250,8 @@ struct Waiter {
 
 #[derive(Debug)]
 struct Space {
+    /// The source address space whose pages this one holds.
+    source: SpaceKey,
     /// `None` once the process is gone.
     installer: Option<Installer>,
     book: Book,
@@ -257,9 +264,9 @@ pub struct FaultLoop {
     spaces: Vec<Space>,
     /// Source page -> threads waiting for it. An entry whose waiters all went
     /// away (unmap, remove) stays until delivery, so it is not requested twice.
-    in_flight: HashMap<u64, Vec<Waiter>>,
+    in_flight: HashMap<(SpaceKey, u64), Vec<Waiter>>,
     /// Deliveries that met a pending event, with their data.
-    parked: Vec<(u64, Option<Vec<u8>>)>,
+    parked: Vec<(SpaceKey, u64, Option<Vec<u8>>)>,
     waker: Waker,
     msgs: Vec<UffdMsg>,
     ready: Vec<bool>,
@@ -268,9 +275,10 @@ pub struct FaultLoop {
 }
 
 impl FaultLoop {
-    /// A loop serving the process that owns `uffd` (see the module docs for
-    /// what the process must have set up). The uffd is made non-blocking.
-    pub fn new(uffd: OwnedFd, page_size: usize) -> Result<Self> {
+    /// A loop serving the process that owns `uffd`, whose memory is the
+    /// source's address space `source` (see the module docs for what the
+    /// process must have set up). The uffd is made non-blocking.
+    pub fn new(uffd: OwnedFd, page_size: usize, source: SpaceKey) -> Result<Self> {
         if !page_size.is_power_of_two() {
             return Err(FaultError::PageSize { page_size });
         }
@@ -279,6 +287,7 @@ impl FaultLoop {
         Ok(Self {
             page_size: page_size as u64,
             spaces: vec![Space {
+                source,
                 installer: Some(Installer::with_page_size(uffd, page_size)),
                 book: Book::default(),
             }],
@@ -290,6 +299,19 @@ impl FaultLoop {
             stats: FaultStats::default(),
             latency: LatencyHistogram::new(),
         })
+    }
+
+    /// Serves another process too: `uffd` holds the source's address space
+    /// `source` (a process tree: one uffd per task).
+    pub fn add(&mut self, uffd: OwnedFd, source: SpaceKey) -> Result<SpaceId> {
+        sys::set_nonblocking(uffd.as_fd()).map_err(FaultError::NonBlocking)?;
+        let id = SpaceId(self.spaces.len() as u32);
+        self.spaces.push(Space {
+            source,
+            installer: Some(Installer::with_page_size(uffd, self.page_size as usize)),
+            book: Book::default(),
+        });
+        Ok(id)
     }
 
     pub fn page_size(&self) -> usize {
@@ -315,10 +337,10 @@ impl FaultLoop {
         self.in_flight.len()
     }
 
-    /// Source addresses of the pages requested and not delivered yet (to ask
-    /// again after the source reconnects).
-    pub fn in_flight_pages(&self) -> Vec<u64> {
-        let mut pages: Vec<u64> = self.in_flight.keys().copied().collect();
+    /// Source pages requested and not delivered yet (to ask again after the
+    /// source reconnects).
+    pub fn in_flight_pages(&self) -> Vec<(SpaceKey, u64)> {
+        let mut pages: Vec<(SpaceKey, u64)> = self.in_flight.keys().copied().collect();
         pages.sort_unstable();
         pages
     }

@@ -3,14 +3,18 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 use crossbeam::channel::{Receiver, Sender};
-use pagehop_mem::page_bits::PageBits;
+use pagehop_mem::SpaceKey;
+use pagehop_mem::page_bits::SpaceBits;
+
+/// Pages of one space that arrived together.
+pub(super) type Arrived = (SpaceKey, Vec<u64>);
 
 /// Where the receiver threads report post-copy pages.
 pub struct Arrivals {
     /// Pages still on the source.
-    pub(super) outstanding: Mutex<PageBits>,
-    pub(super) demand: (Sender<Vec<u64>>, Receiver<Vec<u64>>),
-    pub(super) bulk: (Sender<Vec<u64>>, Receiver<Vec<u64>>),
+    pub(super) outstanding: Mutex<SpaceBits>,
+    pub(super) demand: (Sender<Arrived>, Receiver<Arrived>),
+    pub(super) bulk: (Sender<Arrived>, Receiver<Arrived>),
     pub(super) waker: crate::faults::Waker,
     /// A connection of the current epoch broke.
     pub(super) lost: AtomicBool,
@@ -20,9 +24,9 @@ pub struct Arrivals {
 }
 
 impl Arrivals {
-    /// Received pages (already in the store). `priority`: they came on the
-    /// priority lane.
-    pub fn arrived(&self, priority: bool, pages: Vec<u64>) {
+    /// Received pages of `space` (already in the store). `priority`: they
+    /// came on the priority lane.
+    pub fn arrived(&self, space: SpaceKey, priority: bool, pages: Vec<u64>) {
         let (counter, tx) = if priority {
             (&self.demand_pages, &self.demand.0)
         } else {
@@ -31,11 +35,11 @@ impl Arrivals {
         counter.fetch_add(pages.len() as u64, Ordering::Relaxed);
         // Queued before they stop being outstanding: "nothing outstanding and
         // nothing queued" then means everything was queued.
-        let _ = tx.send(pages.clone());
+        let _ = tx.send((space, pages.clone()));
         {
             let mut outstanding = self.outstanding.lock().expect("lock");
             for &p in &pages {
-                outstanding.clear(p);
+                outstanding.clear(space, p);
             }
         }
         let _ = self.waker.wake();

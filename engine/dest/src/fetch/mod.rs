@@ -21,7 +21,7 @@
 //! The receiver threads put pages into the store first and only then clear
 //! them from `outstanding` and queue them here, so a page that is not
 //! outstanding is always readable from the store.
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 
 use crate::faults::{FaultError, FaultLoop, LatencyHistogram};
 use crate::store::{PageState, PageStore};
-use pagehop_mem::page_bits::PageBits;
+use pagehop_mem::SpaceKey;
+use pagehop_mem::page_bits::SpaceBits;
 use pagehop_mem::pages::RangeSet;
 use pagehop_sys::process::Process;
 use pagehop_wire::conn::{Conn, ConnError};
@@ -65,6 +66,8 @@ pub enum FetchError {
         #[source]
         why: LinkBreak,
     },
+    #[error("post-copy: no userfaultfd to serve")]
+    NothingToServe,
     #[error("post-copy: sending to the source")]
     Control(#[source] ConnError),
 }
@@ -84,11 +87,17 @@ pub enum LinkBreak {
 pub struct Start<'a> {
     pub store: &'a Mutex<PageStore>,
     pub lanes: &'a Lanes,
-    /// Pages the source still holds.
-    pub pending: &'a RangeSet,
-    /// The restored process.
-    pub process: &'a Process,
+    /// Pages the source still holds, per address space.
+    pub pending: &'a BTreeMap<SpaceKey, RangeSet>,
+    /// The restored processes (stopped and continued as a tree on a break).
+    pub processes: &'a [Process],
     pub reconnect_timeout: Duration,
+}
+
+/// A restored process's userfaultfd, and the source address space it holds.
+pub struct Served {
+    pub uffd: OwnedFd,
+    pub space: SpaceKey,
 }
 
 /// The fault loop, ready to run; [`Fetch::arrivals`] must be given to the
@@ -99,22 +108,36 @@ pub struct Fetch {
     pid: i32,
     reconnect_timeout: Duration,
     /// Pre-copy pages to install in the background, and how far that got.
-    local: Vec<u64>,
+    local: Vec<(SpaceKey, u64)>,
     local_next: usize,
 }
 
 impl Fetch {
-    pub fn new(start: &Start<'_>, uffd: OwnedFd) -> Result<Self, FetchError> {
+    /// A fault loop over the userfaultfds in `served` (at least one).
+    pub fn new(start: &Start<'_>, served: Vec<Served>) -> Result<Self, FetchError> {
         let store = start.store.lock().expect("lock");
         let ps = store.page_size() as u64;
-        let fault_loop = FaultLoop::new(uffd, store.page_size())?;
-        let local: Vec<u64> = store
-            .iter()
-            .map(|(addr, _)| addr)
-            .filter(|&addr| !start.pending.contains(addr))
+        let mut served = served.into_iter();
+        let first = served.next().ok_or(FetchError::NothingToServe)?;
+        let mut fault_loop = FaultLoop::new(first.uffd, store.page_size(), first.space)?;
+        for more in served {
+            fault_loop.add(more.uffd, more.space)?;
+        }
+        let none = RangeSet::new();
+        let local: Vec<(SpaceKey, u64)> = store
+            .spaces()
+            .flat_map(|space| {
+                let pending = start.pending.get(&space).unwrap_or(&none);
+                store
+                    .space(space)
+                    .into_iter()
+                    .flat_map(|s| s.iter())
+                    .map(move |(addr, _)| (space, addr))
+                    .filter(move |&(_, addr)| !pending.contains(addr))
+            })
             .collect();
         let arrivals = Arc::new(Arrivals {
-            outstanding: Mutex::new(PageBits::filled(start.pending, ps)),
+            outstanding: Mutex::new(SpaceBits::filled(start.pending, ps)),
             demand: crossbeam::channel::unbounded(),
             bulk: crossbeam::channel::unbounded(),
             waker: fault_loop.waker(),
@@ -126,7 +149,7 @@ impl Fetch {
         Ok(Self {
             fault_loop,
             arrivals,
-            pid: start.process.pid(),
+            pid: start.processes.first().map_or(0, Process::pid),
             reconnect_timeout: start.reconnect_timeout,
             local,
             local_next: 0,
@@ -144,7 +167,7 @@ impl Fetch {
         let ps = self.fault_loop.page_size() as u64;
         let mut source = Requests::new(&self.arrivals, start.lanes.take_priority(0), ps);
         let mut remote_latency = LatencyHistogram::new();
-        let mut bulk: VecDeque<u64> = VecDeque::new();
+        let mut bulk: VecDeque<(SpaceKey, u64)> = VecDeque::new();
         let mut stats = DestStats::default();
         let mut epoch = 0u32;
         let mut installed = 0u64;
@@ -156,31 +179,31 @@ impl Fetch {
                 source.priority = start.lanes.take_priority(epoch);
             }
             // Faults answered from the store.
-            for (addr, pages) in std::mem::take(&mut source.local) {
+            for (space, addr, pages) in std::mem::take(&mut source.local) {
                 let store = start.store.lock().expect("lock");
                 for page in (addr..addr + pages as u64 * ps).step_by(ps as usize) {
-                    installed += self.install(&store, page)?;
+                    installed += self.install(&store, space, page)?;
                 }
             }
             // Pages someone waits for.
-            while let Ok(pages) = self.arrivals.demand.1.try_recv() {
+            while let Ok((space, pages)) = self.arrivals.demand.1.try_recv() {
                 let store = start.store.lock().expect("lock");
                 for page in pages {
-                    installed += self.install(&store, page)?;
-                    source.answered(page, &mut remote_latency);
+                    installed += self.install(&store, space, page)?;
+                    source.answered(space, page, &mut remote_latency);
                 }
             }
             // The background, a bounded step at a time.
-            while let Ok(pages) = self.arrivals.bulk.1.try_recv() {
-                bulk.extend(pages);
+            while let Ok((space, pages)) = self.arrivals.bulk.1.try_recv() {
+                bulk.extend(pages.into_iter().map(|p| (space, p)));
             }
             {
                 let store = start.store.lock().expect("lock");
                 for _ in 0..BACKGROUND_STEP {
-                    let page = match bulk.pop_front() {
-                        Some(page) => {
-                            source.answered(page, &mut remote_latency);
-                            page
+                    let (space, page) = match bulk.pop_front() {
+                        Some((space, page)) => {
+                            source.answered(space, page, &mut remote_latency);
+                            (space, page)
                         }
                         None if self.local_next < self.local.len() => {
                             self.local_next += 1;
@@ -189,7 +212,7 @@ impl Fetch {
                         }
                         None => break,
                     };
-                    installed += self.install(&store, page)?;
+                    installed += self.install(&store, space, page)?;
                 }
             }
             // The source reconnected on its own (it saw a break we did not).
@@ -260,14 +283,20 @@ impl Fetch {
         Ok(stats)
     }
 
-    /// Installs `page` from the store (a page the store lacks was never
-    /// resident at the source: a zero page). Returns 1 if installed anywhere.
-    fn install(&mut self, store: &PageStore, page: u64) -> Result<u64, FetchError> {
+    /// Installs page `page` of `space` from the store (a page the store
+    /// lacks was never resident at the source: a zero page). Returns 1 if
+    /// installed anywhere.
+    fn install(
+        &mut self,
+        store: &PageStore,
+        space: SpaceKey,
+        page: u64,
+    ) -> Result<u64, FetchError> {
         let before = self.fault_loop.stats().pages_delivered;
         // Spaces found gone (the process exited) simply stop being served.
-        match store.get(page) {
-            PageState::Data(d) => self.fault_loop.deliver(page, Some(d))?,
-            PageState::Zero | PageState::Absent => self.fault_loop.deliver(page, None)?,
+        match store.get(space, page) {
+            PageState::Data(d) => self.fault_loop.deliver(space, page, Some(d))?,
+            PageState::Zero | PageState::Absent => self.fault_loop.deliver(space, page, None)?,
         };
         Ok((self.fault_loop.stats().pages_delivered > before) as u64)
     }
@@ -292,7 +321,11 @@ impl Fetch {
         epoch: u32,
         why: LinkBreak,
     ) -> Result<u32, FetchError> {
-        let stopped = crate::tree::signal_tree(start.process, libc::SIGSTOP);
+        let stopped: Vec<Process> = start
+            .processes
+            .iter()
+            .flat_map(|p| crate::tree::signal_tree(p, libc::SIGSTOP))
+            .collect();
         let arrivals = Arc::clone(&self.arrivals);
         let missing = move || arrivals.outstanding.lock().expect("lock").count();
         log::warn!(

@@ -6,6 +6,7 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use pagehop_mem::SpaceKey;
 use pagehop_sys::monotonic_ns;
 use pagehop_wire::msg::{Message, PageRequest};
 
@@ -18,9 +19,9 @@ pub(super) struct Requests {
     pub(super) arrivals: Arc<Arrivals>,
     pub(super) priority: Option<TcpStream>,
     /// Runs to install from the store after this turn.
-    pub(super) local: Vec<(u64, u32)>,
+    pub(super) local: Vec<(SpaceKey, u64, u32)>,
     /// When each page still awaited was asked for.
-    pub(super) requested_at: HashMap<u64, u64>,
+    pub(super) requested_at: HashMap<(SpaceKey, u64), u64>,
     pub(super) sent: u64,
     pub(super) page_size: u64,
 }
@@ -44,34 +45,34 @@ impl Requests {
 
     /// After a reconnect: the new priority lane, and the pages still awaited
     /// asked for again on it.
-    pub(super) fn rearm(&mut self, priority: Option<TcpStream>, in_flight: &[u64]) {
+    pub(super) fn rearm(&mut self, priority: Option<TcpStream>, in_flight: &[(SpaceKey, u64)]) {
         self.priority = priority;
-        for &page in in_flight {
-            self.ask(page, 1);
+        for &(space, page) in in_flight {
+            self.ask(space, page, 1);
         }
     }
 
     /// `page` was installed: records its request-to-install latency if it
     /// was asked for.
-    pub(super) fn answered(&mut self, page: u64, latency: &mut LatencyHistogram) {
-        if let Some(at) = self.requested_at.remove(&page) {
+    pub(super) fn answered(&mut self, space: SpaceKey, page: u64, latency: &mut LatencyHistogram) {
+        if let Some(at) = self.requested_at.remove(&(space, page)) {
             latency.record(monotonic_ns().saturating_sub(at));
         }
     }
 
     /// Sends one request; a broken lane is reported as a lost connection.
-    fn ask(&mut self, addr: u64, pages: u32) {
+    fn ask(&mut self, space: SpaceKey, addr: u64, pages: u32) {
         let now = monotonic_ns();
         for i in 0..pages as u64 {
             self.requested_at
-                .entry(addr + i * self.page_size)
+                .entry((space, addr + i * self.page_size))
                 .or_insert(now);
         }
         let Some(lane) = self.priority.as_mut() else {
             return;
         };
         let mut frame = Vec::with_capacity(32);
-        PageRequest { addr, pages }.encode_frame(&mut frame);
+        PageRequest { space, addr, pages }.encode_frame(&mut frame);
         if lane.write_all(&frame).is_err() {
             self.priority = None;
             self.arrivals.lost.store(true, Ordering::SeqCst);
@@ -82,26 +83,28 @@ impl Requests {
 }
 
 impl PageSource for Requests {
-    fn request(&mut self, addr: u64, pages: u32) -> Result<(), FaultError> {
+    fn request(&mut self, space: SpaceKey, addr: u64, pages: u32) -> Result<(), FaultError> {
         let ps = self.page_size;
-        let mut remote: Vec<(u64, u32)> = Vec::new();
+        let mut remote: Vec<(SpaceKey, u64, u32)> = Vec::new();
         {
             let outstanding = self.arrivals.outstanding.lock().expect("lock");
             for i in 0..pages as u64 {
                 let page = addr + i * ps;
-                let runs = if outstanding.get(page) {
+                let runs = if outstanding.get(space, page) {
                     &mut remote
                 } else {
                     &mut self.local
                 };
                 match runs.last_mut() {
-                    Some((start, n)) if *start + *n as u64 * ps == page => *n += 1,
-                    _ => runs.push((page, 1)),
+                    Some((s, start, n)) if *s == space && *start + *n as u64 * ps == page => {
+                        *n += 1
+                    }
+                    _ => runs.push((space, page, 1)),
                 }
             }
         }
-        for (addr, pages) in remote {
-            self.ask(addr, pages);
+        for (space, addr, pages) in remote {
+            self.ask(space, addr, pages);
         }
         Ok(())
     }

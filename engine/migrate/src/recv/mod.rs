@@ -19,6 +19,7 @@ mod postcopy;
 mod tests;
 mod verify;
 
+use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -177,7 +178,7 @@ pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
         intake,
         lanes,
         state: State::start(),
-        pending: Vec::new(),
+        pending: BTreeMap::new(),
         verification: Verification::default(),
         restored: None,
         report: RecvReport {
@@ -203,7 +204,7 @@ struct Receiver<'a> {
     lanes: Arc<Lanes>,
     state: State,
     /// Post-copy: the pages the source still holds, as announced.
-    pending: Vec<Range>,
+    pending: BTreeMap<SpaceKey, Vec<Range>>,
     verification: Verification,
     restored: Option<Restored>,
     report: RecvReport,
@@ -276,9 +277,7 @@ impl Receiver<'_> {
                     .iter()
                     .map(|v| Range::new(v.start, v.end))
                     .collect();
-                self.intake
-                    .lock_store()
-                    .set_layout(SpaceKey::ROOT, &ranges)?;
+                self.intake.lock_store().set_layout(layout.space, &ranges)?;
                 self.control.send(&LayoutAck {
                     vmas: layout.vmas.len() as u32,
                 })?;
@@ -290,6 +289,8 @@ impl Receiver<'_> {
             }
             ControlFrame::Pending(p) => {
                 self.pending
+                    .entry(p.space)
+                    .or_default()
                     .extend(p.ranges.iter().map(|&(a, b)| Range::new(a, b)));
             }
             ControlFrame::Switchover(s) if s.postcopy => self.postcopy()?,
@@ -349,7 +350,13 @@ impl Receiver<'_> {
         let installed = match &self.opts.output {
             Output::ImageDir(dir) => {
                 let mut writer = ImageWriter::create(dir, store.page_size())?;
-                writer.set_layout(SpaceKey::ROOT, &store.ranges().collect::<Vec<_>>())?;
+                for space in store.spaces() {
+                    let ranges: Vec<Range> = store
+                        .space(space)
+                        .map(|s| s.ranges().collect())
+                        .unwrap_or_default();
+                    writer.set_layout(space, &ranges)?;
+                }
                 store.drain_into(&mut writer)?;
                 self.report.image_dir = Some(dir.display().to_string());
                 writer.finish()?
@@ -392,7 +399,10 @@ impl Receiver<'_> {
             return Err(RecvError::PostcopyNeedsRestore);
         };
         self.report.mode = SwitchKind::Postcopy;
-        let pending = RangeSet::from_ranges(std::mem::take(&mut self.pending));
+        let pending: BTreeMap<SpaceKey, RangeSet> = std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(space, r)| (space, RangeSet::from_ranges(r)))
+            .collect();
         let restored = postcopy::run(
             cmd,
             &self.intake,
@@ -421,8 +431,14 @@ fn install_all(restored: &mut Restored, store: &PageStore) -> Result<(u64, u64),
     // Pre-copy installs everything before the installers (the only holders
     // of the userfaultfd) go away; the kernel zero-fills whatever was never
     // sent.
-    let mut lanes = UffdSink::lanes(uffd, store.page_size(), &registered, UffdSink::lane_count())?;
-    store.drain_parallel(&mut lanes)?;
+    let mut lanes = UffdSink::lanes(
+        SpaceKey::ROOT,
+        uffd,
+        store.page_size(),
+        &registered,
+        UffdSink::lane_count(),
+    )?;
+    store.drain_parallel(SpaceKey::ROOT, &mut lanes)?;
     let installs = UffdSink::finish_all(&mut lanes)?;
     Ok((installs.installed, installs.outside))
 }

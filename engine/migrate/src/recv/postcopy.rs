@@ -6,6 +6,9 @@ use std::time::{Duration, Instant};
 use pagehop_dest::fetch::{self, Fetch, Lanes};
 use pagehop_dest::intake::Intake;
 use pagehop_dest::restore::{RestoreCommand, Restored};
+use std::collections::BTreeMap;
+
+use pagehop_mem::SpaceKey;
 use pagehop_mem::pages::RangeSet;
 use pagehop_wire::conn::Conn;
 use pagehop_wire::msg::Done;
@@ -22,7 +25,7 @@ pub fn run(
     intake: &Intake,
     lanes: &Lanes,
     control: &mut Conn,
-    pending: &RangeSet,
+    pending: &BTreeMap<SpaceKey, RangeSet>,
     reconnect_timeout: Duration,
     report: &mut RecvReport,
 ) -> Result<Restored, RecvError> {
@@ -38,14 +41,19 @@ pub fn run(
             return Err(pagehop_dest::restore::RestoreError::Pidfd { pid, source }.into());
         }
     };
+    let processes = [process];
     let start = fetch::Start {
         store: intake.store(),
         lanes,
         pending,
-        process: &process,
+        processes: &processes,
         reconnect_timeout,
     };
-    let fetch = match Fetch::new(&start, uffd) {
+    let served = vec![fetch::Served {
+        uffd,
+        space: SpaceKey::ROOT,
+    }];
+    let fetch = match Fetch::new(&start, served) {
         Ok(f) => f,
         Err(e) => {
             restored.abandon();
@@ -59,7 +67,10 @@ pub fn run(
         "post-copy: process {} running after {:.1} ms; {} pages to fetch",
         restored.pid(),
         report.install_ms,
-        pending.pages(intake.lock_store().page_size() as u64)
+        pending
+            .values()
+            .map(|r| r.pages(intake.lock_store().page_size() as u64))
+            .sum::<u64>()
     );
     match fetch.run(&start, control) {
         Ok(stats) => {

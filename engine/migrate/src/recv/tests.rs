@@ -86,7 +86,10 @@ fn lane(addr: SocketAddr, lane: Lane) -> Conn {
 
 fn empty_layout(control: &mut Conn) {
     control
-        .send(&msg::Layout { vmas: Vec::new() })
+        .send(&msg::Layout {
+            space: SpaceKey::ROOT,
+            vmas: Vec::new(),
+        })
         .expect("layout");
     let ack: LayoutAck = control.recv_msg().expect("layout ack");
     assert_eq!(ack.vmas, 0);
@@ -162,6 +165,7 @@ fn pages_after_the_switch_are_a_protocol_error() {
     // A late batch on the data lane: one zero page.
     let mut payload = Vec::new();
     encode_batch(
+        SpaceKey::ROOT,
         1,
         &[entry(0x10_0000, true)],
         &[],

@@ -17,7 +17,7 @@ impl Verification {
         let ps = store.page_size();
         for (i, &want) in digests.hashes.iter().enumerate() {
             let addr = digests.start + (i * ps) as u64;
-            let got = match store.get(addr) {
+            let got = match store.get(digests.space, addr) {
                 PageState::Data(d) => page_digest(Some(d), ps),
                 PageState::Zero | PageState::Absent => page_digest(None, ps),
             };

@@ -30,13 +30,12 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use pagehop_mem::pages::RangeSet;
 use pagehop_mem::{PageProvider, ProvideError, SpaceKey};
 use pagehop_source::freeze::{FreezeError, FreezeMethod};
 use pagehop_source::heat::WriteHeat;
 use pagehop_source::postcopy::demand::DemandError;
 use pagehop_source::postcopy::push::PushError;
-use pagehop_source::provider::{FrozenTree, LiveProcess};
+use pagehop_source::provider::{FrozenTree, LiveProcess, LiveTree};
 use pagehop_source::stream::{PageStreamer, StreamError, ZeroCopy};
 use pagehop_source::target::TargetError;
 use pagehop_source::track::{Session, TrackError, TrackOptions};
@@ -49,7 +48,7 @@ use crate::phase::{Phase, PhaseWatch};
 use crate::report::{Mode, Progress, Report, RoundReport, Verify};
 use crate::working_set::{WorkingSet, WorkingSetError};
 use connect::{Links, connect, new_session_id};
-use rounds::{Policy, run_round, run_rounds, send_layout};
+use rounds::{Policy, Spaces, layouts_of, run_round, run_rounds, total_pages, update_layouts};
 use switch::{Frozen, freeze_and_collect, switch_postcopy, switch_precopy};
 
 pub struct SendOptions {
@@ -178,7 +177,7 @@ impl Phases<'_> {
 /// Everything a migration works with once prepared.
 struct Migration<'a> {
     opts: &'a SendOptions,
-    source: &'a LiveProcess,
+    source: &'a LiveTree,
     control: Conn,
     session: Option<Session>,
     streamer: PageStreamer,
@@ -210,7 +209,7 @@ fn drive(
     let started = Instant::now();
     let cpu_start = pagehop_sys::own_cpu_time();
     let page_size = pagehop_sys::page_size();
-    let source = LiveProcess::open(opts.pid)?;
+    let source = LiveTree::single(LiveProcess::open(opts.pid)?);
     let session_id = new_session_id()?;
     let Links {
         control,
@@ -220,7 +219,10 @@ fn drive(
     // Tracking starts before round 0 reads anything, so no write is missed.
     let session = if opts.mode.has_rounds() {
         Some(Session::start(
-            source.target(),
+            source
+                .process(SpaceKey::ROOT)
+                .expect("the root process")
+                .target(),
             TrackOptions {
                 backend: opts.backend,
                 interval: Duration::from_millis(100),
@@ -315,13 +317,13 @@ impl<'a> Migration<'a> {
         phases: &mut Phases<'_>,
         policy: Option<Policy>,
         progress: &mut dyn Progress,
-    ) -> Result<(Frozen<'a>, u32, WriteHeat), SendError> {
+    ) -> Result<(Frozen<'a>, u32, Spaces<WriteHeat>), SendError> {
         phases.enter(Phase::Rounds);
         // An acknowledgement that does not come within the stall timeout means
         // the destination is stuck: give up rather than hold the source.
         self.control
             .set_read_timeout(Some(self.opts.stall_timeout))?;
-        let (pages, round, layout, heat) = match (policy, self.session.as_mut()) {
+        let (pages, round, layouts, heat) = match (policy, self.session.as_mut()) {
             (Some(policy), Some(session)) => {
                 let end = run_rounds(
                     self.opts,
@@ -334,17 +336,21 @@ impl<'a> Migration<'a> {
                     progress,
                 )?;
                 self.report.switch_reason = end.reason;
-                (end.pages, end.round, end.layout, end.heat)
+                (end.pages, end.round, end.layouts, end.heat)
             }
             _ => {
-                let layout = self.source.layout(SpaceKey::ROOT)?;
-                send_layout(&mut self.control, &layout)?;
+                let mut layouts = Spaces::new();
+                update_layouts(
+                    &mut self.control,
+                    &mut layouts,
+                    layouts_of(self.source, self.source.spaces())?,
+                )?;
                 self.report.switch_reason = match self.opts.mode {
                     Mode::StopAndCopy => "stop-and-copy: no pre-copy rounds",
                     _ => "post-copy: no pre-copy rounds",
                 }
                 .to_string();
-                (RangeSet::new(), 0, layout, WriteHeat::new())
+                (Spaces::new(), 0, layouts, Spaces::new())
             }
         };
         let tracked = self.session.is_some();
@@ -353,13 +359,17 @@ impl<'a> Migration<'a> {
             &mut self.control,
             self.source,
             self.session.as_mut(),
-            layout,
+            layouts,
             pages,
         )?;
         phases.enter(Phase::Frozen);
         if !tracked {
             // Frozen, so the populated set is final: all of it goes now.
-            frozen.pages = frozen.tree.populated(SpaceKey::ROOT, &frozen.layout)?;
+            frozen.pages = frozen
+                .layouts
+                .iter()
+                .map(|(&space, layout)| Ok((space, frozen.tree.populated(space, layout)?)))
+                .collect::<Result<_, SendError>>()?;
         }
         Ok((frozen, round, heat))
     }
@@ -411,14 +421,28 @@ impl<'a> Migration<'a> {
             below: opts.postcopy_below,
         });
         let (frozen, round, heat) = self.rounds_then_freeze(phases, policy, progress)?;
-        // Push order: the recorded working set, then the pages written in
-        // the last rounds, then the rest.
-        let mut first = match &opts.prefetch_from {
-            Some(path) => WorkingSet::load(path)?.resolve(&frozen.layout, ps),
-            None => Vec::new(),
-        };
-        first.extend(heat.hot(1, ps).intersection(&frozen.pages).iter_pages(ps));
-        first.retain(|&p| frozen.pages.contains(p));
+        // Push order: the recorded working set (of the root process), then
+        // the pages written in the last rounds, then the rest.
+        let mut first: Vec<(SpaceKey, u64)> =
+            match (&opts.prefetch_from, frozen.layouts.get(&SpaceKey::ROOT)) {
+                (Some(path), Some(layout)) => WorkingSet::load(path)?
+                    .resolve(layout, ps)
+                    .into_iter()
+                    .map(|p| (SpaceKey::ROOT, p))
+                    .collect(),
+                _ => Vec::new(),
+            };
+        for (space, h) in &heat {
+            if let Some(pending) = frozen.pages.get(space) {
+                first.extend(
+                    h.hot(1, ps)
+                        .intersection(pending)
+                        .iter_pages(ps)
+                        .map(|p| (*space, p)),
+                );
+            }
+        }
+        first.retain(|(space, p)| frozen.pages.get(space).is_some_and(|r| r.contains(*p)));
         // From here a dying pagehop must leave the source stopped, not running.
         frozen.tree.hold_stopped();
         if let Err(e) = switch_postcopy(&mut self.control, &frozen.pages, round) {
@@ -428,7 +452,7 @@ impl<'a> Migration<'a> {
         phases.enter(Phase::SourceNeeded);
         self.report.downtime_ms = frozen.at.elapsed().as_secs_f64() * 1e3;
         self.report.rounds = round;
-        self.report.final_round_pages = frozen.pages.pages(ps);
+        self.report.final_round_pages = total_pages(&frozen.pages, ps);
         let running = Instant::now();
         let plan = postcopy::Plan {
             pending: frozen.pages.clone(),
@@ -461,10 +485,20 @@ impl<'a> Migration<'a> {
         r.remote_fault_latency_us = outcome.dest.remote_fault_latency_us.clone();
         r.blocked_ms = outcome.dest.blocked_ms;
         r.faults = outcome.dest.faults;
-        if let Some(path) = &opts.record_working_set {
-            let mut wanted = outcome.requested.clone();
-            wanted.extend(heat.hot(1, ps).iter_pages(ps));
-            WorkingSet::from_pages(&frozen.layout, &wanted, ps).save(path)?;
+        if let (Some(path), Some(layout)) = (
+            &opts.record_working_set,
+            frozen.layouts.get(&SpaceKey::ROOT),
+        ) {
+            let mut wanted: Vec<u64> = outcome
+                .requested
+                .iter()
+                .filter(|(space, _)| *space == SpaceKey::ROOT)
+                .map(|&(_, p)| p)
+                .collect();
+            if let Some(h) = heat.get(&SpaceKey::ROOT) {
+                wanted.extend(h.hot(1, ps).iter_pages(ps));
+            }
+            WorkingSet::from_pages(layout, &wanted, ps).save(path)?;
         }
         self.verify(&frozen)?;
         Ok(frozen.tree)
@@ -472,7 +506,7 @@ impl<'a> Migration<'a> {
 
     fn verify(&mut self, frozen: &Frozen<'_>) -> Result<(), SendError> {
         self.report.verify = if self.opts.verify {
-            verify::verify(&frozen.tree, &frozen.layout, &mut self.control)?
+            verify::verify(&frozen.tree, &frozen.layouts, &mut self.control)?
         } else {
             Verify::Skipped
         };

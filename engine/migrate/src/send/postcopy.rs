@@ -6,6 +6,7 @@
 //! If a connection breaks, the source reconnects with the next epoch for up
 //! to `--reconnect-timeout`; the destination answers with the pages it still
 //! lacks (`Pending`), and the push resumes from there.
+use std::collections::BTreeMap;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
@@ -32,10 +33,10 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What to push and how.
 pub struct Plan {
-    /// Every page the destination lacks.
-    pub pending: RangeSet,
+    /// Every page the destination lacks, per address space.
+    pub pending: BTreeMap<SpaceKey, RangeSet>,
     /// Pages to push first, in order (the working set).
-    pub first: Vec<u64>,
+    pub first: Vec<(SpaceKey, u64)>,
     /// Round number carried by post-copy batches.
     pub round: u32,
     pub prefetch_pages: u32,
@@ -50,7 +51,7 @@ pub struct Outcome {
     pub background_pages: u64,
     pub reconnects: u32,
     /// Requested pages in the order first asked for (for the working set).
-    pub requested: Vec<u64>,
+    pub requested: Vec<(SpaceKey, u64)>,
     pub dest: DestStats,
     pub installed_pages: u64,
 }
@@ -70,7 +71,6 @@ pub fn serve(
     let provider: &dyn PageProvider = tree;
     let unsent = Unsent::new(&plan.pending, provider.page_size() as u64);
     let answering = Answering {
-        space: SpaceKey::ROOT,
         round: plan.round,
         prefetch: plan.prefetch_pages,
         compress: plan.compress,
@@ -91,14 +91,7 @@ pub fn serve(
         )?);
         loop {
             let result = push
-                .run(
-                    control,
-                    streamer,
-                    provider,
-                    SpaceKey::ROOT,
-                    &unsent,
-                    plan.round,
-                )
+                .run(control, streamer, provider, &unsent, plan.round)
                 .map_err(SendError::from)
                 .and_then(|pushed| {
                     outcome.background_pages += pushed;

@@ -10,11 +10,13 @@
 //! `--max-rounds`, or when the rounds stop converging.
 use std::time::{Duration, Instant};
 
+use std::collections::BTreeMap;
+
 use pagehop_mem::layout::Layout;
 use pagehop_mem::pages::RangeSet;
 use pagehop_mem::{PageProvider, SpaceKey};
 use pagehop_source::heat::WriteHeat;
-use pagehop_source::provider::LiveProcess;
+use pagehop_source::provider::LiveTree;
 use pagehop_source::stream::{PageStreamer, RoundStats};
 use pagehop_source::track::Session;
 use pagehop_wire::FrameError;
@@ -38,20 +40,33 @@ pub enum Policy {
     Hybrid { hot_after: u32, below: u64 },
 }
 
+/// Per address space.
+pub type Spaces<T> = BTreeMap<SpaceKey, T>;
+
 /// Where the rounds ended.
 pub struct RoundsEnd {
     /// Pages the destination lacks (dirtied since sent, or never sent).
-    pub pages: RangeSet,
+    pub pages: Spaces<RangeSet>,
     /// The next round's number.
     pub round: u32,
-    pub layout: Layout,
+    pub layouts: Spaces<Layout>,
     pub reason: String,
-    pub heat: WriteHeat,
+    pub heat: Spaces<WriteHeat>,
+}
+
+/// Pages in all spaces.
+pub fn total_pages(pages: &Spaces<RangeSet>, page_size: u64) -> u64 {
+    pages.values().map(|r| r.pages(page_size)).sum()
+}
+
+fn total_bytes(pages: &Spaces<RangeSet>) -> u64 {
+    pages.values().map(RangeSet::bytes).sum()
 }
 
 /// What the destination is told about the mappings it restores.
-fn layout_msg(layout: &Layout) -> msg::Layout {
+fn layout_msg(space: SpaceKey, layout: &Layout) -> msg::Layout {
     msg::Layout {
+        space,
         vmas: layout
             .vmas
             .iter()
@@ -70,8 +85,8 @@ fn layout_msg(layout: &Layout) -> msg::Layout {
 /// Sends the layout and waits until the destination applied it: pages for
 /// the new mappings travel on the data streams, which are not ordered with
 /// the control connection.
-pub fn send_layout(control: &mut Conn, layout: &Layout) -> Result<(), SendError> {
-    let msg = layout_msg(layout);
+pub fn send_layout(control: &mut Conn, space: SpaceKey, layout: &Layout) -> Result<(), SendError> {
+    let msg = layout_msg(space, layout);
     control.send(&msg)?;
     let ack: LayoutAck = control.recv_msg()?;
     if ack.vmas as usize != msg.vmas.len() {
@@ -83,16 +98,53 @@ pub fn send_layout(control: &mut Conn, layout: &Layout) -> Result<(), SendError>
     Ok(())
 }
 
-/// Sends one round and waits for the destination to hold all of it.
+/// Sends the layouts of every space that changed (in `now` against
+/// `known`, which it updates); an address space that is gone gets an empty
+/// layout.
+pub fn update_layouts(
+    control: &mut Conn,
+    known: &mut Spaces<Layout>,
+    now: Spaces<Layout>,
+) -> Result<(), SendError> {
+    for (space, layout) in &now {
+        if known.get(space) != Some(layout) {
+            send_layout(control, *space, layout)?;
+        }
+    }
+    for space in known.keys() {
+        if !now.contains_key(space) {
+            send_layout(control, *space, &Layout::default())?;
+        }
+    }
+    *known = now;
+    Ok(())
+}
+
+/// The layouts of every space of `provider` listed in `spaces`.
+pub fn layouts_of(
+    provider: &dyn PageProvider,
+    spaces: impl IntoIterator<Item = SpaceKey>,
+) -> Result<Spaces<Layout>, SendError> {
+    spaces
+        .into_iter()
+        .map(|space| Ok((space, provider.layout(space)?)))
+        .collect()
+}
+
+/// Sends one round (every space's pages) and waits for the destination to
+/// hold all of it.
 pub fn run_round(
     control: &mut Conn,
     streamer: &mut PageStreamer,
     provider: &dyn PageProvider,
     round: u32,
-    pages: &RangeSet,
+    pages: &Spaces<RangeSet>,
 ) -> Result<(RoundStats, Duration), SendError> {
     let started = Instant::now();
-    let stats = streamer.send_round(provider, SpaceKey::ROOT, round, pages)?;
+    let mut stats = RoundStats::default();
+    for (&space, pages) in pages {
+        stats.add(&streamer.send_round(provider, space, round, pages)?);
+    }
     control.send(&EndOfRound {
         round,
         pages: stats.pages,
@@ -126,85 +178,115 @@ pub fn run_round(
 pub fn run_rounds(
     opts: &SendOptions,
     control: &mut Conn,
-    source: &LiveProcess,
+    source: &LiveTree,
     session: &mut Session,
     streamer: &mut PageStreamer,
     policy: &Policy,
     report: &mut Report,
     progress: &mut dyn Progress,
 ) -> Result<RoundsEnd, SendError> {
-    let pid = source.pid();
     let ps = source.page_size() as u64;
-    let mut layout = source.layout(SpaceKey::ROOT)?;
-    send_layout(control, &layout)?;
-    let mut pages = source.populated(SpaceKey::ROOT, &layout)?;
-    let mut heat = WriteHeat::new();
+    let mut layouts = Spaces::new();
+    update_layouts(control, &mut layouts, layouts_of(source, source.spaces())?)?;
+    let mut pages: Spaces<RangeSet> = layouts
+        .iter()
+        .map(|(&space, layout)| Ok((space, source.populated(space, layout)?)))
+        .collect::<Result<_, SendError>>()?;
+    let mut heat: Spaces<WriteHeat> = Spaces::new();
     let mut round = 0u32;
     let mut bandwidth = 0.0f64; // bytes per second, end to end
     let mut over_bandwidth = 0;
     let reason = loop {
         // Hybrid: write-hot pages would only be sent again; they wait for post-copy.
-        let hot = match policy {
-            Policy::Hybrid { hot_after, .. } => heat.hot(*hot_after, ps),
-            Policy::Precopy => RangeSet::new(),
-        };
-        let deferred = pages.intersection(&hot);
-        let send = pages.difference(&hot);
+        let mut deferred = Spaces::new();
+        let mut send = Spaces::new();
+        for (&space, p) in &pages {
+            let hot = match (policy, heat.get(&space)) {
+                (Policy::Hybrid { hot_after, .. }, Some(h)) => h.hot(*hot_after, ps),
+                _ => RangeSet::new(),
+            };
+            deferred.insert(space, p.intersection(&hot));
+            send.insert(space, p.difference(&hot));
+        }
         let (stats, took) = run_round(control, streamer, source, round, &send)?;
         bandwidth = (stats.bytes_wire.max(1) as f64 / took.as_secs_f64()).max(bandwidth * 0.5);
         let interval = session.step()?;
-        let mut dirty = interval.dirty.get(&pid).cloned().unwrap_or_default();
-        let dirty_pages = dirty.pages(ps);
-        heat.record(&dirty, ps, 1);
-        if let Some(changed) = interval.changed.get(&pid) {
-            dirty.union(changed);
+        let mut dirty: Spaces<RangeSet> = Spaces::new();
+        for (pid, d) in &interval.dirty {
+            if let Some(space) = source.space_of(*pid) {
+                dirty.entry(space).or_default().union(d);
+            }
+        }
+        let dirty_pages = total_pages(&dirty, ps);
+        for (&space, d) in &dirty {
+            heat.entry(space).or_default().record(d, ps, 1);
+        }
+        for (pid, changed) in &interval.changed {
+            if let Some(space) = source.space_of(*pid) {
+                dirty.entry(space).or_default().union(changed);
+            }
         }
         let dirty_rate = interval.dirty_bytes_per_sec;
         report.per_round.push(RoundReport {
             dirty_pages_after: dirty_pages,
             dirty_bytes_per_sec: dirty_rate,
             bandwidth_bytes_per_sec: bandwidth,
-            deferred_pages: deferred.pages(ps),
+            deferred_pages: total_pages(&deferred, ps),
             ..RoundReport::sent(round, &stats, took)
         });
         progress.round(report.per_round.last().expect("just pushed"));
         if !interval.events.is_empty() {
-            let now = source.layout(SpaceKey::ROOT)?;
-            if now != layout {
-                layout = now;
-                send_layout(control, &layout)?;
-            }
+            update_layouts(control, &mut layouts, layouts_of(source, source.spaces())?)?;
         }
-        let sent_pages = send.pages(ps);
-        dirty.union(&deferred);
-        pages = dirty.intersection(&layout.writable_ranges());
+        let sent_pages = total_pages(&send, ps);
+        pages = layouts
+            .iter()
+            .map(|(&space, layout)| {
+                let mut p = dirty.remove(&space).unwrap_or_default();
+                if let Some(d) = deferred.get(&space) {
+                    p.union(d);
+                }
+                (space, p.intersection(&layout.writable_ranges()))
+            })
+            .collect();
         round += 1;
-        let remaining = (pages.bytes() as f64) / bandwidth.max(1.0);
+        let remaining = (total_bytes(&pages) as f64) / bandwidth.max(1.0);
         // Not converging: the process dirties faster than the link carries,
         // or what is left no longer shrinks (its writable set is dirtied
         // whole during every round, which caps the measured rate at the
         // bandwidth). Deferred pages do not count against progress.
-        let left_to_send = pages.difference(&deferred).pages(ps);
+        let left_to_send: u64 = pages
+            .iter()
+            .map(|(space, p)| match deferred.get(space) {
+                Some(d) => p.difference(d).pages(ps),
+                None => p.pages(ps),
+            })
+            .sum();
         let no_progress = left_to_send as f64 >= STALL_SHARE * sent_pages as f64;
         over_bandwidth = if dirty_rate > bandwidth || no_progress {
             over_bandwidth + 1
         } else {
             0
         };
+        let left = total_pages(&pages, ps);
         match policy {
             Policy::Precopy if remaining <= opts.downtime_target.as_secs_f64() => {
                 break format!(
-                    "converged: {} pages left, {:.1} ms at {:.0} MB/s",
-                    pages.pages(ps),
+                    "converged: {left} pages left, {:.1} ms at {:.0} MB/s",
                     remaining * 1e3,
                     bandwidth / 1e6
                 );
             }
-            Policy::Hybrid { below, .. } if pages.bytes() <= *below => {
+            Policy::Hybrid { below, .. } if total_bytes(&pages) <= *below => {
+                let hot: u64 = pages
+                    .iter()
+                    .map(|(space, p)| {
+                        heat.get(space)
+                            .map_or(0, |h| p.intersection(&h.hot(1, ps)).pages(ps))
+                    })
+                    .sum();
                 break format!(
-                    "small remainder: {} pages left ({} write-hot), at most {} MiB to post-copy",
-                    pages.pages(ps),
-                    pages.intersection(&heat.hot(1, ps)).pages(ps),
+                    "small remainder: {left} pages left ({hot} write-hot), at most {} MiB to post-copy",
                     below >> 20
                 );
             }
@@ -212,26 +294,24 @@ pub fn run_rounds(
         }
         if round >= opts.max_rounds {
             break format!(
-                "max rounds ({}) reached with {} pages left",
-                opts.max_rounds,
-                pages.pages(ps)
+                "max rounds ({}) reached with {left} pages left",
+                opts.max_rounds
             );
         }
         if over_bandwidth >= NON_CONVERGING_ROUNDS {
             break format!(
                 "not converging: for {NON_CONVERGING_ROUNDS} rounds the dirty set did not shrink below {:.0}% \
-                 or the dirty rate exceeded the bandwidth ({:.1} MB/s dirtied, {:.1} MB/s sent, {} pages left)",
+                 or the dirty rate exceeded the bandwidth ({:.1} MB/s dirtied, {:.1} MB/s sent, {left} pages left)",
                 STALL_SHARE * 100.0,
                 dirty_rate / 1e6,
-                bandwidth / 1e6,
-                pages.pages(ps)
+                bandwidth / 1e6
             );
         }
     };
     Ok(RoundsEnd {
         pages,
         round,
-        layout,
+        layouts,
         reason,
         heat,
     })

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use pagehop_mem::layout::Layout;
 use pagehop_mem::pages::RangeSet;
-use pagehop_mem::{PageProvider, SpaceKey};
-use pagehop_source::provider::{FrozenTree, LiveProcess};
+use pagehop_source::freeze::FreezeMethod;
+use pagehop_source::provider::{FrozenTree, LiveTree};
 use pagehop_source::track::Session;
 use pagehop_wire::conn::Conn;
 use pagehop_wire::msg::{Done, Switchover};
 
 use super::SendError;
-use super::rounds::send_layout;
+use super::rounds::{Spaces, layouts_of, update_layouts};
 
 /// How long a freeze may take before the migration is abandoned.
 const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -24,41 +24,43 @@ const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 pub struct Frozen<'a> {
     pub tree: FrozenTree<'a>,
     pub at: Instant,
-    pub layout: Layout,
-    pub pages: RangeSet,
+    pub layouts: Spaces<Layout>,
+    pub pages: Spaces<RangeSet>,
 }
 
 /// Freezes the source and adds what was dirtied since the last round (a
-/// full scan) to `pages`; re-sends the layout if it changed.
+/// full scan) to `pages`; re-sends the layouts that changed.
 pub fn freeze_and_collect<'a>(
-    method: &pagehop_source::freeze::FreezeMethod,
+    method: &FreezeMethod,
     control: &mut Conn,
-    source: &'a LiveProcess,
+    source: &'a LiveTree,
     session: Option<&mut Session>,
-    mut layout: Layout,
-    mut pages: RangeSet,
+    mut layouts: Spaces<Layout>,
+    mut pages: Spaces<RangeSet>,
 ) -> Result<Frozen<'a>, SendError> {
-    let pid = source.pid();
     let tree = source.freeze(method, FREEZE_TIMEOUT)?;
     let at = Instant::now();
     if let Some(session) = session {
         session.force_full_scan();
         let last = session.step()?;
-        pages.union(&last.dirty.get(&pid).cloned().unwrap_or_default());
-        if let Some(changed) = last.changed.get(&pid) {
-            pages.union(changed);
+        for (pid, dirty) in last.dirty.iter().chain(last.changed.iter()) {
+            if let Some(space) = source.space_of(*pid) {
+                pages.entry(space).or_default().union(dirty);
+            }
         }
     }
-    let now = tree.layout(SpaceKey::ROOT)?;
-    if now != layout {
-        layout = now;
-        send_layout(control, &layout)?;
-    }
-    let pages = pages.intersection(&layout.writable_ranges());
+    update_layouts(control, &mut layouts, layouts_of(&tree, tree.spaces())?)?;
+    let pages = layouts
+        .iter()
+        .map(|(&space, layout)| {
+            let p = pages.remove(&space).unwrap_or_default();
+            (space, p.intersection(&layout.writable_ranges()))
+        })
+        .collect();
     Ok(Frozen {
         tree,
         at,
-        layout,
+        layouts,
         pages,
     })
 }
@@ -79,7 +81,7 @@ pub fn switch_precopy(control: &mut Conn, final_round: u32) -> Result<u64, SendE
 /// waits until the destination says its process runs.
 pub fn switch_postcopy(
     control: &mut Conn,
-    pending: &RangeSet,
+    pending: &Spaces<RangeSet>,
     round: u32,
 ) -> Result<(), SendError> {
     control.send_pending(pending)?;

@@ -43,7 +43,6 @@ pub enum DemandError {
 /// How answers are built.
 #[derive(Clone, Copy, Debug)]
 pub struct Answering {
-    pub space: SpaceKey,
     /// Round number carried by the answers' batches.
     pub round: u32,
     /// Unsent pages sent along with each answer.
@@ -65,7 +64,7 @@ impl<'scope> DemandServer<'scope> {
         lane: TcpStream,
         provider: &'env dyn PageProvider,
         unsent: &'env Unsent,
-        hints: Sender<u64>,
+        hints: Sender<(SpaceKey, u64)>,
         answering: Answering,
     ) -> Result<Self, DemandError> {
         let stream = lane.try_clone().map_err(DemandError::Socket)?;
@@ -104,7 +103,7 @@ fn serve(
     lane: TcpStream,
     provider: &dyn PageProvider,
     unsent: &Unsent,
-    hints: &Sender<u64>,
+    hints: &Sender<(SpaceKey, u64)>,
     answering: Answering,
 ) -> Result<(), DemandError> {
     let ps = provider.page_size();
@@ -132,9 +131,9 @@ fn serve(
         let end = req.addr + req.pages as u64 * ps as u64;
         pages.clear();
         pages.extend((req.addr..end).step_by(ps));
-        let prefetched = take_with_prefetch(unsent, &mut pages, end, answering.prefetch);
-        unsent.record_request(req.addr, req.pages as u64);
-        answer.build(provider, &pages, answering)?;
+        let prefetched = take_with_prefetch(unsent, req.space, &mut pages, end, answering.prefetch);
+        unsent.record_request(req.space, req.addr, req.pages as u64);
+        answer.build(provider, req.space, &pages, answering)?;
         writer.write_all(&answer.frame).map_err(DemandError::Send)?;
         unsent.record_answer(
             pages.len() as u64,
@@ -142,24 +141,30 @@ fn serve(
             answer.data.len() as u64,
             answer.frame.len() as u64,
         );
-        let _ = hints.try_send(end);
+        let _ = hints.try_send((req.space, end));
     }
 }
 
 /// Marks the requested `pages` sent and appends up to `prefetch` unsent
 /// pages after `end` (within twice that distance). Returns how many it added.
-fn take_with_prefetch(unsent: &Unsent, pages: &mut Vec<u64>, end: u64, prefetch: u32) -> u64 {
+fn take_with_prefetch(
+    unsent: &Unsent,
+    space: SpaceKey,
+    pages: &mut Vec<u64>,
+    end: u64,
+    prefetch: u32,
+) -> u64 {
     let ps = unsent.page_size;
     let mut bits = unsent.bits();
     for &p in pages.iter() {
-        bits.clear(p);
+        bits.clear(space, p);
     }
     let mut at = end;
     let mut added = 0;
     while added < prefetch && pages.len() < MAX_ANSWER_PAGES {
-        match bits.next_set(at) {
+        match bits.next_set(space, at) {
             Some(p) if p < end + 2 * prefetch as u64 * ps => {
-                bits.clear(p);
+                bits.clear(space, p);
                 pages.push(p);
                 added += 1;
                 at = p + ps;
@@ -189,18 +194,14 @@ impl Answer {
     fn build(
         &mut self,
         provider: &dyn PageProvider,
+        space: SpaceKey,
         pages: &[u64],
         answering: Answering,
     ) -> Result<(), DemandError> {
         let ps = provider.page_size();
         runs_of(pages, ps, &mut self.runs);
         self.raw.resize(pages.len() * ps, 0);
-        provider.read(
-            answering.space,
-            &self.runs,
-            &mut self.raw,
-            &mut self.present,
-        )?;
+        provider.read(space, &self.runs, &mut self.raw, &mut self.present)?;
         self.data.clear();
         self.entries.clear();
         for (i, &p) in pages.iter().enumerate() {
@@ -214,6 +215,7 @@ impl Answer {
         }
         self.payload.clear();
         batch::encode_batch(
+            space,
             answering.round,
             &self.entries,
             &self.data,

@@ -18,7 +18,10 @@ pub mod push;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use pagehop_mem::page_bits::PageBits;
+use std::collections::BTreeMap;
+
+use pagehop_mem::SpaceKey;
+use pagehop_mem::page_bits::SpaceBits;
 use pagehop_mem::pages::RangeSet;
 
 /// Most requested pages remembered for `--record-working-set`.
@@ -28,14 +31,14 @@ const MAX_RECORDED: usize = 1 << 20;
 /// demand server's counters, the pages asked for, and whether the priority
 /// lane broke.
 pub struct Unsent {
-    bits: Mutex<PageBits>,
+    bits: Mutex<SpaceBits>,
     page_size: u64,
     requests: AtomicU64,
     pages: AtomicU64,
     prefetched: AtomicU64,
     bytes_raw: AtomicU64,
     bytes_wire: AtomicU64,
-    requested: Mutex<Vec<u64>>,
+    requested: Mutex<Vec<(SpaceKey, u64)>>,
     lane_broke: AtomicBool,
 }
 
@@ -53,9 +56,9 @@ pub struct DemandTotals {
 
 impl Unsent {
     /// Every page of `pending` unsent.
-    pub fn new(pending: &RangeSet, page_size: u64) -> Self {
+    pub fn new(pending: &BTreeMap<SpaceKey, RangeSet>, page_size: u64) -> Self {
         Self {
-            bits: Mutex::new(PageBits::filled(pending, page_size)),
+            bits: Mutex::new(SpaceBits::filled(pending, page_size)),
             page_size,
             requests: AtomicU64::new(0),
             pages: AtomicU64::new(0),
@@ -69,16 +72,24 @@ impl Unsent {
 
     /// After a reconnect: the pages of `pending` that the destination still
     /// lacks (`missing`) are unsent again, the others sent.
-    pub fn reset(&self, pending: &RangeSet, missing: &RangeSet) {
-        let mut bits = PageBits::filled(pending, self.page_size);
-        for page in pending.difference(missing).iter_pages(self.page_size) {
-            bits.clear(page);
+    pub fn reset(
+        &self,
+        pending: &BTreeMap<SpaceKey, RangeSet>,
+        missing: &BTreeMap<SpaceKey, RangeSet>,
+    ) {
+        let mut bits = SpaceBits::filled(pending, self.page_size);
+        let none = RangeSet::new();
+        for (&space, ranges) in pending {
+            let still = missing.get(&space).unwrap_or(&none);
+            for page in ranges.difference(still).iter_pages(self.page_size) {
+                bits.clear(space, page);
+            }
         }
         *self.bits.lock().expect("lock") = bits;
         self.lane_broke.store(false, Ordering::SeqCst);
     }
 
-    pub(crate) fn bits(&self) -> std::sync::MutexGuard<'_, PageBits> {
+    pub(crate) fn bits(&self) -> std::sync::MutexGuard<'_, SpaceBits> {
         self.bits.lock().expect("lock")
     }
 
@@ -87,10 +98,10 @@ impl Unsent {
         self.lane_broke.load(Ordering::SeqCst)
     }
 
-    fn record_request(&self, addr: u64, pages: u64) {
+    fn record_request(&self, space: SpaceKey, addr: u64, pages: u64) {
         let mut recorded = self.requested.lock().expect("lock");
         if recorded.len() < MAX_RECORDED {
-            recorded.extend((0..pages).map(|i| addr + i * self.page_size));
+            recorded.extend((0..pages).map(|i| (space, addr + i * self.page_size)));
         }
     }
 
@@ -114,7 +125,7 @@ impl Unsent {
     }
 
     /// The pages asked for, in the order first asked (for the working set).
-    pub fn take_requested(&self) -> Vec<u64> {
+    pub fn take_requested(&self) -> Vec<(SpaceKey, u64)> {
         std::mem::take(&mut *self.requested.lock().expect("lock"))
     }
 }

@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use crossbeam::channel::Receiver;
-use pagehop_mem::page_bits::PageBits;
+use pagehop_mem::page_bits::SpaceBits;
 use pagehop_mem::{PageProvider, SpaceKey};
 use pagehop_wire::FrameKind;
 use pagehop_wire::conn::{Conn, ConnError};
@@ -30,20 +30,21 @@ pub enum PushError {
 
 /// Where the background push stands.
 pub struct Push {
-    first: VecDeque<u64>,
-    cursor: u64,
-    hints: Receiver<u64>,
+    first: VecDeque<(SpaceKey, u64)>,
+    /// The address-order pass: the space it is in and the next address.
+    cursor: (SpaceKey, u64),
+    hints: Receiver<(SpaceKey, u64)>,
     /// Pages after recent faults, to push next.
-    hinted: VecDeque<u64>,
+    hinted: VecDeque<(SpaceKey, u64)>,
 }
 
 impl Push {
     /// A push that takes `first` (the working set) before the rest, and
     /// pages after the faults `hints` reports before anything.
-    pub fn new(first: Vec<u64>, hints: Receiver<u64>) -> Self {
+    pub fn new(first: Vec<(SpaceKey, u64)>, hints: Receiver<(SpaceKey, u64)>) -> Self {
         Self {
             first: first.into(),
-            cursor: 0,
+            cursor: (SpaceKey(0), 0),
             hints,
             hinted: VecDeque::new(),
         }
@@ -51,11 +52,11 @@ impl Push {
 
     /// After a reconnect: the address-order pass starts again from the bottom.
     pub fn restart(&mut self) {
-        self.cursor = 0;
+        self.cursor = (SpaceKey(0), 0);
     }
 
-    /// Pushes every unsent page of `space` from `provider` as round
-    /// `round`. Returns the pages pushed. The destination says nothing on
+    /// Pushes every unsent page from `provider` as round `round`, a batch
+    /// of one address space at a time. Returns the pages pushed. The destination says nothing on
     /// `control` during the push unless it fails: any frame there, or a
     /// broken priority lane, ends it with an error.
     pub fn run(
@@ -63,7 +64,6 @@ impl Push {
         control: &mut Conn,
         streamer: &mut PageStreamer,
         provider: &dyn PageProvider,
-        space: SpaceKey,
         unsent: &Unsent,
         round: u32,
     ) -> Result<u64, PushError> {
@@ -78,46 +78,73 @@ impl Push {
                 let (kind, _) = control.recv()?;
                 return Err(PushError::Unexpected { kind });
             }
-            self.next_chunk(&mut unsent.bits(), ps, &mut chunk);
-            if chunk.is_empty() {
+            let Some(space) = self.next_chunk(&mut unsent.bits(), ps, &mut chunk) else {
                 streamer.flush()?;
                 return Ok(pushed);
-            }
+            };
             pushed += streamer.send_pages(provider, space, round, &chunk)?.pages;
         }
     }
 
-    /// The next batch of unsent pages, ascending; empty when all are sent.
-    fn next_chunk(&mut self, unsent: &mut PageBits, ps: u64, out: &mut Vec<u64>) {
+    /// The next batch of unsent pages, ascending, all of one space (which
+    /// it returns); `None` when all are sent.
+    fn next_chunk(
+        &mut self,
+        unsent: &mut SpaceBits,
+        ps: u64,
+        out: &mut Vec<u64>,
+    ) -> Option<SpaceKey> {
         out.clear();
-        while let Ok(end) = self.hints.try_recv() {
-            self.hinted.extend((0..HINT_WINDOW).map(|i| end + i * ps));
+        while let Ok((space, end)) = self.hints.try_recv() {
+            self.hinted
+                .extend((0..HINT_WINDOW).map(|i| (space, end + i * ps)));
         }
-        let take = |page: u64, unsent: &mut PageBits, out: &mut Vec<u64>| {
-            if unsent.clear(page) {
+        let mut space: Option<SpaceKey> = None;
+        // Takes `page` of `of` if it is unsent and of the chunk's space.
+        let mut take = |of: SpaceKey, page: u64, unsent: &mut SpaceBits, out: &mut Vec<u64>| {
+            if space.is_some_and(|s| s != of) {
+                return false;
+            }
+            if unsent.clear(of, page) {
+                space = Some(of);
                 out.push(page);
             }
+            true
         };
-        while out.len() < BATCH_PAGES
-            && let Some(page) = self.hinted.pop_front()
-        {
-            take(page, unsent, out);
-        }
-        while out.len() < BATCH_PAGES
-            && let Some(page) = self.first.pop_front()
-        {
-            take(page, unsent, out);
-        }
-        while out.len() < BATCH_PAGES {
-            match unsent.next_set(self.cursor) {
-                Some(page) => {
-                    unsent.clear(page);
-                    out.push(page);
-                    self.cursor = page + ps;
+        for queue in [&mut self.hinted, &mut self.first] {
+            while out.len() < BATCH_PAGES
+                && let Some(&(of, page)) = queue.front()
+            {
+                if !take(of, page, unsent, out) {
+                    break;
                 }
-                None => break,
+                queue.pop_front();
+            }
+        }
+        let spaces: Vec<SpaceKey> = unsent.spaces().filter(|&s| s >= self.cursor.0).collect();
+        for of in spaces {
+            if space.is_some_and(|s| s != of) {
+                break;
+            }
+            if of != self.cursor.0 {
+                self.cursor = (of, 0);
+            }
+            while out.len() < BATCH_PAGES {
+                match unsent.next_set(of, self.cursor.1) {
+                    Some(page) => {
+                        unsent.clear(of, page);
+                        space = Some(of);
+                        out.push(page);
+                        self.cursor.1 = page + ps;
+                    }
+                    None => break,
+                }
+            }
+            if out.len() == BATCH_PAGES {
+                break;
             }
         }
         out.sort_unstable();
+        space
     }
 }

@@ -70,7 +70,7 @@ pub struct RoundStats {
 }
 
 impl RoundStats {
-    fn add(&mut self, other: &RoundStats) {
+    pub fn add(&mut self, other: &RoundStats) {
         self.pages += other.pages;
         self.zero_pages += other.zero_pages;
         self.bytes_raw += other.bytes_raw;
@@ -321,6 +321,7 @@ impl PageStreamer {
         };
         self.prefix.clear();
         batch::batch_prefix(
+            space,
             round,
             lz4,
             &self.entries,

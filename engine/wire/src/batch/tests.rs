@@ -1,4 +1,5 @@
 use super::*;
+use pagehop_mem::SpaceKey;
 
 const PAGE: usize = 4096;
 
@@ -67,11 +68,26 @@ fn random_batches_round_trip() {
             _ => rng.below(64) as usize,
         };
         let (pages, entries, data) = build(&mut rng, n);
+        // The root, small pids, and any u32 at all.
+        let space = SpaceKey(match iter % 3 {
+            0 => 0,
+            1 => iter,
+            _ => rng.next() as u32,
+        });
         for mode in [Compress::Off, Compress::Lz4, Compress::Auto] {
             let mut payload = Vec::new();
-            encode_batch(iter, &entries, &data, mode, &mut scratch, &mut payload);
+            encode_batch(
+                space,
+                iter,
+                &entries,
+                &data,
+                mode,
+                &mut scratch,
+                &mut payload,
+            );
             assert!(payload.len() <= super::super::FrameKind::Pages.max_payload() as usize);
             let batch = decode_batch(&payload, PAGE, &mut dscratch).expect("decode");
+            assert_eq!(batch.space, space);
             assert_eq!(batch.round, iter);
             assert_eq!(batch.len(), n);
             if mode == Compress::Off || data.is_empty() {
@@ -128,6 +144,8 @@ fn zero_page_detection() {
     assert!(!is_zero_page(&odd));
 }
 
+/// Three pages of space 9 at 0x1000 (data), 0x2000 (zero) and 0x5000
+/// (data), in round 7.
 fn valid_payload(lz4: bool) -> Vec<u8> {
     let entries = [
         entry(0x1000, false),
@@ -137,7 +155,15 @@ fn valid_payload(lz4: bool) -> Vec<u8> {
     let data: Vec<u8> = (0..2 * PAGE).map(|i| (i % 7) as u8).collect();
     let mut payload = Vec::new();
     let mode = if lz4 { Compress::Lz4 } else { Compress::Off };
-    encode_batch(7, &entries, &data, mode, &mut Vec::new(), &mut payload);
+    encode_batch(
+        SpaceKey(9),
+        7,
+        &entries,
+        &data,
+        mode,
+        &mut Vec::new(),
+        &mut payload,
+    );
     payload
 }
 
@@ -164,6 +190,7 @@ fn validation() {
         let mut scratch = Vec::new();
         let b = decode_batch(&good, PAGE, &mut scratch).expect("valid");
         assert_eq!((b.round, b.len(), b.zero_pages()), (7, 3, 1));
+        assert_eq!(b.space, SpaceKey(9));
         assert_eq!(b.was_compressed(), lz4);
 
         for cut in 0..good.len() {
@@ -179,18 +206,21 @@ fn validation() {
         let mut p = good.clone();
         p[4] |= 2;
         assert!(matches!(expect_err(&p, "flags"), BatchError::Flags { .. }));
-        let mut p = good.clone();
-        p[6] = 1;
-        assert!(matches!(
-            expect_err(&p, "rsvd"),
-            BatchError::Reserved { .. }
-        ));
+        // The u16 at 6..8 is the only reserved field.
+        for (at, byte, value) in [(6, 1, 1), (7, 0x80, 0x8000), (6, 0xff, 0xff)] {
+            let mut p = good.clone();
+            p[at] = byte;
+            match expect_err(&p, "rsvd") {
+                BatchError::Reserved { value: v } => assert_eq!(v, value),
+                other => panic!("byte {at} = {byte:#x}: {other:?}"),
+            }
+        }
+        // Bytes 20..24 (reserved in version 1) are the space: any value is
+        // well-formed.
         let mut p = good.clone();
         p[23] = 1;
-        assert!(matches!(
-            expect_err(&p, "rsvd2"),
-            BatchError::Reserved { .. }
-        ));
+        let b = decode_batch(&p, PAGE, &mut scratch).expect("space 0x0100_0009");
+        assert_eq!((b.space, b.len()), (SpaceKey(0x0100_0009), 3));
         let mut p = good.clone();
         set_u32(&mut p, 8, MAX_BATCH_PAGES as u32 + 1);
         assert!(matches!(
@@ -254,6 +284,59 @@ fn validation() {
     ));
 }
 
+/// The header byte for byte, as the module docs draw it.
+#[test]
+fn header_layout_matches_the_docs() {
+    let entries = [entry(0x1000, false), entry(0x2000, true)];
+    let mut p = Vec::new();
+    batch_prefix(SpaceKey(7), 3, true, &entries, 100, PAGE as u32, &mut p);
+    let mut expected = Vec::new();
+    expected.extend_from_slice(&3u32.to_le_bytes()); // round
+    expected.extend_from_slice(&FLAG_LZ4.to_le_bytes()); // flags
+    expected.extend_from_slice(&0u16.to_le_bytes()); // reserved
+    expected.extend_from_slice(&2u32.to_le_bytes()); // count
+    expected.extend_from_slice(&100u32.to_le_bytes()); // data_len
+    expected.extend_from_slice(&(PAGE as u32).to_le_bytes()); // raw_len
+    expected.extend_from_slice(&7u32.to_le_bytes()); // space
+    assert_eq!(expected.len(), BATCH_HEADER_LEN);
+    expected.extend_from_slice(&0x1000u64.to_le_bytes());
+    expected.extend_from_slice(&(0x2000 | ZERO_PAGE).to_le_bytes());
+    assert_eq!(p, expected);
+}
+
+/// The space travels in bytes 20..24, raw or lz4, for any u32, and the
+/// pages come out the same whatever it is.
+#[test]
+fn space_round_trips() {
+    let entries = [entry(0x1000, false), entry(0x3000, true)];
+    let data = vec![5u8; PAGE];
+    for space in [
+        SpaceKey::ROOT,
+        SpaceKey(1),
+        SpaceKey(7),
+        SpaceKey(0x8000_0000),
+        SpaceKey(u32::MAX),
+    ] {
+        for mode in [Compress::Off, Compress::Lz4] {
+            let mut p = Vec::new();
+            encode_batch(space, 2, &entries, &data, mode, &mut Vec::new(), &mut p);
+            assert_eq!(p[20..24], space.0.to_le_bytes(), "{space:?} {mode:?}");
+            let mut scratch = Vec::new();
+            let b = decode_batch(&p, PAGE, &mut scratch).expect("decode");
+            assert_eq!((b.space, b.round), (space, 2), "{mode:?}");
+            assert_eq!(b.was_compressed(), mode == Compress::Lz4);
+            let pages: Vec<_> = b.iter().collect();
+            assert_eq!(pages, [(0x1000, Some(&data[..])), (0x3000, None)]);
+        }
+    }
+    // An empty batch names its space too.
+    let mut scratch = Vec::new();
+    let mut p = Vec::new();
+    batch_prefix(SpaceKey(42), 0, false, &[], 0, 0, &mut p);
+    let b = decode_batch(&p, PAGE, &mut scratch).expect("empty");
+    assert_eq!((b.space, b.len()), (SpaceKey(42), 0));
+}
+
 #[test]
 fn lz4_size_must_match_exactly() {
     // Compressible, but not so much that a one-page block could not
@@ -274,6 +357,7 @@ fn lz4_size_must_match_exactly() {
     let mut p = Vec::new();
     let entries = [entry(0x1000, false), entry(0x2000, false)];
     batch_prefix(
+        SpaceKey::ROOT,
         0,
         true,
         &entries,
@@ -290,6 +374,7 @@ fn lz4_size_must_match_exactly() {
     assert!(compress_pages(&data, Compress::Lz4, &mut block));
     let mut p = Vec::new();
     batch_prefix(
+        SpaceKey::ROOT,
         0,
         true,
         &entries[..1],
@@ -304,10 +389,26 @@ fn lz4_size_must_match_exactly() {
     ));
     // lz4 flag with no pages at all.
     let mut p = Vec::new();
-    batch_prefix(0, true, &[entry(0x1000, true)], 0, 0, &mut p);
+    batch_prefix(
+        SpaceKey::ROOT,
+        0,
+        true,
+        &[entry(0x1000, true)],
+        0,
+        0,
+        &mut p,
+    );
     decode_batch(&p, PAGE, &mut Vec::new()).expect("empty lz4");
     let mut p = Vec::new();
-    batch_prefix(0, true, &[entry(0x1000, true)], 1, 0, &mut p);
+    batch_prefix(
+        SpaceKey::ROOT,
+        0,
+        true,
+        &[entry(0x1000, true)],
+        1,
+        0,
+        &mut p,
+    );
     p.push(0);
     expect_err(&p, "data with no pages");
 }
@@ -320,7 +421,7 @@ fn fuzz_regression_lz4_raw_len_beyond_any_block_is_refused_before_allocating() {
     let gib = 1u64 << 30;
     let mut p = Vec::new();
     let entries = [entry(0, false), entry(gib, false), entry(2 * gib, false)];
-    batch_prefix(0, true, &entries, 1, 3 << 30, &mut p);
+    batch_prefix(SpaceKey::ROOT, 0, true, &entries, 1, 3 << 30, &mut p);
     p.push(0);
     let mut scratch = Vec::new();
     match decode_batch(&p, 1 << 30, &mut scratch) {
@@ -341,6 +442,7 @@ fn fuzz_regression_lz4_raw_len_beyond_any_block_is_refused_before_allocating() {
         .collect();
     let mut p = Vec::new();
     batch_prefix(
+        SpaceKey::ROOT,
         0,
         true,
         &entries,
@@ -361,6 +463,7 @@ fn scratch_is_reused_and_bounded() {
     assert_eq!(scratch.len(), 2 * PAGE);
     let mut small = Vec::new();
     encode_batch(
+        SpaceKey::ROOT,
         1,
         &[entry(0x1000, false)],
         &[9u8; PAGE],
@@ -382,7 +485,15 @@ fn garbage_never_panics() {
         let len = rng.below(300) as usize;
         let junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
         let mut p = Vec::new();
-        batch_prefix(0, true, &entries, len as u32, 2 * PAGE as u32, &mut p);
+        batch_prefix(
+            SpaceKey::ROOT,
+            0,
+            true,
+            &entries,
+            len as u32,
+            2 * PAGE as u32,
+            &mut p,
+        );
         p.extend_from_slice(&junk);
         let _ = decode_batch(&p, PAGE, &mut scratch);
         // Random flips in a valid compressed batch.

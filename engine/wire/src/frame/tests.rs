@@ -12,7 +12,7 @@ fn layout_constants() {
     let f = frame(FrameKind::Done, b"");
     assert_eq!(f.len(), HEADER_LEN);
     assert_eq!(&f[0..4], b"PHOP");
-    assert_eq!(&f[4..6], &[1, 0]);
+    assert_eq!(&f[4..6], &PROTOCOL_VERSION.to_le_bytes());
     assert_eq!(&f[6..8], &[7, 0]);
     assert_eq!(&f[8..12], &[0, 0, 0, 0]);
     assert_eq!(
@@ -157,23 +157,37 @@ fn oversized_len_is_rejected_before_reading_or_allocating() {
 
 #[test]
 fn version_mismatch_names_both_versions() {
-    let mut f = frame(FrameKind::Hello, b"hi");
-    f[4..6].copy_from_slice(&2u16.to_le_bytes());
-    let err = FrameReader::new(&f[..])
-        .read_frame()
-        .expect_err("version 2");
-    assert!(matches!(
-        err,
-        FrameError::Version {
-            got: 2,
-            supported: 1
+    // An older peer (the previous version), a newer one, and nonsense.
+    for got in [PROTOCOL_VERSION - 1, PROTOCOL_VERSION + 1, 0, u16::MAX] {
+        // A frame as that peer would send it: its crc is valid.
+        let mut f = frame(FrameKind::Hello, b"hi");
+        f[4..6].copy_from_slice(&got.to_le_bytes());
+        let crc = crc32fast::hash(&[&f[..12], b"hi"].concat());
+        f[12..16].copy_from_slice(&crc.to_le_bytes());
+        let err = FrameReader::new(&f[..])
+            .read_frame()
+            .expect_err("another version");
+        match err {
+            FrameError::Version {
+                got: g,
+                supported: PROTOCOL_VERSION,
+            } if g == got => {}
+            ref other => panic!("version {got}: {other:?}"),
         }
-    ));
-    let msg = err.to_string();
-    assert!(
-        msg.contains("version 2") && msg.contains("version 1"),
-        "{msg}"
-    );
+        // The non-blocking path refuses it the same way.
+        let header: &[u8; HEADER_LEN] = f[..HEADER_LEN].try_into().expect("header");
+        assert!(matches!(
+            decode_header(header),
+            Err(FrameError::Version { got: g, .. }) if g == got
+        ));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "peer speaks wire protocol version {got}, \
+                 this build supports version {PROTOCOL_VERSION}"
+            )
+        );
+    }
 }
 
 #[test]

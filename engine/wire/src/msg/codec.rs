@@ -173,6 +173,17 @@ macro_rules! le_fields {
 }
 le_fields!(u16 => U16, u32 => U32, u64 => U64);
 
+/// An address space, as its u32.
+impl Field<U32> for pagehop_mem::SpaceKey {
+    fn to_wire(&self) -> U32 {
+        U32::new(self.0)
+    }
+
+    fn from_wire(wire: &U32, _: &'static str, _: &'static str) -> Result<Self, MsgError> {
+        Ok(pagehop_mem::SpaceKey(wire.get()))
+    }
+}
+
 impl<const N: usize> Field<[u8; N]> for [u8; N] {
     fn to_wire(&self) -> [u8; N] {
         *self

@@ -6,8 +6,10 @@
 //! does not compile until it has a case here.
 
 use super::*;
+use crate::PROTOCOL_VERSION;
 use crate::batch::{self, Compress, decode_batch};
 use crate::frame::FrameReader;
+use pagehop_mem::SpaceKey;
 use std::fmt::Debug;
 
 const PAGE: usize = 4096;
@@ -35,7 +37,15 @@ fn reencode_pages(payload: &[u8]) -> Result<Vec<u8>, String> {
         Compress::Off
     };
     let mut out = Vec::new();
-    batch::encode_batch(b.round, &entries, b.data(), mode, &mut Vec::new(), &mut out);
+    batch::encode_batch(
+        b.space,
+        b.round,
+        &entries,
+        b.data(),
+        mode,
+        &mut Vec::new(),
+        &mut out,
+    );
     Ok(out)
 }
 
@@ -88,7 +98,7 @@ fn messages<M: Message + PartialEq + Debug>(
 
 fn hello() -> Hello {
     Hello {
-        version: 1,
+        version: PROTOCOL_VERSION,
         page_size: 4096,
         capabilities: CAP_LZ4 | CAP_VERIFY,
         role: Role::Source,
@@ -107,8 +117,9 @@ fn vma(start: u64, end: u64, prot: u32, flags: u32, name: &str) -> VmaDesc {
     }
 }
 
-/// Three pages at 0x1000 (data), 0x2000 (zero) and 0x5000 (data).
-fn batch_payload(mode: Compress) -> Vec<u8> {
+/// Three pages of `space` at 0x1000 (data), 0x2000 (zero) and 0x5000
+/// (data).
+fn batch_payload(space: SpaceKey, mode: Compress) -> Vec<u8> {
     let entries = [
         batch::entry(0x1000, false),
         batch::entry(0x2000, true),
@@ -116,7 +127,15 @@ fn batch_payload(mode: Compress) -> Vec<u8> {
     ];
     let data: Vec<u8> = (0..2 * PAGE).map(|i| (i % 7) as u8).collect();
     let mut payload = Vec::new();
-    batch::encode_batch(7, &entries, &data, mode, &mut Vec::new(), &mut payload);
+    batch::encode_batch(
+        space,
+        7,
+        &entries,
+        &data,
+        mode,
+        &mut Vec::new(),
+        &mut payload,
+    );
     payload
 }
 
@@ -212,6 +231,7 @@ fn case(kind: FrameKind) -> Case {
             kind,
             &[
                 Layout {
+                    space: SpaceKey(7),
                     vmas: vec![
                         vma(0x40_0000, 0x40_2000, 5, 2, "/usr/bin/pagehop-workload"),
                         vma(0x7fff_0000_0000, 0x7fff_0002_1000, 3, 0, ""),
@@ -219,39 +239,46 @@ fn case(kind: FrameKind) -> Case {
                 },
                 Layout::default(),
                 Layout {
+                    space: SpaceKey(u32::MAX),
                     vmas: vec![vma(0x1000, 0x2000, 0, u32::MAX, &"é".repeat(2048))],
+                },
+                // A process that is gone.
+                Layout {
+                    space: SpaceKey(42),
+                    vmas: vec![],
                 },
             ],
             |p| {
+                // space 0..4, count 4..8, the first VMA from 8.
                 let mut bad = counts(
                     p,
-                    0,
+                    4,
                     MAX_VMAS,
-                    "vma count needs 84 bytes at offset 4",
+                    "vma count needs 84 bytes at offset 8",
                     "vma count of 65537 exceeds the cap of 65536",
                 );
                 bad.extend(string(
                     p,
-                    28,
+                    32,
                     MAX_VMA_NAME,
-                    "Layout: name needs 85 bytes at offset 32, payload has 85",
+                    "Layout: name needs 89 bytes at offset 36, payload has 89",
                     "name of 4097 exceeds the cap of 4096",
                     "Layout: name is not valid UTF-8",
                 ));
                 bad.extend([
                     (
                         "unaligned start",
-                        with(p, 4, &[1]),
+                        with(p, 8, &[1]),
                         "vma 0 0x400001-0x402000 is empty or not 4 KiB aligned",
                     ),
                     (
                         "empty",
-                        with(p, 12, &0x40_0000u64.to_le_bytes()),
+                        with(p, 16, &0x40_0000u64.to_le_bytes()),
                         "vma 0 0x400000-0x400000",
                     ),
                     (
                         "inverted",
-                        with(p, 57, &0x7fff_0003_0000u64.to_le_bytes()),
+                        with(p, 61, &0x7fff_0003_0000u64.to_le_bytes()),
                         "vma 1 0x7fff00030000-0x7fff00021000",
                     ),
                 ]);
@@ -259,22 +286,24 @@ fn case(kind: FrameKind) -> Case {
             },
         ),
         FrameKind::Pages => {
-            let raw = batch_payload(Compress::Off);
-            let lz4 = batch_payload(Compress::Lz4);
+            let raw = batch_payload(SpaceKey(7), Compress::Off);
+            let lz4 = batch_payload(SpaceKey(7), Compress::Lz4);
             assert_ne!(raw, lz4, "the test data compresses");
+            assert_eq!(raw[20..24], 7u32.to_le_bytes(), "space at 20..24");
             let mut empty = Vec::new();
-            batch::batch_prefix(0, false, &[], 0, 0, &mut empty);
+            batch::batch_prefix(SpaceKey::ROOT, 0, false, &[], 0, 0, &mut empty);
+            let top = batch_payload(SpaceKey(u32::MAX), Compress::Off);
             let bad = vec![
                 ("unknown flag", with(&raw, 4, &[2]), "unknown flags 0x0002"),
                 (
                     "reserved u16",
                     with(&raw, 6, &[1]),
-                    "non-zero reserved fields (0x1, 0x0)",
+                    "non-zero reserved field (0x1)",
                 ),
                 (
-                    "reserved u32",
-                    with(&raw, 23, &[1]),
-                    "non-zero reserved fields (0x0, 0x1000000)",
+                    "reserved u16 high byte",
+                    with(&raw, 7, &[0x80]),
+                    "non-zero reserved field (0x8000)",
                 ),
                 (
                     "count over the cap",
@@ -319,7 +348,7 @@ fn case(kind: FrameKind) -> Case {
             ];
             Case {
                 reencode: reencode_pages,
-                valid: vec![raw, lz4, empty],
+                valid: vec![raw, lz4, empty, top],
                 trailing: "header and entries say",
                 bad,
             }
@@ -416,14 +445,17 @@ fn case(kind: FrameKind) -> Case {
             kind,
             &[
                 VerifyDigests {
+                    space: SpaceKey(7),
                     start: 0x7f00_0000_0000,
                     hashes: vec![1, u64::MAX, 0x9e37_79b9_7f4a_7c15],
                 },
                 VerifyDigests {
+                    space: SpaceKey(u32::MAX),
                     start: 0x7f00_0000_0000,
                     hashes: vec![],
                 },
                 VerifyDigests {
+                    space: SpaceKey::ROOT,
                     start: 0,
                     hashes: (0..MAX_HASHES as u64)
                         .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
@@ -431,11 +463,12 @@ fn case(kind: FrameKind) -> Case {
                 },
             ],
             |p| {
+                // space 0..4, start 4..12, count 12..16.
                 counts(
                     p,
-                    8,
+                    12,
                     MAX_HASHES,
-                    "hash count needs 32 bytes at offset 12",
+                    "hash count needs 32 bytes at offset 16",
                     "hash count of 65537 exceeds the cap of 65536",
                 )
             },
@@ -470,10 +503,23 @@ fn case(kind: FrameKind) -> Case {
         // Any address and count are well-formed; the server checks them.
         FrameKind::PageRequest => messages(
             kind,
-            &[PageRequest {
-                addr: 0x7f00_1234_5000,
-                pages: 16,
-            }],
+            &[
+                PageRequest {
+                    space: SpaceKey(7),
+                    addr: 0x7f00_1234_5000,
+                    pages: 16,
+                },
+                PageRequest {
+                    space: SpaceKey::ROOT,
+                    addr: 0,
+                    pages: 0,
+                },
+                PageRequest {
+                    space: SpaceKey(u32::MAX),
+                    addr: u64::MAX,
+                    pages: u32::MAX,
+                },
+            ],
             |_| vec![],
         ),
         FrameKind::LayoutAck => messages(kind, &[LayoutAck { vmas: 7 }], |_| vec![]),
@@ -502,26 +548,33 @@ fn case(kind: FrameKind) -> Case {
             kind,
             &[
                 Pending {
+                    space: SpaceKey(7),
                     ranges: vec![(0x1000, 0x3000), (0x7fff_0000_0000, 0x7fff_0001_0000)],
                     last: true,
                 },
                 Pending::default(),
+                Pending {
+                    space: SpaceKey(u32::MAX),
+                    ranges: vec![(0x1000, 0x2000)],
+                    last: false,
+                },
             ],
             |p| {
+                // space 0..4, last 4, count 5..9, the ranges from 9.
                 let mut bad = counts(
                     p,
-                    1,
+                    5,
                     MAX_PENDING_RANGES,
-                    "range count needs 48 bytes at offset 5",
+                    "range count needs 48 bytes at offset 9",
                     "range count of 65537 exceeds the cap of 65536",
                 );
                 bad.extend([
-                    ("bool 2", with(p, 0, &[2]), "Pending: invalid last 0x2"),
-                    ("unaligned", with(p, 5, &[1]), "invalid range start 0x1001"),
-                    ("empty", with(p, 6, &[0x30]), "invalid range start 0x3000"),
+                    ("bool 2", with(p, 4, &[2]), "Pending: invalid last 0x2"),
+                    ("unaligned", with(p, 9, &[1]), "invalid range start 0x1001"),
+                    ("empty", with(p, 10, &[0x30]), "invalid range start 0x3000"),
                     (
                         "inverted",
-                        with(p, 23, &[0x10]),
+                        with(p, 27, &[0x10]),
                         "invalid range start 0x7fff00100000",
                     ),
                 ]);

@@ -61,7 +61,8 @@ fixed_message! {
 }
 
 fixed_message! {
-    PageRequest (FrameKind::PageRequest) as PageRequestWire (12 bytes) {
+    PageRequest (FrameKind::PageRequest) as PageRequestWire (16 bytes) {
+        space: U32,
         addr: U64,
         pages: U32,
     }

@@ -3,6 +3,7 @@
 //! in `decoder_tests`.
 
 use super::*;
+use pagehop_mem::SpaceKey;
 
 fn encoded<M: Message>(m: &M) -> Vec<u8> {
     let mut p = Vec::new();
@@ -53,10 +54,12 @@ fn fixed_layouts_match_the_docs() {
     };
     assert_eq!(encoded(&result), le!(1u8, 0x5000u64, 9u64));
     let request = PageRequest {
+        space: SpaceKey(7),
         addr: 0x6000,
         pages: 10,
     };
-    assert_eq!(encoded(&request), le!(0x6000u64, 10u32));
+    assert_eq!(encoded(&request), le!(7u32, 0x6000u64, 10u32));
+    assert_eq!(encoded(&request).len(), 16);
     assert_eq!(encoded(&LayoutAck { vmas: 11 }), le!(11u32));
     let attach = Attach {
         session: 12,
@@ -70,6 +73,7 @@ fn fixed_layouts_match_the_docs() {
 #[test]
 fn variable_layouts_match_the_docs() {
     let layout = Layout {
+        space: SpaceKey(7),
         vmas: vec![VmaDesc {
             start: 0x1000,
             end: 0x3000,
@@ -78,7 +82,7 @@ fn variable_layouts_match_the_docs() {
             name: "ab".into(),
         }],
     };
-    let mut expected = le!(1u32, 0x1000u64, 0x3000u64, 5u32, 6u32, 2u32);
+    let mut expected = le!(7u32, 1u32, 0x1000u64, 0x3000u64, 5u32, 6u32, 2u32);
     expected.extend_from_slice(b"ab");
     assert_eq!(encoded(&layout), expected);
     let error = ErrorMsg {
@@ -89,15 +93,91 @@ fn variable_layouts_match_the_docs() {
     let stats = Stats { json: "{}".into() };
     assert_eq!(encoded(&stats), [le!(2u32), b"{}".to_vec()].concat());
     let digests = VerifyDigests {
+        space: SpaceKey(7),
         start: 0x8000,
         hashes: vec![1, 2],
     };
-    assert_eq!(encoded(&digests), le!(0x8000u64, 2u32, 1u64, 2u64));
+    assert_eq!(encoded(&digests), le!(7u32, 0x8000u64, 2u32, 1u64, 2u64));
     let pending = Pending {
+        space: SpaceKey(7),
         ranges: vec![(0x1000, 0x2000)],
         last: true,
     };
-    assert_eq!(encoded(&pending), le!(1u8, 1u32, 0x1000u64, 0x2000u64));
+    assert_eq!(
+        encoded(&pending),
+        le!(7u32, 1u8, 1u32, 0x1000u64, 0x2000u64)
+    );
+}
+
+/// `space` is the first field (bytes 0..4) of every message about an
+/// address space, and any u32 there decodes to that space, the rest of the
+/// message unchanged.
+#[test]
+fn space_leads_and_round_trips() {
+    fn check<M: Message + PartialEq + std::fmt::Debug>(
+        make: impl Fn(SpaceKey) -> M,
+        space: impl Fn(&M) -> SpaceKey,
+    ) {
+        let p = encoded(&make(SpaceKey(7)));
+        assert_eq!(p[..4], 7u32.to_le_bytes(), "{}", M::KIND);
+        for key in [
+            SpaceKey::ROOT,
+            SpaceKey(1),
+            SpaceKey(0x8000_0001),
+            SpaceKey(u32::MAX),
+        ] {
+            let mut p = p.clone();
+            p[..4].copy_from_slice(&key.0.to_le_bytes());
+            let m = M::decode(&p).expect("decode");
+            assert_eq!(space(&m), key, "{}", M::KIND);
+            assert_eq!(m, make(key), "{}", M::KIND);
+            assert_eq!(encoded(&m), p, "{}", M::KIND);
+        }
+    }
+    check(
+        |space| Layout {
+            space,
+            vmas: vec![VmaDesc {
+                start: 0x1000,
+                end: 0x3000,
+                prot: 3,
+                flags: 0,
+                name: "[heap]".into(),
+            }],
+        },
+        |m| m.space,
+    );
+    check(
+        |space| Layout {
+            space,
+            vmas: vec![],
+        },
+        |m| m.space,
+    );
+    check(
+        |space| VerifyDigests {
+            space,
+            start: 0x8000,
+            hashes: vec![5, 6, 7],
+        },
+        |m| m.space,
+    );
+    check(
+        |space| Pending {
+            space,
+            ranges: vec![(0x1000, 0x2000)],
+            last: false,
+        },
+        |m| m.space,
+    );
+    check(
+        |space| PageRequest {
+            space,
+            addr: 0x7f00_0000_0000,
+            pages: 1,
+        },
+        |m| m.space,
+    );
 }
 
 /// A payload too short for a fixed run of fields names the first field it
@@ -141,8 +221,34 @@ fn short_payloads_name_the_missing_field() {
         e.to_string(),
         "Attach: lane needs 1 bytes at offset 8, payload has 8"
     );
+    // The space, before anything else.
+    for (e, expected) in [
+        (
+            Layout::decode(&[7, 0]).expect_err("short"),
+            "Layout: space needs 4 bytes at offset 0, payload has 2",
+        ),
+        (
+            VerifyDigests::decode(&[7, 0, 0]).expect_err("short"),
+            "VerifyDigests: space needs 4 bytes at offset 0, payload has 3",
+        ),
+        (
+            Pending::decode(&[7, 0, 0, 0]).expect_err("short"),
+            "Pending: last needs 1 bytes at offset 4, payload has 4",
+        ),
+        (
+            PageRequest::decode(&[7]).expect_err("short"),
+            "PageRequest: space needs 4 bytes at offset 0, payload has 1",
+        ),
+        (
+            PageRequest::decode(&le!(7u32, 0x1000u64)).expect_err("short"),
+            "PageRequest: pages needs 4 bytes at offset 12, payload has 12",
+        ),
+    ] {
+        assert_eq!(e.to_string(), expected);
+    }
     // Inside a vector: the second VMA's `prot`.
     let layout = encoded(&Layout {
+        space: SpaceKey(7),
         vmas: vec![
             VmaDesc {
                 start: 0x1000,
@@ -154,10 +260,10 @@ fn short_payloads_name_the_missing_field() {
             2
         ],
     });
-    let e = Layout::decode(&layout[..4 + 68 + 18]).expect_err("short");
+    let e = Layout::decode(&layout[..8 + 68 + 18]).expect_err("short");
     assert_eq!(
         e.to_string(),
-        "Layout: prot needs 4 bytes at offset 88, payload has 90"
+        "Layout: prot needs 4 bytes at offset 92, payload has 94"
     );
     let e = ErrorMsg::decode(&[1, 0]).expect_err("short");
     assert_eq!(
@@ -167,7 +273,7 @@ fn short_payloads_name_the_missing_field() {
 }
 
 fn layout_payload(vmas: &[(u64, u64, &[u8])]) -> Vec<u8> {
-    let mut p = le!(vmas.len() as u32);
+    let mut p = le!(7u32, vmas.len() as u32);
     for (start, end, name) in vmas {
         p.extend(le!(*start, *end, 0u32, 0u32, name.len() as u32));
         p.extend_from_slice(name);
@@ -177,7 +283,8 @@ fn layout_payload(vmas: &[(u64, u64, &[u8])]) -> Vec<u8> {
 
 #[test]
 fn layout_validation() {
-    Layout::decode(&layout_payload(&[(0x1000, 0x3000, b"ok")])).expect("valid");
+    let valid = Layout::decode(&layout_payload(&[(0x1000, 0x3000, b"ok")])).expect("valid");
+    assert_eq!(valid.space, SpaceKey(7));
     for (start, end) in [
         (0x2000, 0x2000),
         (0x3000, 0x1000),
@@ -204,25 +311,28 @@ fn layout_validation() {
 fn counts_are_checked_before_allocating() {
     // A huge count with no elements behind it.
     assert!(matches!(
-        Layout::decode(&le!(MAX_VMAS as u32)),
+        Layout::decode(&le!(0u32, MAX_VMAS as u32)),
         Err(MsgError::Short {
             field: "vma count",
             ..
         })
     ));
     assert!(matches!(
-        Layout::decode(&le!(u32::MAX)),
+        Layout::decode(&le!(0u32, u32::MAX)),
         Err(MsgError::TooLong {
             field: "vma count",
             ..
         })
     ));
     assert!(matches!(
-        VerifyDigests::decode(&le!(0u64, MAX_HASHES as u32 + 1)),
-        Err(MsgError::TooLong { .. })
+        VerifyDigests::decode(&le!(0u32, 0u64, MAX_HASHES as u32 + 1)),
+        Err(MsgError::TooLong {
+            field: "hash count",
+            ..
+        })
     ));
     assert!(matches!(
-        Pending::decode(&le!(0u8, MAX_PENDING_RANGES as u32)),
+        Pending::decode(&le!(0u32, 0u8, MAX_PENDING_RANGES as u32)),
         Err(MsgError::Short {
             field: "range count",
             ..

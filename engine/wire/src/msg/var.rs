@@ -4,6 +4,8 @@
 
 use zerocopy::byteorder::little_endian::{U32, U64};
 
+use pagehop_mem::SpaceKey;
+
 use super::codec::{Cursor, message, put, put_count, put_str, wire_struct};
 use super::{
     ErrorMsg, Layout, MAX_ERROR_MESSAGE, MAX_HASHES, MAX_PENDING_RANGES, MAX_STATS_JSON,
@@ -34,6 +36,7 @@ const VMA_MIN_LEN: usize = size_of::<VmaWire>() + 4;
 
 impl Layout {
     pub fn encode(&self, out: &mut Vec<u8>) {
+        put(out, &U32::new(self.space.0));
         put_count(out, self.vmas.len());
         for vma in &self.vmas {
             put(
@@ -52,6 +55,7 @@ impl Layout {
     /// Refuses a VMA that is empty, inverted or not 4 KiB aligned.
     pub fn decode(payload: &[u8]) -> Result<Self, MsgError> {
         Cursor::whole(FrameKind::Layout, payload, |c| {
+            let space = SpaceKey(c.scalar::<U32>("space")?.get());
             let count = c.count("vma count", MAX_VMAS, VMA_MIN_LEN)?;
             let mut vmas = Vec::with_capacity(count);
             for index in 0..count {
@@ -68,7 +72,7 @@ impl Layout {
                     name: c.string("name", MAX_VMA_NAME)?,
                 });
             }
-            Ok(Self { vmas })
+            Ok(Self { space, vmas })
         })
     }
 }
@@ -108,6 +112,7 @@ message!(Stats, FrameKind::Stats);
 
 impl VerifyDigests {
     pub fn encode(&self, out: &mut Vec<u8>) {
+        put(out, &U32::new(self.space.0));
         put(out, &U64::new(self.start));
         put_count(out, self.hashes.len());
         out.reserve(self.hashes.len() * 8);
@@ -118,10 +123,12 @@ impl VerifyDigests {
 
     pub fn decode(payload: &[u8]) -> Result<Self, MsgError> {
         Cursor::whole(FrameKind::VerifyDigests, payload, |c| {
+            let space = SpaceKey(c.scalar::<U32>("space")?.get());
             let start = c.scalar::<U64>("start")?.get();
             let count = c.count("hash count", MAX_HASHES, size_of::<U64>())?;
             let hashes = c.slice::<U64>("hashes", count)?;
             Ok(Self {
+                space,
                 start,
                 hashes: hashes.iter().map(|h| h.get()).collect(),
             })
@@ -140,6 +147,7 @@ wire_struct! {
 
 impl Pending {
     pub fn encode(&self, out: &mut Vec<u8>) {
+        put(out, &U32::new(self.space.0));
         put(out, &u8::from(self.last));
         put_count(out, self.ranges.len());
         out.reserve(self.ranges.len() * size_of::<RangeWire>());
@@ -157,6 +165,7 @@ impl Pending {
     /// Refuses an empty, inverted or unaligned range.
     pub fn decode(payload: &[u8]) -> Result<Self, MsgError> {
         Cursor::whole(FrameKind::Pending, payload, |c| {
+            let space = SpaceKey(c.scalar::<U32>("space")?.get());
             let last = c.bool("last")?;
             let count = c.count("range count", MAX_PENDING_RANGES, size_of::<RangeWire>())?;
             let ranges = c.slice::<RangeWire>("ranges", count)?;
@@ -167,7 +176,11 @@ impl Pending {
                     (start, _) => Err(c.invalid("range start", start)),
                 })
                 .collect::<Result<_, _>>()?;
-            Ok(Self { ranges, last })
+            Ok(Self {
+                space,
+                ranges,
+                last,
+            })
         })
     }
 }
