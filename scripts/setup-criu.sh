@@ -43,7 +43,8 @@
 #      itself (no /proc/self/exe), so running it through the loader is safe.
 #
 # Verified here on 2026-12-02 (kernel 6.18.44, 2 cores), as root, through
-# /opt/pagehop/bin/criu (Debian 4.2.1-1 from sid); first install 27 s:
+# /opt/pagehop/bin/criu (Debian 4.2.1-1 from sid); a first install takes
+# about 30 s here (the source fallback about 2.5 minutes):
 #   criu --version  -> "Version: 4.2.1"
 #   criu check      -> "Looks good." exit 0 (at -v4 it logs "File
 #                      /run/criu.kdat does not exist" and "Dirty tracking
