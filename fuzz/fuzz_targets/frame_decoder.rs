@@ -24,8 +24,8 @@ use pagehop_wire::FrameReader;
 use pagehop_wire::batch::{self, decode_batch};
 use pagehop_wire::frame::{FrameKind, encode_frame};
 use pagehop_wire::msg::{
-    Attach, Auth, Done, EndOfRound, ErrorMsg, Hello, Layout, LayoutAck, Message, PageRequest,
-    Pending, Stats, Switchover, VerifyDigests, VerifyResult,
+    Attach, Auth, Commit, Done, EndOfRound, ErrorMsg, Hello, ImageChunk, Layout, LayoutAck,
+    Message, PageRequest, Pending, Restored, Stats, Switchover, VerifyDigests, VerifyResult,
 };
 
 /// Most frames read from one input (the stream is finite anyway).
@@ -105,6 +105,9 @@ fn decode(kind: FrameKind, payload: &[u8], page_size: usize, scratch: &mut Vec<u
         FrameKind::LayoutAck => round_trip::<LayoutAck>(payload),
         FrameKind::Attach => round_trip::<Attach>(payload),
         FrameKind::Pending => round_trip::<Pending>(payload),
+        FrameKind::ImageChunk => round_trip::<ImageChunk>(payload),
+        FrameKind::Restored => round_trip::<Restored>(payload),
+        FrameKind::Commit => round_trip::<Commit>(payload),
     }
 }
 

@@ -90,6 +90,9 @@ pub enum FrameKind {
     LayoutAck = 13,
     Attach = 14,
     Pending = 15,
+    ImageChunk = 16,
+    Restored = 17,
+    Commit = 18,
 }
 
 const KIB: u32 = 1024;
@@ -97,7 +100,7 @@ const MIB: u32 = 1024 * KIB;
 
 impl FrameKind {
     /// Every kind, in wire-value order.
-    pub const ALL: [FrameKind; 15] = [
+    pub const ALL: [FrameKind; 18] = [
         FrameKind::Hello,
         FrameKind::Auth,
         FrameKind::Layout,
@@ -113,6 +116,9 @@ impl FrameKind {
         FrameKind::LayoutAck,
         FrameKind::Attach,
         FrameKind::Pending,
+        FrameKind::ImageChunk,
+        FrameKind::Restored,
+        FrameKind::Commit,
     ];
 
     /// The kind with wire value `value`, if there is one.
@@ -126,6 +132,8 @@ impl FrameKind {
             // A full batch of 4 KiB pages plus its header and entries.
             FrameKind::Pages => 8 * MIB + 64 * KIB,
             FrameKind::Layout => 4 * MIB,
+            // A chunk of an image file plus its name and header.
+            FrameKind::ImageChunk => 4 * MIB + 4 * KIB,
             FrameKind::VerifyDigests | FrameKind::Pending => MIB,
             FrameKind::Stats | FrameKind::Error => 64 * KIB,
             FrameKind::Hello
@@ -136,7 +144,9 @@ impl FrameKind {
             | FrameKind::VerifyResult
             | FrameKind::PageRequest
             | FrameKind::LayoutAck
-            | FrameKind::Attach => 4 * KIB,
+            | FrameKind::Attach
+            | FrameKind::Restored
+            | FrameKind::Commit => 4 * KIB,
         }
     }
 
@@ -157,6 +167,9 @@ impl FrameKind {
             FrameKind::LayoutAck => "LayoutAck",
             FrameKind::Attach => "Attach",
             FrameKind::Pending => "Pending",
+            FrameKind::ImageChunk => "ImageChunk",
+            FrameKind::Restored => "Restored",
+            FrameKind::Commit => "Commit",
         }
     }
 }

@@ -13,7 +13,7 @@
 //! Layout         space u32 | count u32 | count × VmaDesc
 //!   VmaDesc      start u64 | end u64 | prot u32 | flags u32 | name string
 //! EndOfRound     round u32 | pages u64 | bytes_raw u64 | bytes_wire u64 (28 bytes)
-//! Switchover     final_round u32 | postcopy u8 (0|1)                 (5 bytes)
+//! Switchover     final_round u32 | postcopy u8 (0|1) | criu u8 (0|1)  (6 bytes)
 //! Done           pages_sent u64                                      (8 bytes)
 //! Error          code u32 | message string
 //! Stats          json string
@@ -26,6 +26,11 @@
 //!                | epoch u32                                         (13 bytes)
 //! Pending        space u32 | last u8 (0|1) | count u32
 //!                | count × (start u64 | end u64)
+//! ImageChunk     name string | offset u64 | flags u8 (bit 0 lz4, bit 1 last)
+//!                | raw_len u32 | data (count u32 | bytes)
+//! Restored       tasks u32: the CRIU restore holds that many tasks,
+//!                stopped                                             (4 bytes)
+//! Commit         tasks u32: the source never runs again; continue     (4 bytes)
 //! ```
 //!
 //! The fixed-size messages, and the fixed runs of fields inside the others,
@@ -68,6 +73,10 @@ pub const MAX_VMA_NAME: usize = 4096;
 pub const MAX_VMAS: usize = 65536;
 /// Most digests in one `VerifyDigests`.
 pub const MAX_HASHES: usize = 65536;
+/// Longest image file name.
+pub const MAX_IMAGE_NAME: usize = 255;
+/// Most data bytes in one `ImageChunk` (raw or compressed).
+pub const MAX_IMAGE_CHUNK: usize = 4 * 1024 * 1024;
 /// Most ranges in one `Pending`.
 pub const MAX_PENDING_RANGES: usize = 65536;
 /// Longest `Error` message: the frame cap minus code and length.
@@ -217,6 +226,10 @@ pub struct EndOfRound {
 pub struct Switchover {
     pub final_round: u32,
     pub postcopy: bool,
+    /// CRIU mode: CRIU's images came first (`ImageChunk`s); the destination
+    /// restores the tree with `criu restore --lazy-pages`, stopped, answers
+    /// `Restored`, and continues it only on the source's `Commit`.
+    pub criu: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -303,6 +316,34 @@ pub struct Pending {
     pub space: SpaceKey,
     pub ranges: Vec<(u64, u64)>,
     pub last: bool,
+}
+
+/// Part of one of CRIU's image files: `data` goes at `offset` of the file
+/// `name` (a plain file name of the images directory); the chunk with
+/// `last` ends the file. With `lz4` the data is one lz4 block of `raw_len`
+/// bytes; otherwise `raw_len` is the data's length.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImageChunk {
+    pub name: String,
+    pub offset: u64,
+    pub lz4: bool,
+    pub last: bool,
+    pub raw_len: u32,
+    pub data: Vec<u8>,
+}
+
+/// The destination restored the source's tree of `tasks` tasks and holds
+/// it stopped, waiting for [`Commit`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    pub tasks: u32,
+}
+
+/// The source has committed: it never runs again, so the destination's
+/// copy may run.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Commit {
+    pub tasks: u32,
 }
 
 /// A request for `pages` pages from `addr` of `space` (post-copy).

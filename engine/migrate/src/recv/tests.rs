@@ -137,6 +137,7 @@ fn a_second_switchover_is_a_protocol_error() {
     let switch = Switchover {
         final_round: 0,
         postcopy: false,
+        criu: false,
     };
     control.send(&switch).expect("switch");
     let done: Done = control.recv_msg().expect("done");
@@ -159,6 +160,7 @@ fn pages_after_the_switch_are_a_protocol_error() {
         .send(&Switchover {
             final_round: 0,
             postcopy: false,
+            criu: false,
         })
         .expect("switch");
     let _: Done = control.recv_msg().expect("done");

@@ -71,6 +71,7 @@ pub fn switch_precopy(control: &mut Conn, final_round: u32) -> Result<u64, SendE
     control.send(&Switchover {
         final_round,
         postcopy: false,
+        criu: false,
     })?;
     control.set_read_timeout(Some(RESTORE_TIMEOUT))?;
     let done: Done = control.recv_msg()?;
@@ -88,6 +89,7 @@ pub fn switch_postcopy(
     control.send(&Switchover {
         final_round: round,
         postcopy: true,
+        criu: false,
     })?;
     control.set_read_timeout(Some(RESTORE_TIMEOUT))?;
     let _: Done = control.recv_msg()?;

@@ -370,10 +370,12 @@ fn case(kind: FrameKind) -> Case {
                 Switchover {
                     final_round: 9,
                     postcopy: false,
+                    criu: false,
                 },
                 Switchover {
                     final_round: 2,
                     postcopy: true,
+                    criu: true,
                 },
             ],
             |p| {
@@ -384,6 +386,11 @@ fn case(kind: FrameKind) -> Case {
                         "Switchover: invalid postcopy 0x2",
                     ),
                     ("bool 0xff", with(p, 4, &[0xff]), "invalid postcopy 0xff"),
+                    (
+                        "criu bool 3",
+                        with(p, 5, &[3]),
+                        "Switchover: invalid criu 0x3",
+                    ),
                 ]
             },
         ),
@@ -523,6 +530,68 @@ fn case(kind: FrameKind) -> Case {
             |_| vec![],
         ),
         FrameKind::LayoutAck => messages(kind, &[LayoutAck { vmas: 7 }], |_| vec![]),
+        FrameKind::Restored => messages(kind, &[Restored { tasks: 3 }], |_| vec![]),
+        FrameKind::Commit => messages(kind, &[Commit { tasks: u32::MAX }], |_| vec![]),
+        FrameKind::ImageChunk => messages(
+            kind,
+            &[
+                ImageChunk {
+                    name: "pagemap-1.img".into(),
+                    offset: 4096,
+                    lz4: false,
+                    last: true,
+                    raw_len: 3,
+                    data: vec![1, 2, 3],
+                },
+                ImageChunk {
+                    name: "x".repeat(MAX_IMAGE_NAME),
+                    offset: u64::MAX,
+                    lz4: true,
+                    last: false,
+                    raw_len: 4096,
+                    data: vec![0x1f, 0, 1],
+                },
+            ],
+            |p| {
+                // name "pagemap-1.img" (4 + 13), offset 8, flags 1, raw_len 4, count 4.
+                let mut out = string(
+                    p,
+                    0,
+                    MAX_IMAGE_NAME,
+                    "ImageChunk: name needs",
+                    "name of 256 exceeds the cap of 255",
+                    "ImageChunk: name is not valid UTF-8",
+                );
+                out.extend([
+                    (
+                        "empty name",
+                        with(p, 0, &u32_le(0)),
+                        "ImageChunk: invalid name length",
+                    ),
+                    (
+                        "unknown flag",
+                        with(p, 25, &[4]),
+                        "ImageChunk: invalid flags 0x4",
+                    ),
+                    (
+                        "raw_len not the data's",
+                        with(p, 26, &u32_le(4)),
+                        "ImageChunk: invalid raw_len 0x4",
+                    ),
+                    (
+                        "raw_len over the cap",
+                        with(p, 26, &u32_le(MAX_IMAGE_CHUNK + 1)),
+                        "ImageChunk: invalid raw_len",
+                    ),
+                    (
+                        "data over what is left",
+                        with(p, 30, &u32_le(1000)),
+                        "ImageChunk: data length needs",
+                    ),
+                ]);
+                out
+            },
+        ),
         FrameKind::Attach => messages(
             kind,
             &[

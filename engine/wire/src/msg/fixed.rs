@@ -5,8 +5,8 @@ use zerocopy::byteorder::little_endian::{U16, U32, U64};
 
 use super::codec::{Field, Fixed, fixed_message, invalid, wire_struct};
 use super::{
-    Attach, Auth, Done, EndOfRound, Hello, LayoutAck, MsgError, PageRequest, Switchover,
-    VerifyResult,
+    Attach, Auth, Commit, Done, EndOfRound, Hello, LayoutAck, MsgError, PageRequest, Restored,
+    Switchover, VerifyResult,
 };
 use crate::frame::FrameKind;
 
@@ -47,10 +47,11 @@ fixed_message! {
 }
 
 fixed_message! {
-    /// Refuses a `postcopy` byte other than 0 or 1.
-    Switchover (FrameKind::Switchover) as SwitchoverWire (5 bytes) {
+    /// Refuses a `postcopy` or `criu` byte other than 0 or 1.
+    Switchover (FrameKind::Switchover) as SwitchoverWire (6 bytes) {
         final_round: U32,
         postcopy: u8,
+        criu: u8,
     }
 }
 
@@ -71,6 +72,18 @@ fixed_message! {
 fixed_message! {
     LayoutAck (FrameKind::LayoutAck) as LayoutAckWire (4 bytes) {
         vmas: U32,
+    }
+}
+
+fixed_message! {
+    Restored (FrameKind::Restored) as RestoredWire (4 bytes) {
+        tasks: U32,
+    }
+}
+
+fixed_message! {
+    Commit (FrameKind::Commit) as CommitWire (4 bytes) {
+        tasks: U32,
     }
 }
 

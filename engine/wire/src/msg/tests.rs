@@ -45,8 +45,11 @@ fn fixed_layouts_match_the_docs() {
     let switchover = Switchover {
         final_round: 7,
         postcopy: true,
+        criu: false,
     };
-    assert_eq!(encoded(&switchover), le!(7u32, 1u8));
+    assert_eq!(encoded(&switchover), le!(7u32, 1u8, 0u8));
+    assert_eq!(encoded(&Restored { tasks: 3 }), le!(3u32));
+    assert_eq!(encoded(&Commit { tasks: 4 }), le!(4u32));
     assert_eq!(encoded(&Done { pages_sent: 8 }), le!(8u64));
     let result = VerifyResult {
         mismatch: Some(0x5000),

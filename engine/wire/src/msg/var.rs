@@ -8,8 +8,9 @@ use pagehop_mem::SpaceKey;
 
 use super::codec::{Cursor, message, put, put_count, put_str, wire_struct};
 use super::{
-    ErrorMsg, Layout, MAX_ERROR_MESSAGE, MAX_HASHES, MAX_PENDING_RANGES, MAX_STATS_JSON,
-    MAX_VMA_NAME, MAX_VMAS, MsgError, Pending, Stats, VerifyDigests, VmaDesc,
+    ErrorMsg, ImageChunk, Layout, MAX_ERROR_MESSAGE, MAX_HASHES, MAX_IMAGE_CHUNK, MAX_IMAGE_NAME,
+    MAX_PENDING_RANGES, MAX_STATS_JSON, MAX_VMA_NAME, MAX_VMAS, MsgError, Pending, Stats,
+    VerifyDigests, VmaDesc,
 };
 use crate::frame::FrameKind;
 
@@ -185,3 +186,54 @@ impl Pending {
     }
 }
 message!(Pending, FrameKind::Pending);
+
+/// `ImageChunk` flag bits.
+const CHUNK_LZ4: u8 = 1;
+const CHUNK_LAST: u8 = 2;
+
+impl ImageChunk {
+    pub fn encode(&self, out: &mut Vec<u8>) {
+        put_str(out, &self.name, MAX_IMAGE_NAME);
+        put(out, &U64::new(self.offset));
+        let flags = if self.lz4 { CHUNK_LZ4 } else { 0 } | if self.last { CHUNK_LAST } else { 0 };
+        put(out, &flags);
+        put(out, &U32::new(self.raw_len));
+        put_count(out, self.data.len());
+        out.extend_from_slice(&self.data);
+    }
+
+    /// Refuses unknown flags, an empty name, data over its cap, and raw
+    /// data whose `raw_len` is not its length.
+    pub fn decode(payload: &[u8]) -> Result<Self, MsgError> {
+        Cursor::whole(FrameKind::ImageChunk, payload, |c| {
+            let name = c.string("name", MAX_IMAGE_NAME)?;
+            if name.is_empty() {
+                return Err(c.invalid("name length", 0));
+            }
+            let offset = c.scalar::<U64>("offset")?.get();
+            let flags: u8 = c.scalar::<u8>("flags")?;
+            if flags & !(CHUNK_LZ4 | CHUNK_LAST) != 0 {
+                return Err(c.invalid("flags", flags.into()));
+            }
+            let raw_len = c.scalar::<U32>("raw_len")?.get();
+            if raw_len as usize > MAX_IMAGE_CHUNK {
+                return Err(c.invalid("raw_len", raw_len.into()));
+            }
+            let count = c.count("data length", MAX_IMAGE_CHUNK, 1)?;
+            let data = c.slice::<u8>("data", count)?.to_vec();
+            let lz4 = flags & CHUNK_LZ4 != 0;
+            if !lz4 && raw_len as usize != data.len() {
+                return Err(c.invalid("raw_len", raw_len.into()));
+            }
+            Ok(Self {
+                name,
+                offset,
+                lz4,
+                last: flags & CHUNK_LAST != 0,
+                raw_len,
+                data,
+            })
+        })
+    }
+}
+message!(ImageChunk, FrameKind::ImageChunk);
