@@ -279,18 +279,20 @@ impl FaultLoop {
     /// source's address space `source` (see the module docs for what the
     /// process must have set up). The uffd is made non-blocking.
     pub fn new(uffd: OwnedFd, page_size: usize, source: SpaceKey) -> Result<Self> {
+        let mut fault_loop = Self::empty(page_size)?;
+        fault_loop.add(uffd, source)?;
+        Ok(fault_loop)
+    }
+
+    /// A loop that serves no process yet ([`FaultLoop::add`] adds them).
+    pub fn empty(page_size: usize) -> Result<Self> {
         if !page_size.is_power_of_two() {
             return Err(FaultError::PageSize { page_size });
         }
-        sys::set_nonblocking(uffd.as_fd()).map_err(FaultError::NonBlocking)?;
         let waker = Waker(Arc::new(sys::eventfd().map_err(FaultError::Waker)?));
         Ok(Self {
             page_size: page_size as u64,
-            spaces: vec![Space {
-                source,
-                installer: Some(Installer::with_page_size(uffd, page_size)),
-                book: Book::default(),
-            }],
+            spaces: Vec::new(),
             in_flight: HashMap::new(),
             parked: Vec::new(),
             waker,

@@ -92,6 +92,9 @@ pub struct Start<'a> {
     /// The restored processes (stopped and continued as a tree on a break).
     pub processes: &'a [Process],
     pub reconnect_timeout: Duration,
+    /// Where stored pages may be installed, per address space (CRIU's lazy
+    /// ranges); `None`: wherever the process registered memory.
+    pub installable: Option<&'a BTreeMap<SpaceKey, RangeSet>>,
 }
 
 /// A restored process's userfaultfd, and the source address space it holds.
@@ -110,16 +113,23 @@ pub struct Fetch {
     /// Pre-copy pages to install in the background, and how far that got.
     local: Vec<(SpaceKey, u64)>,
     local_next: usize,
+    /// The fault loop's page source (requests on the priority lane).
+    source: Requests,
+    remote_latency: LatencyHistogram,
+    /// Pages that arrived on the data lanes, to install in the background.
+    bulk: VecDeque<(SpaceKey, u64)>,
+    stats: DestStats,
+    installed: u64,
+    started: Instant,
 }
 
 impl Fetch {
-    /// A fault loop over the userfaultfds in `served` (at least one).
+    /// A fault loop over the userfaultfds in `served` (more may come with
+    /// [`Fetch::add`]).
     pub fn new(start: &Start<'_>, served: Vec<Served>) -> Result<Self, FetchError> {
         let store = start.store.lock().expect("lock");
         let ps = store.page_size() as u64;
-        let mut served = served.into_iter();
-        let first = served.next().ok_or(FetchError::NothingToServe)?;
-        let mut fault_loop = FaultLoop::new(first.uffd, store.page_size(), first.space)?;
+        let mut fault_loop = FaultLoop::empty(store.page_size())?;
         for more in served {
             fault_loop.add(more.uffd, more.space)?;
         }
@@ -135,6 +145,11 @@ impl Fetch {
                     .map(move |(addr, _)| (space, addr))
                     .filter(move |&(_, addr)| !pending.contains(addr))
             })
+            .filter(|&(space, addr)| {
+                start
+                    .installable
+                    .is_none_or(|ranges| ranges.get(&space).is_some_and(|r| r.contains(addr)))
+            })
             .collect();
         let arrivals = Arc::new(Arrivals {
             outstanding: Mutex::new(SpaceBits::filled(start.pending, ps)),
@@ -146,6 +161,7 @@ impl Fetch {
             demand_pages: AtomicU64::new(0),
             bulk_pages: AtomicU64::new(0),
         });
+        let source = Requests::new(&arrivals, start.lanes.take_priority(0), ps);
         Ok(Self {
             fault_loop,
             arrivals,
@@ -153,7 +169,83 @@ impl Fetch {
             reconnect_timeout: start.reconnect_timeout,
             local,
             local_next: 0,
+            source,
+            remote_latency: LatencyHistogram::new(),
+            bulk: VecDeque::new(),
+            stats: DestStats::default(),
+            installed: 0,
+            started: Instant::now(),
         })
+    }
+
+    /// Serves one more restored process: `served.uffd` holds the source's
+    /// address space `served.space`.
+    pub fn add(&mut self, served: Served) -> Result<(), FetchError> {
+        self.fault_loop.add(served.uffd, served.space)?;
+        Ok(())
+    }
+
+    /// One turn of serving faults only (no background installs): while a
+    /// restore is still handing over userfaultfds, or waiting for the
+    /// source's commit. Waits up to `wait` for faults.
+    pub fn serve_faults(&mut self, start: &Start<'_>, wait: Duration) -> Result<(), FetchError> {
+        self.turn(start, wait, false)
+    }
+
+    /// One turn: faults, then the pages someone waits for, then (with
+    /// `background`) a bounded step of the background.
+    fn turn(
+        &mut self,
+        start: &Start<'_>,
+        wait: Duration,
+        background: bool,
+    ) -> Result<(), FetchError> {
+        let ps = self.fault_loop.page_size() as u64;
+        self.fault_loop.run_once(&mut self.source, wait)?;
+        if self.source.priority.is_none() {
+            self.source.priority = start
+                .lanes
+                .take_priority(self.arrivals.epoch.load(Ordering::SeqCst));
+        }
+        // Faults answered from the store.
+        for (space, addr, pages) in std::mem::take(&mut self.source.local) {
+            let store = start.store.lock().expect("lock");
+            for page in (addr..addr + pages as u64 * ps).step_by(ps as usize) {
+                self.installed += install(&mut self.fault_loop, &store, space, page)?;
+            }
+        }
+        // Pages someone waits for.
+        while let Ok((space, pages)) = self.arrivals.demand.1.try_recv() {
+            let store = start.store.lock().expect("lock");
+            for page in pages {
+                self.installed += install(&mut self.fault_loop, &store, space, page)?;
+                self.source.answered(space, page, &mut self.remote_latency);
+            }
+        }
+        if !background {
+            return Ok(());
+        }
+        // The background, a bounded step at a time.
+        while let Ok((space, pages)) = self.arrivals.bulk.1.try_recv() {
+            self.bulk.extend(pages.into_iter().map(|p| (space, p)));
+        }
+        let store = start.store.lock().expect("lock");
+        for _ in 0..BACKGROUND_STEP {
+            let (space, page) = match self.bulk.pop_front() {
+                Some((space, page)) => {
+                    self.source.answered(space, page, &mut self.remote_latency);
+                    (space, page)
+                }
+                None if self.local_next < self.local.len() => {
+                    self.local_next += 1;
+                    self.stats.local_pages += 1;
+                    self.local[self.local_next - 1]
+                }
+                None => break,
+            };
+            self.installed += install(&mut self.fault_loop, &store, space, page)?;
+        }
+        Ok(())
     }
 
     pub fn arrivals(&self) -> Arc<Arrivals> {
@@ -163,63 +255,16 @@ impl Fetch {
     /// Serves faults until every page is installed, then sends the
     /// statistics and `Done` on `control` (which a reconnect replaces).
     pub fn run(mut self, start: &Start<'_>, control: &mut Conn) -> Result<DestStats, FetchError> {
-        let started = Instant::now();
-        let ps = self.fault_loop.page_size() as u64;
-        let mut source = Requests::new(&self.arrivals, start.lanes.take_priority(0), ps);
-        let mut remote_latency = LatencyHistogram::new();
-        let mut bulk: VecDeque<(SpaceKey, u64)> = VecDeque::new();
-        let mut stats = DestStats::default();
-        let mut epoch = 0u32;
-        let mut installed = 0u64;
+        let mut epoch = self.arrivals.epoch.load(Ordering::SeqCst);
         loop {
-            let busy = !bulk.is_empty() || self.local_next < self.local.len();
+            let busy = !self.bulk.is_empty() || self.local_next < self.local.len();
             let wait = if busy { Duration::ZERO } else { IDLE_WAIT };
-            self.fault_loop.run_once(&mut source, wait)?;
-            if source.priority.is_none() {
-                source.priority = start.lanes.take_priority(epoch);
-            }
-            // Faults answered from the store.
-            for (space, addr, pages) in std::mem::take(&mut source.local) {
-                let store = start.store.lock().expect("lock");
-                for page in (addr..addr + pages as u64 * ps).step_by(ps as usize) {
-                    installed += self.install(&store, space, page)?;
-                }
-            }
-            // Pages someone waits for.
-            while let Ok((space, pages)) = self.arrivals.demand.1.try_recv() {
-                let store = start.store.lock().expect("lock");
-                for page in pages {
-                    installed += self.install(&store, space, page)?;
-                    source.answered(space, page, &mut remote_latency);
-                }
-            }
-            // The background, a bounded step at a time.
-            while let Ok((space, pages)) = self.arrivals.bulk.1.try_recv() {
-                bulk.extend(pages.into_iter().map(|p| (space, p)));
-            }
-            {
-                let store = start.store.lock().expect("lock");
-                for _ in 0..BACKGROUND_STEP {
-                    let (space, page) = match bulk.pop_front() {
-                        Some((space, page)) => {
-                            source.answered(space, page, &mut remote_latency);
-                            (space, page)
-                        }
-                        None if self.local_next < self.local.len() => {
-                            self.local_next += 1;
-                            stats.local_pages += 1;
-                            self.local[self.local_next - 1]
-                        }
-                        None => break,
-                    };
-                    installed += self.install(&store, space, page)?;
-                }
-            }
+            self.turn(start, wait, true)?;
             // The source reconnected on its own (it saw a break we did not).
             if let Some((new_epoch, conn)) = start.lanes.take_control(epoch + 1) {
                 epoch = self.adopt(new_epoch, conn, control)?;
-                stats.reconnects += 1;
-                source.rearm(
+                self.stats.reconnects += 1;
+                self.source.rearm(
                     start.lanes.take_priority(epoch),
                     &self.fault_loop.in_flight_pages(),
                 );
@@ -239,25 +284,32 @@ impl Fetch {
                 };
                 let stopped = Instant::now();
                 epoch = self.reconnect(start, control, epoch, why)?;
-                stats.reconnects += 1;
-                stats.stopped_ms += stopped.elapsed().as_secs_f64() * 1e3;
-                source.rearm(
+                self.stats.reconnects += 1;
+                self.stats.stopped_ms += stopped.elapsed().as_secs_f64() * 1e3;
+                self.source.rearm(
                     start.lanes.take_priority(epoch),
                     &self.fault_loop.in_flight_pages(),
                 );
                 continue;
             }
             let finished = self.arrivals.outstanding.lock().expect("lock").count() == 0
-                && bulk.is_empty()
+                && self.bulk.is_empty()
                 && self.local_next == self.local.len()
                 && self.arrivals.demand.1.is_empty()
                 && self.arrivals.bulk.1.is_empty()
                 && self.fault_loop.in_flight() == 0
-                && source.local.is_empty();
+                && self.source.local.is_empty();
             if finished {
                 break;
             }
         }
+        let (source, remote_latency, mut stats, installed, started) = (
+            &self.source,
+            &self.remote_latency,
+            std::mem::take(&mut self.stats),
+            self.installed,
+            self.started,
+        );
         let fl = self.fault_loop.stats();
         stats.faults = fl.faults;
         stats.remote_requests = source.sent;
@@ -281,24 +333,6 @@ impl Fetch {
             })
             .map_err(FetchError::Control)?;
         Ok(stats)
-    }
-
-    /// Installs page `page` of `space` from the store (a page the store
-    /// lacks was never resident at the source: a zero page). Returns 1 if
-    /// installed anywhere.
-    fn install(
-        &mut self,
-        store: &PageStore,
-        space: SpaceKey,
-        page: u64,
-    ) -> Result<u64, FetchError> {
-        let before = self.fault_loop.stats().pages_delivered;
-        // Spaces found gone (the process exited) simply stop being served.
-        match store.get(space, page) {
-            PageState::Data(d) => self.fault_loop.deliver(space, page, Some(d))?,
-            PageState::Zero | PageState::Absent => self.fault_loop.deliver(space, page, None)?,
-        };
-        Ok((self.fault_loop.stats().pages_delivered > before) as u64)
     }
 
     /// Switches to a reconnected source's control lane: tells it what is
@@ -368,4 +402,22 @@ impl Fetch {
         );
         Ok(epoch)
     }
+}
+
+/// Installs page `page` of `space` from the store (a page the store lacks
+/// was never resident at the source: a zero page). Returns 1 if installed
+/// anywhere.
+fn install(
+    fault_loop: &mut FaultLoop,
+    store: &PageStore,
+    space: SpaceKey,
+    page: u64,
+) -> Result<u64, FetchError> {
+    let before = fault_loop.stats().pages_delivered;
+    // Spaces found gone (the process exited) simply stop being served.
+    match store.get(space, page) {
+        PageState::Data(d) => fault_loop.deliver(space, page, Some(d))?,
+        PageState::Zero | PageState::Absent => fault_loop.deliver(space, page, None)?,
+    };
+    Ok((fault_loop.stats().pages_delivered > before) as u64)
 }

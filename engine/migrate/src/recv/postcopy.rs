@@ -48,6 +48,7 @@ pub fn run(
         pending,
         processes: &processes,
         reconnect_timeout,
+        installable: None,
     };
     let served = vec![fetch::Served {
         uffd,
