@@ -19,6 +19,7 @@
 //! so that a pid reused by another process after ours exited cannot hand
 //! over someone else's memory.
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use pagehop_mem::layout::Layout;
@@ -29,6 +30,7 @@ use crate::freeze::{self, FreezeError, FreezeMethod, Frozen};
 use crate::pagemap::Pagemap;
 use crate::reader::{PageReader, ReadError};
 use crate::target::{Target, TargetError};
+use pagehop_sys::process::Process;
 
 /// A running process whose memory is read as it runs.
 pub struct LiveProcess {
@@ -169,69 +171,177 @@ impl PageProvider for LiveProcess {
 /// The source's running processes, one per address space.
 #[derive(Default)]
 pub struct LiveTree {
-    members: BTreeMap<SpaceKey, LiveProcess>,
+    members: RwLock<BTreeMap<SpaceKey, Arc<LiveProcess>>>,
+    /// The root of the followed process tree; `None` for a single process.
+    root: Option<i32>,
+}
+
+/// How a followed tree changed since the last [`LiveTree::sync`].
+#[derive(Debug, Default)]
+pub struct TreeChange {
+    /// New members: (space, pid).
+    pub joined: Vec<(SpaceKey, i32)>,
+    /// Members that exited: (space, pid).
+    pub left: Vec<(SpaceKey, i32)>,
 }
 
 impl LiveTree {
     /// One process, as [`SpaceKey::ROOT`].
     pub fn single(process: LiveProcess) -> Self {
         Self {
-            members: [(SpaceKey::ROOT, process)].into(),
+            members: RwLock::new([(SpaceKey::ROOT, Arc::new(process))].into()),
+            root: None,
         }
     }
 
+    /// The process `root` and every process below it, each under its pid in
+    /// its own pid namespace (what CRIU names it); [`LiveTree::sync`] keeps
+    /// the members in step with the tree.
+    pub fn tree(root: i32) -> Result<Self, TargetError> {
+        let process = LiveProcess::open(root)?;
+        let space = tree_key(&process).ok_or(TargetError::NoSuchProcess { pid: root })?;
+        let tree = Self {
+            members: RwLock::new([(space, Arc::new(process))].into()),
+            root: Some(root),
+        };
+        tree.sync();
+        Ok(tree)
+    }
+
+    /// Whether this follows a process tree (rather than one process).
+    pub fn follows_tree(&self) -> bool {
+        self.root.is_some()
+    }
+
+    /// Brings the members of a followed tree up to date: processes forked
+    /// below the root join, processes that exited leave. A process that
+    /// cannot be opened (it exited meanwhile, or is a zombie) is skipped.
+    pub fn sync(&self) -> TreeChange {
+        let mut change = TreeChange::default();
+        let Some(root) = self.root else {
+            return change;
+        };
+        let now = pagehop_sys::process::descendants(root);
+        let mut members = self.members.write().expect("lock");
+        members.retain(|&space, p| {
+            let stays = now.contains(&p.pid()) && p.target().is_alive();
+            if !stays {
+                change.left.push((space, p.pid()));
+            }
+            stays
+        });
+        for pid in now {
+            if members.values().any(|p| p.pid() == pid) {
+                continue;
+            }
+            let Ok(process) = LiveProcess::open(pid) else {
+                continue;
+            };
+            let Some(space) = tree_key(&process) else {
+                continue;
+            };
+            change.joined.push((space, pid));
+            members.insert(space, Arc::new(process));
+        }
+        change
+    }
+
     /// Adds (or replaces) the process of `space`.
-    pub fn insert(&mut self, space: SpaceKey, process: LiveProcess) {
-        self.members.insert(space, process);
+    pub fn insert(&self, space: SpaceKey, process: LiveProcess) {
+        self.members
+            .write()
+            .expect("lock")
+            .insert(space, Arc::new(process));
     }
 
     /// Drops the process of `space` (it exited).
-    pub fn remove(&mut self, space: SpaceKey) -> Option<LiveProcess> {
-        self.members.remove(&space)
+    pub fn remove(&self, space: SpaceKey) -> Option<Arc<LiveProcess>> {
+        self.members.write().expect("lock").remove(&space)
     }
 
     /// The address spaces, in order.
-    pub fn spaces(&self) -> impl Iterator<Item = SpaceKey> + '_ {
-        self.members.keys().copied()
+    pub fn spaces(&self) -> Vec<SpaceKey> {
+        self.members.read().expect("lock").keys().copied().collect()
     }
 
     /// The process of `space`.
-    pub fn process(&self, space: SpaceKey) -> Option<&LiveProcess> {
-        self.members.get(&space)
+    pub fn process(&self, space: SpaceKey) -> Option<Arc<LiveProcess>> {
+        self.members.read().expect("lock").get(&space).cloned()
     }
 
     /// The address space of the process `pid`, if it is a member.
     pub fn space_of(&self, pid: i32) -> Option<SpaceKey> {
         self.members
+            .read()
+            .expect("lock")
             .iter()
             .find(|(_, p)| p.pid() == pid)
             .map(|(&space, _)| space)
     }
 
-    fn member(&self, space: SpaceKey) -> Result<&LiveProcess, ProvideError> {
-        self.members
-            .get(&space)
+    fn member(&self, space: SpaceKey) -> Result<Arc<LiveProcess>, ProvideError> {
+        self.process(space)
             .ok_or(ProvideError::UnknownSpace { space })
     }
 
     /// Stops every process (every thread, or their cgroup, or with SIGSTOP)
-    /// within `timeout`.
+    /// within `timeout`. A followed tree is stopped until no process joins
+    /// any more (a stopped process cannot fork); members that exited on the
+    /// way leave it.
     pub fn freeze(
         &self,
         method: &FreezeMethod,
         timeout: Duration,
-    ) -> Result<FrozenTree<'_>, FreezeError> {
-        let processes: Vec<&pagehop_sys::process::Process> = self
+    ) -> Result<FrozenTree, FreezeError> {
+        let mut frozen: Vec<i32> = Vec::new();
+        let mut guards = Vec::new();
+        loop {
+            let members: Vec<Arc<LiveProcess>> = self
+                .members
+                .read()
+                .expect("lock")
+                .values()
+                .filter(|p| !frozen.contains(&p.pid()))
+                .cloned()
+                .collect();
+            // A cgroup freeze holds every process of the cgroup, new ones too.
+            let cgroup_holds = matches!(method, FreezeMethod::Cgroup(_)) && !guards.is_empty();
+            if !cgroup_holds && !members.is_empty() {
+                let processes: Vec<&Process> =
+                    members.iter().map(|p| p.target().process()).collect();
+                match freeze::freeze_tree(&processes, method, timeout) {
+                    Ok(more) => guards.extend(more),
+                    // A member of a followed tree exited: it leaves, the rest is frozen again.
+                    Err(FreezeError::Exited { pid } | FreezeError::Signal { pid, .. })
+                        if self.root.is_some_and(|root| root != pid) =>
+                    {
+                        self.sync();
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            frozen.extend(members.iter().map(|p| p.pid()));
+            if self.sync().joined.is_empty() {
+                break;
+            }
+        }
+        let members = self
             .members
-            .values()
-            .map(|p| p.target().process())
+            .read()
+            .expect("lock")
+            .iter()
+            .map(|(&k, p)| (k, Arc::clone(p)))
             .collect();
-        let guards = freeze::freeze_tree(&processes, method, timeout)?;
-        Ok(FrozenTree {
-            members: self.members.iter().map(|(&k, p)| (k, p)).collect(),
-            guards,
-        })
+        Ok(FrozenTree { members, guards })
     }
+}
+
+/// A tree member's key: its pid in its own (innermost) pid namespace.
+fn tree_key(process: &LiveProcess) -> Option<SpaceKey> {
+    let ns = process.target().process().ns_pid().ok()?;
+    let pid = *ns.last()?;
+    u32::try_from(pid).ok().filter(|&p| p > 0).map(SpaceKey)
 }
 
 impl PageProvider for LiveTree {
@@ -261,18 +371,23 @@ impl PageProvider for LiveTree {
 /// The source's processes, stopped: nothing in them runs until the tree is
 /// thawed (a failed migration) or ended ([`FrozenTree::kill`],
 /// [`FrozenTree::leave_stopped`]). Dropping it thaws it.
-pub struct FrozenTree<'a> {
-    members: Vec<(SpaceKey, &'a LiveProcess)>,
+pub struct FrozenTree {
+    members: Vec<(SpaceKey, Arc<LiveProcess>)>,
     guards: Vec<Box<dyn Frozen>>,
 }
 
-impl FrozenTree<'_> {
+impl FrozenTree {
     fn member(&self, space: SpaceKey) -> Result<&LiveProcess, ProvideError> {
         self.members
             .iter()
             .find(|(key, _)| *key == space)
-            .map(|(_, p)| *p)
+            .map(|(_, p)| &**p)
             .ok_or(ProvideError::UnknownSpace { space })
+    }
+
+    /// The members: (space, pid).
+    pub fn pids(&self) -> Vec<(SpaceKey, i32)> {
+        self.members.iter().map(|(k, p)| (*k, p.pid())).collect()
     }
 
     /// The address spaces of the tree.
@@ -332,7 +447,7 @@ impl FrozenTree<'_> {
     }
 }
 
-impl PageProvider for FrozenTree<'_> {
+impl PageProvider for FrozenTree {
     fn page_size(&self) -> usize {
         pagehop_sys::page_size()
     }

@@ -58,6 +58,62 @@ pub fn adopt_fork_fd(ufd: u32) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(raw) })
 }
 
+/// Most descriptors [`pass_to_child`] passes.
+pub const MAX_PASSED_FDS: usize = 8;
+
+/// Makes `cmd`'s child find each `(fd, number)` of `fds` open as `number`
+/// (and not close-on-exec), the way a program is told `--some-fd N`. The
+/// numbers must be above 2 and distinct, at most [`MAX_PASSED_FDS`] of them;
+/// `fds` stay open in the parent until `cmd` is dropped.
+pub fn pass_to_child(cmd: &mut std::process::Command, fds: Vec<(OwnedFd, i32)>) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let mut targets: Vec<i32> = fds.iter().map(|(_, n)| *n).collect();
+    targets.sort_unstable();
+    targets.dedup();
+    if fds.len() > MAX_PASSED_FDS
+        || targets.len() != fds.len()
+        || targets.first().is_some_and(|&n| n <= 2)
+    {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "descriptors for a child: at most 8, distinct numbers above 2",
+        ));
+    }
+    let mut pairs = [(-1i32, -1i32); MAX_PASSED_FDS];
+    for (slot, (fd, n)) in pairs.iter_mut().zip(&fds) {
+        *slot = (fd.as_raw_fd(), *n);
+    }
+    let count = fds.len();
+    // SAFETY: the closure runs between fork and exec and only calls fcntl,
+    // dup2 and close, which are async-signal-safe, on numbers in a
+    // fixed-size array built before the fork (no allocation, no locks). The
+    // OwnedFds it captures keep the sources open until the Command is dropped.
+    unsafe {
+        cmd.pre_exec(move || {
+            let _keep = &fds;
+            // Copies far above every target first, so that no dup2 below
+            // closes a source another pair still needs.
+            let mut high = [-1i32; MAX_PASSED_FDS];
+            for i in 0..count {
+                high[i] = libc::fcntl(pairs[i].0, libc::F_DUPFD_CLOEXEC, 512);
+                if high[i] < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            for i in 0..count {
+                // dup2's copy is not close-on-exec.
+                if libc::dup2(high[i], pairs[i].1) < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                libc::close(high[i]);
+            }
+            Ok(())
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

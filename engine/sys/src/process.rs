@@ -110,6 +110,39 @@ pub(crate) fn parse_stat(line: &str) -> Option<Stat> {
     })
 }
 
+/// `pid` and every process below it (by parent pid in /proc), parents
+/// before their children. A snapshot: processes fork and exit meanwhile.
+pub fn descendants(pid: i32) -> Vec<i32> {
+    let mut parents: Vec<(i32, i32)> = Vec::new();
+    if let Ok(dir) = fs::read_dir("/proc") {
+        for entry in dir.flatten() {
+            let Some(p) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            if let Ok(stat) = read_stat(p) {
+                parents.push((p, stat.ppid));
+            }
+        }
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        let parent = tree[i];
+        tree.extend(
+            parents
+                .iter()
+                .filter(|(_, pp)| *pp == parent)
+                .map(|(p, _)| *p),
+        );
+        i += 1;
+    }
+    tree
+}
+
 /// The pids of the `NSpid:` line of a `/proc/PID/status` text: the pid in
 /// each pid namespace from the one of the procfs mount down to the process's
 /// own. `None` when there is no such line (kernels before 4.1) or it is

@@ -317,7 +317,7 @@ impl<'a> Migration<'a> {
         phases: &mut Phases<'_>,
         policy: Option<Policy>,
         progress: &mut dyn Progress,
-    ) -> Result<(Frozen<'a>, u32, Spaces<WriteHeat>), SendError> {
+    ) -> Result<(Frozen, u32, Spaces<WriteHeat>), SendError> {
         phases.enter(Phase::Rounds);
         // An acknowledgement that does not come within the stall timeout means
         // the destination is stuck: give up rather than hold the source.
@@ -380,7 +380,7 @@ impl<'a> Migration<'a> {
         &mut self,
         phases: &mut Phases<'_>,
         progress: &mut dyn Progress,
-    ) -> Result<FrozenTree<'a>, SendError> {
+    ) -> Result<FrozenTree, SendError> {
         let policy = (self.opts.mode == Mode::Precopy).then_some(Policy::Precopy);
         let (frozen, round, _) = self.rounds_then_freeze(phases, policy, progress)?;
         let (stats, took) = run_round(
@@ -413,7 +413,7 @@ impl<'a> Migration<'a> {
         priority: std::net::TcpStream,
         reconnect: &mut postcopy::Reconnect<'_>,
         progress: &mut dyn Progress,
-    ) -> Result<FrozenTree<'a>, SendError> {
+    ) -> Result<FrozenTree, SendError> {
         let opts = self.opts;
         let ps = self.source.page_size() as u64;
         let policy = (opts.mode == Mode::Hybrid).then_some(Policy::Hybrid {
@@ -504,7 +504,7 @@ impl<'a> Migration<'a> {
         Ok(frozen.tree)
     }
 
-    fn verify(&mut self, frozen: &Frozen<'_>) -> Result<(), SendError> {
+    fn verify(&mut self, frozen: &Frozen) -> Result<(), SendError> {
         self.report.verify = if self.opts.verify {
             verify::verify(&frozen.tree, &frozen.layouts, &mut self.control)?
         } else {

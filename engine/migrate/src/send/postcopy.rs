@@ -61,7 +61,7 @@ pub type Reconnect<'a> = dyn FnMut(u32) -> Result<Links, SendError> + 'a;
 
 /// Runs post-copy until the destination holds every page and says `Done`.
 pub fn serve(
-    tree: &FrozenTree<'_>,
+    tree: &FrozenTree,
     control: &mut Conn,
     streamer: &mut PageStreamer,
     priority: TcpStream,

@@ -21,8 +21,8 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(5);
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// The source, frozen, with what the destination still lacks.
-pub struct Frozen<'a> {
-    pub tree: FrozenTree<'a>,
+pub struct Frozen {
+    pub tree: FrozenTree,
     pub at: Instant,
     pub layouts: Spaces<Layout>,
     pub pages: Spaces<RangeSet>,
@@ -30,14 +30,14 @@ pub struct Frozen<'a> {
 
 /// Freezes the source and adds what was dirtied since the last round (a
 /// full scan) to `pages`; re-sends the layouts that changed.
-pub fn freeze_and_collect<'a>(
+pub fn freeze_and_collect(
     method: &FreezeMethod,
     control: &mut Conn,
-    source: &'a LiveTree,
+    source: &LiveTree,
     session: Option<&mut Session>,
     mut layouts: Spaces<Layout>,
     mut pages: Spaces<RangeSet>,
-) -> Result<Frozen<'a>, SendError> {
+) -> Result<Frozen, SendError> {
     let tree = source.freeze(method, FREEZE_TIMEOUT)?;
     let at = Instant::now();
     if let Some(session) = session {

@@ -183,6 +183,26 @@ impl Session {
         }
     }
 
+    /// Starts tracking `pid` too (a process that joined a followed tree
+    /// without a fork event being seen); its resident pages count as
+    /// written. Nothing happens if it is tracked already.
+    pub fn track(&mut self, pid: i32) -> Result<(), TrackError> {
+        if self.procs.contains_key(&pid) {
+            return Ok(());
+        }
+        self.attach(pid, true)
+    }
+
+    /// Stops tracking `pid` (it left the tree), leaving it as it was.
+    pub fn untrack(&mut self, pid: i32) {
+        if let Some(old) = self.procs.remove(&pid) {
+            let _ = old.tracker.release();
+        }
+        if let Some(probes) = self.probes.as_mut() {
+            probes.untrack(pid as u32);
+        }
+    }
+
     /// Pids tracked right now.
     pub fn pids(&self) -> Vec<i32> {
         self.procs.keys().copied().collect()
