@@ -14,7 +14,7 @@ use anyhow::{Context, bail};
 use crate::{cargo, root, run};
 
 /// The fuzz targets (`[[bin]]`s of fuzz/Cargo.toml).
-pub const TARGETS: [&str; 2] = ["frame_decoder", "image_reader"];
+pub const TARGETS: [&str; 3] = ["frame_decoder", "image_reader", "criu_images"];
 
 /// The toolchain cargo-fuzz builds with (it needs `-Z` flags).
 fn nightly() -> String {

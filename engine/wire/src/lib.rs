@@ -60,10 +60,14 @@
 //!
 //! Decoders never panic and never allocate more than a frame kind's cap, so
 //! bytes from the network can be fed to them as they are.
+//!
+//! - [`criu`]: the CRIU 4.2 images a peer sends (inventory, pstree, pagemap,
+//!   mm, core), read with the same care.
 
 pub mod auth;
 pub mod batch;
 pub mod conn;
+pub mod criu;
 pub mod frame;
 pub mod image;
 pub mod msg;

@@ -66,6 +66,8 @@ pub const CAP_ZEROCOPY: u64 = 2;
 pub const CAP_POSTCOPY: u64 = 4;
 /// Capability bit: the peer can verify pages with digests.
 pub const CAP_VERIFY: u64 = 8;
+/// The destination restores CRIU dumps (`recv --criu`).
+pub const CAP_CRIU: u64 = 16;
 
 /// Longest VMA name (bytes).
 pub const MAX_VMA_NAME: usize = 4096;

@@ -7,11 +7,12 @@
 //! Groups (3, 4) and the undefined types 6 and 7 are refused: no CRIU
 //! message has them. Fields the caller does not know are skipped whatever
 //! their (supported) type; a known field of the wrong type, a value that does
-//! not fit its declared type (a `uint32` over 2^32, a `bool` other than 0 or
-//! 1), a truncated value and a missing required field are errors. Repeated
+//! not fit its declared type (a `uint32` of 2^32 or more, a `bool` other than
+//! 0 or 1), a truncated value and a missing required field are errors. Repeated
 //! scalars are read packed or not (CRIU writes them unpacked), at most
-//! [`MAX_REPEATED`] elements a field. A scalar field given twice keeps its
-//! last value, as proto2 says.
+//! [`MAX_REPEATED`] elements a field. A non-repeated field given twice is
+//! refused (proto2 would keep the last scalar and merge messages; CRIU
+//! never writes one twice).
 //!
 //! Nothing is allocated from a length read from the input: values are
 //! borrowed from the input, lengths are checked against what is left first.
@@ -33,6 +34,26 @@ pub struct FieldId {
     pub message: &'static str,
     pub name: &'static str,
     pub tag: u32,
+}
+
+impl FieldId {
+    pub const fn new(message: &'static str, name: &'static str, tag: u32) -> Self {
+        FieldId { message, name, tag }
+    }
+}
+
+/// The fields of `message` named `names`, numbered from 1.
+pub const fn numbered<const N: usize>(
+    message: &'static str,
+    names: [&'static str; N],
+) -> [FieldId; N] {
+    let mut out = [FieldId::new(message, "", 0); N];
+    let mut i = 0;
+    while i < N {
+        out[i] = FieldId::new(message, names[i], i as u32 + 1);
+        i += 1;
+    }
+    out
 }
 
 impl fmt::Display for FieldId {
@@ -75,8 +96,16 @@ pub enum ProtoError {
     OutOfRange { field: FieldId, value: u64 },
     #[error("{field} has more than {MAX_REPEATED} elements")]
     TooManyElements { field: FieldId },
-    #[error("{field}, element {index}, does not decode")]
+    #[error("{field} is given twice")]
+    DuplicateField { field: FieldId },
+    #[error("{field} does not decode")]
     Nested {
+        field: FieldId,
+        #[source]
+        source: Box<ProtoError>,
+    },
+    #[error("{field}, element {index}, does not decode")]
+    Element {
         field: FieldId,
         index: usize,
         #[source]
@@ -88,19 +117,21 @@ pub enum ProtoError {
 #[derive(Debug, Clone, Copy)]
 pub enum Value<'a> {
     Varint(u64),
-    Fixed64(u64),
+    /// 8 bytes (no field read here has this type).
+    Fixed64,
     /// Length-delimited bytes and their offset in the record.
     Bytes(&'a [u8], usize),
-    Fixed32(u32),
+    /// 4 bytes (likewise).
+    Fixed32,
 }
 
 impl<'a> Value<'a> {
     fn wire_type(&self) -> u8 {
         match self {
             Value::Varint(_) => VARINT,
-            Value::Fixed64(_) => FIXED64,
+            Value::Fixed64 => FIXED64,
             Value::Bytes(..) => LEN,
-            Value::Fixed32(_) => FIXED32,
+            Value::Fixed32 => FIXED32,
         }
     }
 
@@ -126,12 +157,6 @@ impl<'a> Value<'a> {
         u32::try_from(v).map_err(|_| ProtoError::OutOfRange { field, value: v })
     }
 
-    /// An `int32`: negative values are sign-extended to 64 bits on the wire.
-    pub fn int32(self, field: FieldId) -> Result<i32, ProtoError> {
-        let v = self.varint(field)?;
-        i32::try_from(v as i64).map_err(|_| ProtoError::OutOfRange { field, value: v })
-    }
-
     /// A `sint64` (zigzag).
     pub fn sint64(self, field: FieldId) -> Result<i64, ProtoError> {
         let v = self.varint(field)?;
@@ -145,6 +170,11 @@ impl<'a> Value<'a> {
             1 => Ok(true),
             value => Err(ProtoError::OutOfRange { field, value }),
         }
+    }
+
+    /// A `bytes` or `string` field's bytes (not checked for UTF-8).
+    pub fn bytes(self, field: FieldId) -> Result<&'a [u8], ProtoError> {
+        self.message(field).map(|r| r.buf)
     }
 
     /// An embedded message, to be read with the returned reader.
@@ -255,15 +285,14 @@ impl<'a> Reader<'a> {
 
     fn take(&mut self, tag: u32, offset: usize, need: u64) -> Result<&'a [u8], ProtoError> {
         let have = self.buf.len() - self.pos;
-        let n = usize::try_from(need)
-            .ok()
-            .filter(|&n| n <= have)
-            .ok_or(ProtoError::TruncatedField {
+        let n = usize::try_from(need).ok().filter(|&n| n <= have).ok_or(
+            ProtoError::TruncatedField {
                 offset,
                 tag,
                 need,
                 have,
-            })?;
+            },
+        )?;
         let bytes = &self.buf[self.pos..self.pos + n];
         self.pos += n;
         Ok(bytes)
@@ -271,7 +300,7 @@ impl<'a> Reader<'a> {
 
     /// The next field's tag and value, or `None` at the end of the message.
     #[allow(clippy::should_implement_trait)]
-    pub fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, ProtoError> {
+    fn next(&mut self) -> Result<Option<(u32, Value<'a>)>, ProtoError> {
         if self.at_end() {
             return Ok(None);
         }
@@ -284,9 +313,8 @@ impl<'a> Reader<'a> {
         let value = match (key & 7) as u8 {
             VARINT => Value::Varint(self.varint()?),
             FIXED64 => {
-                let mut b = [0u8; 8];
-                b.copy_from_slice(self.take(tag, offset, 8)?);
-                Value::Fixed64(u64::from_le_bytes(b))
+                self.take(tag, offset, 8)?;
+                Value::Fixed64
             }
             LEN => {
                 let len = self.varint()?;
@@ -294,9 +322,8 @@ impl<'a> Reader<'a> {
                 Value::Bytes(self.take(tag, offset, len)?, at)
             }
             FIXED32 => {
-                let mut b = [0u8; 4];
-                b.copy_from_slice(self.take(tag, offset, 4)?);
-                Value::Fixed32(u32::from_le_bytes(b))
+                self.take(tag, offset, 4)?;
+                Value::Fixed32
             }
             wire_type => {
                 return Err(ProtoError::UnsupportedWireType {
@@ -310,7 +337,77 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A required field's value, or [`ProtoError::MissingField`].
-pub fn required<T>(value: Option<T>, field: FieldId) -> Result<T, ProtoError> {
-    value.ok_or(ProtoError::MissingField { field })
+/// A field a decoder asked [`scan`] for, and its value if the message has it.
+#[derive(Debug, Clone, Copy)]
+pub struct Field<'a> {
+    id: FieldId,
+    value: Option<Value<'a>>,
+}
+
+impl<'a> Field<'a> {
+    /// The value of a required field.
+    fn get(self) -> Result<Value<'a>, ProtoError> {
+        self.value
+            .ok_or(ProtoError::MissingField { field: self.id })
+    }
+
+    pub fn uint64(self) -> Result<u64, ProtoError> {
+        self.get()?.uint64(self.id)
+    }
+
+    pub fn uint32(self) -> Result<u32, ProtoError> {
+        self.get()?.uint32(self.id)
+    }
+
+    pub fn sint64(self) -> Result<i64, ProtoError> {
+        self.get()?.sint64(self.id)
+    }
+
+    pub fn bytes(self) -> Result<&'a [u8], ProtoError> {
+        self.get()?.bytes(self.id)
+    }
+
+    pub fn message(self) -> Result<Reader<'a>, ProtoError> {
+        self.get()?.message(self.id)
+    }
+
+    pub fn opt_uint64(self) -> Result<Option<u64>, ProtoError> {
+        self.value.map(|v| v.uint64(self.id)).transpose()
+    }
+
+    pub fn opt_uint32(self) -> Result<Option<u32>, ProtoError> {
+        self.value.map(|v| v.uint32(self.id)).transpose()
+    }
+
+    pub fn opt_bool(self) -> Result<Option<bool>, ProtoError> {
+        self.value.map(|v| v.bool(self.id)).transpose()
+    }
+}
+
+/// Reads a whole message: the value of each field of `ids` (a field given
+/// twice is refused: CRIU writes each once, and proto2 would merge two
+/// messages), and every field not in `ids` is handed to `other` (for
+/// repeated fields; it ignores unknown ones, see [`skip`]). Wire types are
+/// checked when a [`Field`] is read.
+pub fn scan<'a, const N: usize>(
+    mut r: Reader<'a>,
+    ids: &[FieldId; N],
+    mut other: impl FnMut(u32, Value<'a>) -> Result<(), ProtoError>,
+) -> Result<[Field<'a>; N], ProtoError> {
+    let mut fields = ids.map(|id| Field { id, value: None });
+    while let Some((tag, value)) = r.next()? {
+        match fields.iter_mut().find(|f| f.id.tag == tag) {
+            Some(f) if f.value.is_some() => {
+                return Err(ProtoError::DuplicateField { field: f.id });
+            }
+            Some(f) => f.value = Some(value),
+            None => other(tag, value)?,
+        }
+    }
+    Ok(fields)
+}
+
+/// For [`scan`]: no other field is read.
+pub fn skip(_tag: u32, _value: Value<'_>) -> Result<(), ProtoError> {
+    Ok(())
 }
