@@ -9,8 +9,8 @@ use pagehop::sys::process::Process;
 
 use crate::choices::{BackendArg, CompressArg, ModeArg, ZeroCopyArg};
 use pagehop::dest::restore::RestoreCommand;
-use pagehop::recv::{Output, RecvOptions, recv};
-use pagehop::send::{SendOptions, send};
+use pagehop::recv::{CriuRestore, Output, RecvOptions, recv};
+use pagehop::send::{CriuSend, SendOptions, send};
 use pagehop::source::freeze::FreezeMethod;
 use pagehop::wire::auth::{TOKEN_ENV, Token};
 use pagehop::{Phase, PhaseWatch, Progress, Quiet, RecvReport, Report, RoundReport};
@@ -25,9 +25,28 @@ fn load_token(file: &Option<PathBuf>) -> anyhow::Result<Option<Token>> {
 
 #[derive(Args)]
 pub struct SendArgs {
-    /// Process to migrate.
+    /// Process to migrate (with --criu: the root of the process tree).
     #[arg(long)]
     pid: i32,
+    /// Migrate the whole process tree under --pid with CRIU recreating it at
+    /// the destination (`pagehop recv --criu DIR`). Optionally names the
+    /// CRIU binary (default: $PAGEHOP_CRIU, then /opt/pagehop/bin/criu from
+    /// the setup, then `criu` on PATH); CRIU 4.2 or later.
+    #[arg(long, value_name = "CRIU", num_args = 0..=1, default_missing_value = "")]
+    criu: Option<String>,
+    /// With --criu: an option passed through to `criu dump` (repeatable),
+    /// e.g. --criu-opt=--tcp-close --criu-opt=--shell-job.
+    #[arg(
+        long = "criu-opt",
+        value_name = "OPT",
+        allow_hyphen_values = true,
+        requires = "criu"
+    )]
+    criu_opts: Vec<String>,
+    /// With --criu: where CRIU writes its images on this host (default: a
+    /// fresh directory under $TMPDIR, removed after a successful migration).
+    #[arg(long, value_name = "DIR", requires = "criu")]
+    criu_images: Option<PathBuf>,
     /// Destination `pagehop recv` address (HOST:PORT).
     #[arg(long)]
     to: SocketAddr,
@@ -141,7 +160,11 @@ fn abort_on_signal(
                 }
                 log::warn!("signal {sig}: the destination runs; source killed");
             }
-            _ => log::warn!("signal {sig}: migration aborted; the source runs on"),
+            _ => {
+                // send --criu: CRIU lets the tree go, then it continues.
+                phase.release_criu_source();
+                log::warn!("signal {sig}: migration aborted; the source runs on")
+            }
         }
         if let Some(cgroup) = cgroup {
             let _ = std::fs::write(cgroup.join("cgroup.freeze"), "0");
@@ -153,6 +176,23 @@ fn abort_on_signal(
 
 pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
     let phase = PhaseWatch::new();
+    let criu = match &args.criu {
+        None => None,
+        Some(bin) => {
+            if args.cgroup.is_some() {
+                anyhow::bail!(
+                    "--criu stops the tree with SIGSTOP itself; --cgroup is not supported with it yet"
+                );
+            }
+            pagehop::criu::check_user_options(&args.criu_opts)?;
+            let bin = (!bin.is_empty()).then(|| std::path::Path::new(bin.as_str()));
+            Some(CriuSend {
+                criu: pagehop::criu::Criu::find(bin)?,
+                dump_options: args.criu_opts.clone(),
+                images_dir: args.criu_images.clone(),
+            })
+        }
+    };
     // A handle taken now: a signal must never reach a process that reused
     // the pid. (A pid that is no process is refused by send itself, with
     // the reason.)
@@ -171,9 +211,11 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
         streams: args.streams as usize,
         downtime_target: Duration::from_millis(args.downtime_target),
         max_rounds: args.max_rounds,
-        freeze: args
-            .cgroup
-            .map_or(FreezeMethod::Ptrace, FreezeMethod::Cgroup),
+        freeze: match (&criu, args.cgroup) {
+            (Some(_), _) => FreezeMethod::Signal,
+            (None, Some(cgroup)) => FreezeMethod::Cgroup(cgroup),
+            (None, None) => FreezeMethod::Ptrace,
+        },
         leave_stopped: args.leave_stopped,
         verify: args.verify,
         connect_timeout: Duration::from_secs(10),
@@ -190,6 +232,7 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
         reconnect_timeout: seconds(args.reconnect_timeout, "--reconnect-timeout")?,
         record_working_set: args.record_working_set,
         prefetch_from: args.prefetch_from,
+        criu,
     };
     if !opts.mode.is_postcopy()
         && (opts.record_working_set.is_some() || opts.prefetch_from.is_some())
@@ -269,6 +312,25 @@ fn print_send_report(r: &Report, json: bool) -> anyhow::Result<()> {
             )?;
         }
     }
+    if let Some(c) = &r.criu {
+        writeln!(
+            out,
+            "  criu         {} tasks (CRIU {}): final scan {:.1} ms, dump {:.1} ms, final pages {:.1} ms, \
+             images {} files {:.1} KiB in {:.1} ms, restore {:.1} ms, commit {:.1} ms; {} lazy pages, {} pending",
+            c.tasks,
+            c.criu_version,
+            c.final_scan_ms,
+            c.dump_ms,
+            c.final_pages_ms,
+            c.images_files,
+            c.images_bytes as f64 / 1024.0,
+            c.images_ms,
+            c.restore_ms,
+            c.commit_ms,
+            c.lazy_pages,
+            c.pending_pages
+        )?;
+    }
     writeln!(out, "  verify       {}", r.verify)?;
     writeln!(
         out,
@@ -288,8 +350,26 @@ pub struct RecvArgs {
     token_file: Option<PathBuf>,
     /// Command that starts the destination process at switchover (run with sh -c;
     /// it finds the userfaultfd handoff socket in $PAGEHOP_UFFD_SOCKET).
-    #[arg(long, value_name = "CMD", conflicts_with = "image_dir")]
+    #[arg(long, value_name = "CMD", conflicts_with_all = ["image_dir", "criu"])]
     restore_cmd: Option<String>,
+    /// Restore the source's process tree (`pagehop send --criu`) with
+    /// `criu restore --lazy-pages`, CRIU's images going into DIR (empty or
+    /// new). CRIU runs in recv's namespaces (use `ip netns exec`).
+    #[arg(long, value_name = "DIR", conflicts_with = "image_dir")]
+    criu: Option<PathBuf>,
+    /// With --criu: the CRIU binary (default: $PAGEHOP_CRIU, then
+    /// /opt/pagehop/bin/criu from the setup, then `criu` on PATH).
+    #[arg(long, value_name = "PATH", requires = "criu")]
+    criu_bin: Option<PathBuf>,
+    /// With --criu: an option passed through to `criu restore` (repeatable),
+    /// e.g. --criu-restore-opt=--tcp-close.
+    #[arg(
+        long = "criu-restore-opt",
+        value_name = "OPT",
+        allow_hyphen_values = true,
+        requires = "criu"
+    )]
+    criu_restore_opts: Vec<String>,
     /// Write the received memory to DIR instead (format: see pagehop::wire::image).
     #[arg(long, value_name = "DIR")]
     image_dir: Option<PathBuf>,
@@ -309,14 +389,22 @@ pub fn run_recv(args: RecvArgs) -> anyhow::Result<()> {
     let socket_path = args.socket.unwrap_or_else(|| {
         std::env::temp_dir().join(format!("pagehop-uffd-{}.sock", std::process::id()))
     });
-    let output = match (args.restore_cmd, args.image_dir) {
-        (Some(cmd), None) => Output::Restore(RestoreCommand {
+    let output = match (args.restore_cmd, args.image_dir, args.criu) {
+        (Some(cmd), None, None) => Output::Restore(RestoreCommand {
             cmd,
             socket_path,
             timeout: Duration::from_secs(30),
         }),
-        (None, Some(dir)) => Output::ImageDir(dir),
-        _ => anyhow::bail!("nothing to restore into: give --restore-cmd or --image-dir"),
+        (None, Some(dir), None) => Output::ImageDir(dir),
+        (None, None, Some(dir)) => {
+            pagehop::criu::check_user_options(&args.criu_restore_opts)?;
+            Output::Criu(CriuRestore {
+                criu: pagehop::criu::Criu::find(args.criu_bin.as_deref())?,
+                dir: std::path::absolute(&dir)?,
+                restore_options: args.criu_restore_opts,
+            })
+        }
+        _ => anyhow::bail!("nothing to restore into: give --restore-cmd, --criu or --image-dir"),
     };
     let opts = RecvOptions {
         listen: args.listen,

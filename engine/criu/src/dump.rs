@@ -153,6 +153,17 @@ impl LazyDump {
         self.handle.pid()
     }
 
+    /// Handles for an interruption that must end the dump from another
+    /// thread: CRIU's pidfd and its page-server socket (shutting that down
+    /// ends CRIU's wait; CRIU then leaves the tree stopped and exits).
+    pub fn handles(&self) -> std::io::Result<(Process, UnixStream)> {
+        let sk = self
+            .page_server
+            .as_ref()
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::NotConnected))?;
+        Ok((self.handle.try_clone()?, sk.try_clone()?))
+    }
+
     /// The log CRIU writes.
     pub fn log(&self) -> &Path {
         &self.log

@@ -8,7 +8,9 @@
 //! - [`faults`]: the userfaultfd fault loop (post-copy's demand paging).
 //! - [`restore`]: starts the destination process and takes its userfaultfd.
 //! - [`tree`]: the restored process tree, signalled through pidfds.
+//! - [`criu`]: CRIU mode: the images as they arrive, the restored tree on this host.
 //! - [`fetch`]: post-copy's destination side: faults, requests, background installs, reconnects.
+pub mod criu;
 pub mod faults;
 pub mod fetch;
 pub mod handoff;

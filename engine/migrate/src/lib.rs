@@ -12,6 +12,8 @@
 //!   demand server and push.
 //! - [`wire`] (`pagehop-wire`): frames, messages, page batches,
 //!   authentication, connections, the image format.
+//! - [`criu`] (`pagehop-criu`): running CRIU's dump and restore under
+//!   pagehop (`send --criu`, `recv --criu`).
 //! - [`dest`] (`pagehop-dest`): the page store, the data lanes' intake, the
 //!   userfaultfd handoff, installs, the post-copy fault loop.
 //!
@@ -24,6 +26,7 @@ pub mod report;
 pub mod send;
 pub mod working_set;
 
+pub use pagehop_criu as criu;
 pub use pagehop_dest as dest;
 pub use pagehop_mem as mem;
 pub use pagehop_source as source;
@@ -32,4 +35,7 @@ pub use pagehop_wire as wire;
 
 pub use pagehop_source::stream::ZeroCopy;
 pub use phase::{Phase, PhaseWatch};
-pub use report::{Mode, Progress, Quiet, RecvReport, Report, RoundReport, SwitchKind, Verify};
+pub use report::{
+    CriuProcess, CriuRecvReport, CriuReport, CriuTaskReport, Mode, Progress, Quiet, RecvReport,
+    Report, RoundReport, SwitchKind, Verify,
+};

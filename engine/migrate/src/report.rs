@@ -182,6 +182,49 @@ pub struct Report {
     pub blocked_ms: f64,
     pub reconnects: u32,
     pub per_round: Vec<RoundReport>,
+    /// `send --criu`: the parts of the switch, CRIU's included.
+    pub criu: Option<CriuReport>,
+}
+
+/// The CRIU switch as the source saw it (`send --criu`); `downtime_ms` is
+/// freeze → the destination's tree continued, the sum of these parts and
+/// the messages between them.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CriuReport {
+    pub criu_version: String,
+    /// Tasks CRIU dumped (zombies included).
+    pub tasks: u32,
+    /// Freeze → the last writes collected and tracking removed.
+    pub final_scan_ms: f64,
+    /// `criu dump --lazy-pages` until every image was written.
+    pub dump_ms: f64,
+    /// Pre-copy: the lazy pages still missing, sent before the switch.
+    pub final_pages_ms: f64,
+    pub images_files: usize,
+    pub images_bytes: u64,
+    pub images_wire_bytes: u64,
+    pub images_ms: f64,
+    /// `Switchover` → the destination's `Restored` (its `criu restore`,
+    /// the uffd handoff and the installs).
+    pub restore_ms: f64,
+    /// `Restored` → the destination's tree continued.
+    pub commit_ms: f64,
+    /// Pages CRIU left lazy, and those the destination did not hold yet.
+    pub lazy_pages: u64,
+    pub pending_pages: u64,
+    /// Per process of the tree.
+    pub processes: Vec<CriuProcess>,
+}
+
+/// One process of a CRIU-migrated tree.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CriuProcess {
+    /// Its pid in the tree's pid namespace (what CRIU calls it).
+    pub vpid: u32,
+    /// Its pid on this host.
+    pub pid: i32,
+    /// Lazy pages the destination still lacked at the switch.
+    pub pending_pages: u64,
 }
 
 impl Report {
@@ -219,6 +262,7 @@ impl Report {
             blocked_ms: 0.0,
             reconnects: 0,
             per_round: Vec::new(),
+            criu: None,
         }
     }
 }
@@ -241,6 +285,33 @@ pub struct RecvReport {
     pub mode: SwitchKind,
     /// Post-copy only.
     pub postcopy: Option<DestStats>,
+    /// `recv --criu`: CRIU's restore.
+    pub criu: Option<CriuRecvReport>,
+}
+
+/// CRIU's restore as the destination saw it; times from the switch.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CriuRecvReport {
+    pub images_files: usize,
+    pub images_bytes: u64,
+    /// Every task's userfaultfd received and CRIU's marker read.
+    pub handoff_ms: f64,
+    /// `criu restore` exited cleanly: the tree is there, stopped.
+    pub restore_ms: f64,
+    /// `Restored` sent → the source's `Commit`.
+    pub commit_wait_ms: f64,
+    pub tasks: Vec<CriuTaskReport>,
+}
+
+/// One restored task.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CriuTaskReport {
+    /// Its pid in the tree's namespace.
+    pub vpid: u32,
+    /// Its pid on this host.
+    pub pid: i32,
+    /// Pages CRIU left lazy (pagehop installs them).
+    pub lazy_pages: u64,
 }
 
 /// Receives progress as the migration goes (a terminal display, or nothing).

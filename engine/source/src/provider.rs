@@ -19,6 +19,7 @@
 //! so that a pid reused by another process after ours exited cannot hand
 //! over someone else's memory.
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -333,7 +334,11 @@ impl LiveTree {
             .iter()
             .map(|(&k, p)| (k, Arc::clone(p)))
             .collect();
-        Ok(FrozenTree { members, guards })
+        Ok(FrozenTree {
+            members,
+            guards,
+            held: AtomicBool::new(false),
+        })
     }
 }
 
@@ -374,6 +379,9 @@ impl PageProvider for LiveTree {
 pub struct FrozenTree {
     members: Vec<(SpaceKey, Arc<LiveProcess>)>,
     guards: Vec<Box<dyn Frozen>>,
+    /// Held stopped ([`FrozenTree::hold_stopped`]): dropping it leaves the
+    /// tree stopped instead of thawing it.
+    held: AtomicBool,
 }
 
 impl FrozenTree {
@@ -383,6 +391,14 @@ impl FrozenTree {
             .find(|(key, _)| *key == space)
             .map(|(_, p)| &**p)
             .ok_or(ProvideError::UnknownSpace { space })
+    }
+
+    /// Handles on every member (pidfds), to signal them from elsewhere.
+    pub fn processes(&self) -> Vec<Process> {
+        self.members
+            .iter()
+            .filter_map(|(_, p)| p.target().process().try_clone().ok())
+            .collect()
     }
 
     /// The members: (space, pid).
@@ -399,6 +415,7 @@ impl FrozenTree {
     /// even if pagehop dies and its freeze goes (post-copy: once the
     /// destination runs, the source must never run again).
     pub fn hold_stopped(&self) {
+        self.held.store(true, Ordering::SeqCst);
         for (_, p) in &self.members {
             let _ = p.target().process().signal(libc::SIGSTOP);
         }
@@ -407,6 +424,7 @@ impl FrozenTree {
     /// Takes back [`FrozenTree::hold_stopped`] (the switch failed before the
     /// destination ran).
     pub fn release_hold(&self) {
+        self.held.store(false, Ordering::SeqCst);
         for (_, p) in &self.members {
             let _ = p.target().process().signal(libc::SIGCONT);
         }
@@ -443,6 +461,18 @@ impl FrozenTree {
         self.hold_stopped();
         for guard in self.guards.drain(..) {
             guard.leave_stopped();
+        }
+    }
+}
+
+impl Drop for FrozenTree {
+    /// A tree dropped while held stays stopped (the destination may run);
+    /// otherwise the freeze guards thaw it as they go.
+    fn drop(&mut self) {
+        if self.held.load(Ordering::SeqCst) {
+            for guard in self.guards.drain(..) {
+                guard.leave_stopped();
+            }
         }
     }
 }

@@ -102,6 +102,13 @@ pub struct Received {
     pub truncated: bool,
 }
 
+/// The pid of the process that connected a Unix stream socket
+/// (SO_PEERCRED), in the caller's pid namespace; 0 when it is outside it.
+pub fn peer_pid(sock: BorrowedFd<'_>) -> io::Result<i32> {
+    let cred = rustix::net::sockopt::socket_peercred(sock)?;
+    Ok(cred.pid.as_raw_nonzero().get())
+}
+
 /// One non-blocking `recvmsg` into `buf` that also takes any descriptors
 /// (`MSG_CMSG_CLOEXEC`). `WouldBlock` when nothing is queued.
 pub fn recv_with_fds(sock: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {

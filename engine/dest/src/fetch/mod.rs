@@ -121,6 +121,8 @@ pub struct Fetch {
     stats: DestStats,
     installed: u64,
     started: Instant,
+    /// Where stored pages may be installed (`Start::installable`).
+    installable: Option<BTreeMap<SpaceKey, RangeSet>>,
 }
 
 impl Fetch {
@@ -175,6 +177,7 @@ impl Fetch {
             stats: DestStats::default(),
             installed: 0,
             started: Instant::now(),
+            installable: start.installable.cloned(),
         })
     }
 
@@ -211,14 +214,26 @@ impl Fetch {
         for (space, addr, pages) in std::mem::take(&mut self.source.local) {
             let store = start.store.lock().expect("lock");
             for page in (addr..addr + pages as u64 * ps).step_by(ps as usize) {
-                self.installed += install(&mut self.fault_loop, &store, space, page)?;
+                self.installed += install(
+                    &mut self.fault_loop,
+                    &store,
+                    self.installable.as_ref(),
+                    space,
+                    page,
+                )?;
             }
         }
         // Pages someone waits for.
         while let Ok((space, pages)) = self.arrivals.demand.1.try_recv() {
             let store = start.store.lock().expect("lock");
             for page in pages {
-                self.installed += install(&mut self.fault_loop, &store, space, page)?;
+                self.installed += install(
+                    &mut self.fault_loop,
+                    &store,
+                    self.installable.as_ref(),
+                    space,
+                    page,
+                )?;
                 self.source.answered(space, page, &mut self.remote_latency);
             }
         }
@@ -243,7 +258,13 @@ impl Fetch {
                 }
                 None => break,
             };
-            self.installed += install(&mut self.fault_loop, &store, space, page)?;
+            self.installed += install(
+                &mut self.fault_loop,
+                &store,
+                self.installable.as_ref(),
+                space,
+                page,
+            )?;
         }
         Ok(())
     }
@@ -366,7 +387,7 @@ impl Fetch {
             "post-copy connection lost ({}); process {} stopped with {} pages \
              still on the source; waiting {:.1} s for the source",
             pagehop_mem::error_chain(&why),
-            self.pid,
+            start.processes.first().map_or(self.pid, Process::pid),
             missing(),
             self.reconnect_timeout.as_secs_f64()
         );
@@ -380,7 +401,7 @@ impl Fetch {
             }
             if Instant::now() >= deadline {
                 return Err(FetchError::SourceLost {
-                    pid: self.pid,
+                    pid: start.processes.first().map_or(self.pid, Process::pid),
                     missing: missing(),
                     waited: waited.elapsed().as_secs_f64(),
                     why,
@@ -405,19 +426,22 @@ impl Fetch {
 }
 
 /// Installs page `page` of `space` from the store (a page the store lacks
-/// was never resident at the source: a zero page). Returns 1 if installed
-/// anywhere.
+/// was never resident at the source: a zero page; so is one outside the
+/// `installable` ranges, which the source's dump did not hold). Returns 1
+/// if installed anywhere.
 fn install(
     fault_loop: &mut FaultLoop,
     store: &PageStore,
+    installable: Option<&BTreeMap<SpaceKey, RangeSet>>,
     space: SpaceKey,
     page: u64,
 ) -> Result<u64, FetchError> {
     let before = fault_loop.stats().pages_delivered;
+    let allowed = installable.is_none_or(|r| r.get(&space).is_some_and(|r| r.contains(page)));
     // Spaces found gone (the process exited) simply stop being served.
     match store.get(space, page) {
-        PageState::Data(d) => fault_loop.deliver(space, page, Some(d))?,
-        PageState::Zero | PageState::Absent => fault_loop.deliver(space, page, None)?,
+        PageState::Data(d) if allowed => fault_loop.deliver(space, page, Some(d))?,
+        _ => fault_loop.deliver(space, page, None)?,
     };
     Ok((fault_loop.stats().pages_delivered > before) as u64)
 }

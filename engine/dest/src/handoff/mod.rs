@@ -172,9 +172,31 @@ impl HandoffListener {
     /// `timeout`.
     pub fn accept_uffd(&self, timeout: Duration) -> Result<Handoff> {
         let deadline = Instant::now() + timeout;
-        let stream = loop {
+        let stream = self.accept_stream(deadline, timeout)?;
+        let mut reader = Reader {
+            stream: &stream,
+            deadline,
+            timeout,
+        };
+        let (pid, uffd) = reader.pid_and_uffd()?;
+        Ok(Handoff { pid, uffd, stream })
+    }
+
+    /// Accepts `criu restore --lazy-pages`, within `timeout`: the tasks it
+    /// restores send their items ([`LazyItem`]) on this one connection.
+    pub fn accept_lazy(&self, timeout: Duration) -> Result<LazyClient> {
+        let stream = self.accept_stream(Instant::now() + timeout, timeout)?;
+        let peer_pid = sys::peer_pid(stream.as_fd()).map_err(|source| HandoffError::Accept {
+            path: self.path.clone(),
+            source,
+        })?;
+        Ok(LazyClient { stream, peer_pid })
+    }
+
+    fn accept_stream(&self, deadline: Instant, timeout: Duration) -> Result<UnixStream> {
+        loop {
             match self.listener.accept() {
-                Ok((stream, _)) => break stream,
+                Ok((stream, _)) => return Ok(stream),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(source) => {
@@ -196,14 +218,73 @@ impl HandoffListener {
                     source,
                 }
             })?;
-        };
+        }
+    }
+}
+
+/// What `criu restore --lazy-pages` sends, one item at a time.
+#[derive(Debug)]
+pub enum LazyItem {
+    /// A restored task (its pid in the tree's namespace) and its userfaultfd.
+    Task { vpid: i32, uffd: OwnedFd },
+    /// A zombie of the tree: no memory, no descriptor.
+    Zombie { vpid: i32 },
+    /// Every task is restored and its memory registered.
+    Finished,
+}
+
+/// CRIU's connection to the lazy-pages daemon.
+#[derive(Debug)]
+pub struct LazyClient {
+    stream: UnixStream,
+    peer_pid: i32,
+}
+
+impl LazyClient {
+    /// The pid of the process that connected (SO_PEERCRED), in our namespace.
+    pub fn peer_pid(&self) -> i32 {
+        self.peer_pid
+    }
+
+    /// Whether the next item has begun to arrive (or the peer closed)
+    /// within `wait`.
+    pub fn readable(&self, wait: Duration) -> bool {
+        pagehop_sys::poll::poll_readable(self.stream.as_fd(), wait).unwrap_or(false)
+    }
+
+    /// The next item, all of it within `timeout`: a pid (i32) and, for a
+    /// live task, a 1-byte message with its uffd; or the marker.
+    pub fn next_item(&mut self, timeout: Duration) -> Result<LazyItem> {
         let mut reader = Reader {
-            stream: &stream,
-            deadline,
+            stream: &self.stream,
+            deadline: Instant::now() + timeout,
             timeout,
         };
-        let (pid, uffd) = reader.pid_and_uffd()?;
-        Ok(Handoff { pid, uffd, stream })
+        let mut fds = Vec::new();
+        let mut word = [0u8; 4];
+        let mut truncated = reader.read_exact(&mut word, "task pid", &mut fds)?;
+        if u32::from_ne_bytes(word) == RESTORE_FINISHED && fds.is_empty() {
+            return Ok(LazyItem::Finished);
+        }
+        let vpid = i32::from_ne_bytes(word);
+        if vpid < 0 {
+            if !fds.is_empty() {
+                return Err(HandoffError::TooManyFds { pid: vpid });
+            }
+            return Ok(LazyItem::Zombie {
+                vpid: vpid.wrapping_neg(),
+            });
+        }
+        if fds.is_empty() {
+            let mut byte = [0u8; 1];
+            truncated |= reader.read_exact(&mut byte, "userfaultfd", &mut fds)?;
+        }
+        if truncated || fds.len() > 1 {
+            return Err(HandoffError::TooManyFds { pid: vpid });
+        }
+        let uffd = fds.pop().ok_or(HandoffError::NoFd { pid: vpid })?;
+        check_userfaultfd(vpid, uffd.as_fd())?;
+        Ok(LazyItem::Task { vpid, uffd })
     }
 }
 

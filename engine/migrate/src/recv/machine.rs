@@ -4,7 +4,7 @@
 //! protocol error that names both.
 //!
 //! ```text
-//!            Layout, Pending, EndOfRound(n = next)
+//!            Layout, Pending, ImageChunk, EndOfRound(n = next)
 //!               ┌──────┐
 //!               v      │
 //!  start ──> Rounds{next} ──Switchover{postcopy}──> Running{switch}
@@ -43,6 +43,8 @@ pub enum Event {
         round: u32,
     },
     Pending,
+    /// Part of CRIU's images (before a CRIU switch).
+    ImageChunk,
     Switchover {
         postcopy: bool,
     },
@@ -114,7 +116,7 @@ impl State {
     pub fn next(self, event: Event) -> Result<State, OutOfOrder> {
         let refuse = |what: String| Err(OutOfOrder { what, state: self });
         match (self, event) {
-            (State::Rounds { .. }, Event::Layout | Event::Pending) => Ok(self),
+            (State::Rounds { .. }, Event::Layout | Event::Pending | Event::ImageChunk) => Ok(self),
             (State::Rounds { next_round }, Event::EndOfRound { round }) if round == next_round => {
                 Ok(State::Rounds {
                     next_round: round + 1,
@@ -151,6 +153,7 @@ impl Event {
             Event::Layout => "a Layout".into(),
             Event::EndOfRound { round } => format!("the end of round {round}"),
             Event::Pending => "a Pending list".into(),
+            Event::ImageChunk => "an image chunk".into(),
             Event::Switchover { .. } => "a Switchover".into(),
             Event::VerifyDigests => "verification digests".into(),
             Event::Done => "Done".into(),

@@ -13,6 +13,7 @@
 //! [`Intake`]. If the source goes away before the switch, recv reports a
 //! failed migration: no process was started, nothing was installed.
 mod accept;
+mod criu;
 mod machine;
 mod postcopy;
 #[cfg(test)]
@@ -25,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pagehop_dest::criu::images::ImageIntake;
 use pagehop_dest::fetch::{FetchError, Lanes};
 use pagehop_dest::intake::{Intake, LaneFailure, RoundWaitError};
 use pagehop_dest::restore::{RestoreCommand, RestoreError, Restored};
@@ -36,7 +38,8 @@ use pagehop_wire::auth::Token;
 use pagehop_wire::conn::{Conn, ConnError, codes};
 use pagehop_wire::image::{ImageError, ImageWriter};
 use pagehop_wire::msg::{
-    self, Done, EndOfRound, Layout, LayoutAck, MsgError, Pending, Switchover, VerifyDigests,
+    self, Done, EndOfRound, ImageChunk, Layout, LayoutAck, MsgError, Pending, Switchover,
+    VerifyDigests,
 };
 use pagehop_wire::{FrameError, FrameKind};
 
@@ -54,7 +57,12 @@ pub enum Output {
     Restore(RestoreCommand),
     /// Write an image directory (pre-copy only).
     ImageDir(PathBuf),
+    /// Restore the source's CRIU dump (`send --criu`) into its image
+    /// directory with `criu restore --lazy-pages`.
+    Criu(CriuRestore),
 }
+
+pub use criu::{CriuRecvError, CriuRestore};
 
 pub struct RecvOptions {
     pub listen: SocketAddr,
@@ -123,6 +131,12 @@ pub enum RecvError {
     Store(#[from] StoreError),
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Criu(#[from] CriuRecvError),
+    #[error("the source sent a CRIU dump, but this recv was not started with --criu DIR")]
+    CriuNotExpected,
+    #[error("this recv restores CRIU dumps (--criu); the source is not `pagehop send --criu`")]
+    CriuExpected,
 }
 
 /// Receives one migration and starts its process (or writes its image).
@@ -144,9 +158,17 @@ pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
             .unwrap_or_default()
     );
     let mut capabilities = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
-    if matches!(opts.output, Output::Restore(_)) {
+    if matches!(opts.output, Output::Restore(_) | Output::Criu(_)) {
         capabilities |= msg::CAP_POSTCOPY;
     }
+    // The image directory is checked before any source is taken.
+    let images = match &opts.output {
+        Output::Criu(c) => {
+            capabilities |= msg::CAP_CRIU;
+            Some(ImageIntake::new(&c.dir).map_err(CriuRecvError::from)?)
+        }
+        _ => None,
+    };
     let handshake = accept::Handshake {
         token: opts.token.clone(),
         page_size: page_size as u32,
@@ -181,6 +203,8 @@ pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
         pending: BTreeMap::new(),
         verification: Verification::default(),
         restored: None,
+        criu_tree: Vec::new(),
+        images,
         report: RecvReport {
             source,
             ..RecvReport::default()
@@ -207,6 +231,9 @@ struct Receiver<'a> {
     pending: BTreeMap<SpaceKey, Vec<Range>>,
     verification: Verification,
     restored: Option<Restored>,
+    /// CRIU mode: the restored tree, and the images as they arrive.
+    criu_tree: Vec<pagehop_sys::process::Process>,
+    images: Option<ImageIntake>,
     report: RecvReport,
 }
 
@@ -293,6 +320,24 @@ impl Receiver<'_> {
                     .or_default()
                     .extend(p.ranges.iter().map(|&(a, b)| Range::new(a, b)));
             }
+            ControlFrame::ImageChunk(chunk) => match self.images.as_mut() {
+                Some(images) => images.add(&chunk).map_err(CriuRecvError::from)?,
+                None => {
+                    self.control.send_error(
+                        codes::DESTINATION,
+                        "this recv does not take CRIU images (no --criu)",
+                    );
+                    return Err(RecvError::CriuNotExpected);
+                }
+            },
+            ControlFrame::Switchover(s) if s.criu => self.switch_criu()?,
+            ControlFrame::Switchover(_) if self.images.is_some() => {
+                self.control.send_error(
+                    codes::DESTINATION,
+                    "this recv restores CRIU dumps: use pagehop send --criu",
+                );
+                return Err(RecvError::CriuExpected);
+            }
             ControlFrame::Switchover(s) if s.postcopy => self.postcopy()?,
             ControlFrame::Switchover(_) => self.switch_precopy()?,
             ControlFrame::VerifyDigests(digests) => {
@@ -361,6 +406,7 @@ impl Receiver<'_> {
                 self.report.image_dir = Some(dir.display().to_string());
                 writer.finish()?
             }
+            Output::Criu(_) => return Err(RecvError::CriuExpected),
             Output::Restore(cmd) => {
                 let mut restored = cmd.start()?;
                 self.report.restored_pid = Some(restored.pid());
@@ -390,6 +436,48 @@ impl Receiver<'_> {
         Ok(())
     }
 
+    /// The pages the source announced it still holds.
+    fn take_pending(&mut self) -> BTreeMap<SpaceKey, RangeSet> {
+        std::mem::take(&mut self.pending)
+            .into_iter()
+            .map(|(space, r)| (space, RangeSet::from_ranges(r)))
+            .collect()
+    }
+
+    /// The CRIU switch ([`criu`]): restore, commit, post-copy.
+    fn switch_criu(&mut self) -> Result<(), RecvError> {
+        let (Output::Criu(c), Some(images)) = (&self.opts.output, self.images.as_ref()) else {
+            self.control.send_error(
+                codes::DESTINATION,
+                "this recv does not restore CRIU dumps (no --criu)",
+            );
+            return Err(RecvError::CriuNotExpected);
+        };
+        self.report.mode = SwitchKind::Postcopy;
+        let pending = self.take_pending();
+        let result = criu::run(
+            c,
+            images,
+            &self.intake,
+            &self.lanes,
+            &mut self.control,
+            &pending,
+            self.opts.reconnect_timeout,
+            &mut self.report,
+        );
+        match result {
+            Ok(tree) => {
+                self.criu_tree = tree;
+                Ok(())
+            }
+            Err(e) => {
+                self.control
+                    .send_error(codes::DESTINATION, &pagehop_mem::error_chain(&e));
+                Err(e)
+            }
+        }
+    }
+
     fn postcopy(&mut self) -> Result<(), RecvError> {
         let Output::Restore(cmd) = &self.opts.output else {
             self.control.send_error(
@@ -399,10 +487,7 @@ impl Receiver<'_> {
             return Err(RecvError::PostcopyNeedsRestore);
         };
         self.report.mode = SwitchKind::Postcopy;
-        let pending: BTreeMap<SpaceKey, RangeSet> = std::mem::take(&mut self.pending)
-            .into_iter()
-            .map(|(space, r)| (space, RangeSet::from_ranges(r)))
-            .collect();
+        let pending = self.take_pending();
         let restored = postcopy::run(
             cmd,
             &self.intake,
@@ -446,6 +531,7 @@ fn install_all(restored: &mut Restored, store: &PageStore) -> Result<(u64, u64),
 /// A decoded control-lane frame.
 enum ControlFrame {
     Layout(Layout),
+    ImageChunk(ImageChunk),
     EndOfRound(EndOfRound),
     Pending(Pending),
     Switchover(Switchover),
@@ -458,6 +544,7 @@ impl ControlFrame {
     fn decode(kind: FrameKind, payload: &[u8]) -> Result<Self, MsgError> {
         Ok(match kind {
             FrameKind::Layout => ControlFrame::Layout(Layout::decode(payload)?),
+            FrameKind::ImageChunk => ControlFrame::ImageChunk(ImageChunk::decode(payload)?),
             FrameKind::EndOfRound => ControlFrame::EndOfRound(EndOfRound::decode(payload)?),
             FrameKind::Pending => ControlFrame::Pending(Pending::decode(payload)?),
             FrameKind::Switchover => ControlFrame::Switchover(Switchover::decode(payload)?),
@@ -476,6 +563,7 @@ impl ControlFrame {
     fn event(&self) -> Event {
         match self {
             ControlFrame::Layout(_) => Event::Layout,
+            ControlFrame::ImageChunk(_) => Event::ImageChunk,
             ControlFrame::EndOfRound(end) => Event::EndOfRound { round: end.round },
             ControlFrame::Pending(_) => Event::Pending,
             ControlFrame::Switchover(s) => Event::Switchover {

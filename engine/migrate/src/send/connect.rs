@@ -24,10 +24,15 @@ pub fn connect(
     session: u64,
     epoch: u32,
 ) -> Result<Links, SendError> {
-    let postcopy = opts.mode.is_postcopy();
+    // A CRIU restore is always lazy: its faults need the priority lane.
+    let criu = opts.criu.is_some();
+    let postcopy = opts.mode.is_postcopy() || criu;
     let mut caps = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
     if postcopy {
         caps |= msg::CAP_POSTCOPY;
+    }
+    if criu {
+        caps |= msg::CAP_CRIU;
     }
     let open = |lane: Lane| -> Result<Conn, SendError> {
         let stream =
@@ -53,6 +58,9 @@ pub fn connect(
         Ok(conn)
     };
     let control = open(Lane::Control)?;
+    if criu && control.peer.capabilities & msg::CAP_CRIU == 0 {
+        return Err(SendError::NoCriu);
+    }
     if postcopy && control.peer.capabilities & msg::CAP_POSTCOPY == 0 {
         return Err(SendError::NoPostcopy { mode: opts.mode });
     }

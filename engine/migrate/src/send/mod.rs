@@ -21,6 +21,7 @@
 //! `--mode stop-and-copy` is the baseline: no tracking and no rounds; it
 //! freezes, sends every populated page as round 0 and switches.
 mod connect;
+mod criu;
 mod postcopy;
 mod rounds;
 mod switch;
@@ -30,6 +31,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
+use pagehop_mem::pages::RangeSet;
 use pagehop_mem::{PageProvider, ProvideError, SpaceKey};
 use pagehop_source::freeze::{FreezeError, FreezeMethod};
 use pagehop_source::heat::WriteHeat;
@@ -44,14 +46,17 @@ use pagehop_wire::auth::Token;
 use pagehop_wire::batch::Compress;
 use pagehop_wire::conn::{Conn, ConnError, codes};
 
-use crate::phase::{Phase, PhaseWatch};
-use crate::report::{Mode, Progress, Report, RoundReport, Verify};
+use crate::phase::{CriuHold, Phase, PhaseWatch};
+use crate::report::{CriuProcess, CriuReport, Mode, Progress, Report, RoundReport, Verify};
 use crate::working_set::{WorkingSet, WorkingSetError};
 use connect::{Links, connect, new_session_id};
 use rounds::{Policy, Spaces, layouts_of, run_round, run_rounds, total_pages, update_layouts};
-use switch::{Frozen, freeze_and_collect, switch_postcopy, switch_precopy};
+use switch::{Frozen, freeze_and_collect, switch_criu, switch_postcopy, switch_precopy};
+
+pub use criu::{CriuSend, CriuSendError};
 
 pub struct SendOptions {
+    /// The process (with `criu`: the root of the process tree).
     pub pid: i32,
     pub to: SocketAddr,
     pub token: Option<Token>,
@@ -81,6 +86,9 @@ pub struct SendOptions {
     pub record_working_set: Option<PathBuf>,
     /// Push this recorded working set first.
     pub prefetch_from: Option<PathBuf>,
+    /// Migrate the whole tree under `pid` with CRIU recreating it at the
+    /// destination (`recv --criu`).
+    pub criu: Option<CriuSend>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -141,6 +149,10 @@ pub enum SendError {
     DestStats(#[source] serde_json::Error),
     #[error(transparent)]
     WorkingSet(#[from] WorkingSetError),
+    #[error(transparent)]
+    Criu(#[from] CriuSendError),
+    #[error("the destination is not a `pagehop recv --criu`: it cannot restore a CRIU dump")]
+    NoCriu,
 }
 
 /// A failed migration, and the phase it failed in: up to
@@ -174,6 +186,13 @@ impl Phases<'_> {
     }
 }
 
+impl Drop for Phases<'_> {
+    /// Whatever happened, no CRIU hold outlives the driver.
+    fn drop(&mut self) {
+        self.watch.hold_criu(None);
+    }
+}
+
 /// Everything a migration works with once prepared.
 struct Migration<'a> {
     opts: &'a SendOptions,
@@ -182,6 +201,7 @@ struct Migration<'a> {
     session: Option<Session>,
     streamer: PageStreamer,
     report: Report,
+    session_id: u64,
 }
 
 /// Migrates the process `opts.pid`; `watch` follows the phase as it goes.
@@ -209,7 +229,11 @@ fn drive(
     let started = Instant::now();
     let cpu_start = pagehop_sys::own_cpu_time();
     let page_size = pagehop_sys::page_size();
-    let source = LiveTree::single(LiveProcess::open(opts.pid)?);
+    let source = if opts.criu.is_some() {
+        LiveTree::tree(opts.pid)?
+    } else {
+        LiveTree::single(LiveProcess::open(opts.pid)?)
+    };
     let session_id = new_session_id()?;
     let Links {
         control,
@@ -218,18 +242,24 @@ fn drive(
     } = connect(opts, page_size as u32, session_id, 0)?;
     // Tracking starts before round 0 reads anything, so no write is missed.
     let session = if opts.mode.has_rounds() {
-        Some(Session::start(
-            source
-                .process(SpaceKey::ROOT)
-                .expect("the root process")
-                .target(),
+        let root = source.space_of(opts.pid).expect("the root is a member");
+        let mut session = Session::start(
+            source.process(root).expect("the root process").target(),
             TrackOptions {
                 backend: opts.backend,
                 interval: Duration::from_millis(100),
                 hot_intervals: 3,
-                follow_forks: false,
+                follow_forks: source.follows_tree(),
             },
-        )?)
+        )?;
+        for space in source.spaces() {
+            if let Some(p) = source.process(space)
+                && p.pid() != opts.pid
+            {
+                session.track(p.pid(), false)?;
+            }
+        }
+        Some(session)
     } else {
         None
     };
@@ -242,6 +272,7 @@ fn drive(
         session,
         streamer,
         report: Report::new(opts.mode),
+        session_id,
     };
     let result = match priority {
         None => m.precopy(phases, progress),
@@ -317,13 +348,13 @@ impl<'a> Migration<'a> {
         phases: &mut Phases<'_>,
         policy: Option<Policy>,
         progress: &mut dyn Progress,
-    ) -> Result<(Frozen, u32, Spaces<WriteHeat>), SendError> {
+    ) -> Result<(Frozen, u32, Spaces<WriteHeat>, Spaces<RangeSet>), SendError> {
         phases.enter(Phase::Rounds);
         // An acknowledgement that does not come within the stall timeout means
         // the destination is stuck: give up rather than hold the source.
         self.control
             .set_read_timeout(Some(self.opts.stall_timeout))?;
-        let (pages, round, layouts, heat) = match (policy, self.session.as_mut()) {
+        let (pages, round, layouts, heat, sent) = match (policy, self.session.as_mut()) {
             (Some(policy), Some(session)) => {
                 let end = run_rounds(
                     self.opts,
@@ -336,7 +367,7 @@ impl<'a> Migration<'a> {
                     progress,
                 )?;
                 self.report.switch_reason = end.reason;
-                (end.pages, end.round, end.layouts, end.heat)
+                (end.pages, end.round, end.layouts, end.heat, end.sent)
             }
             _ => {
                 let mut layouts = Spaces::new();
@@ -350,7 +381,7 @@ impl<'a> Migration<'a> {
                     _ => "post-copy: no pre-copy rounds",
                 }
                 .to_string();
-                (Spaces::new(), 0, layouts, Spaces::new())
+                (Spaces::new(), 0, layouts, Spaces::new(), Spaces::new())
             }
         };
         let tracked = self.session.is_some();
@@ -371,7 +402,7 @@ impl<'a> Migration<'a> {
                 .map(|(&space, layout)| Ok((space, frozen.tree.populated(space, layout)?)))
                 .collect::<Result<_, SendError>>()?;
         }
-        Ok((frozen, round, heat))
+        Ok((frozen, round, heat, sent))
     }
 
     /// Pre-copy and stop-and-copy: rounds, freeze, final round, switchover,
@@ -382,7 +413,7 @@ impl<'a> Migration<'a> {
         progress: &mut dyn Progress,
     ) -> Result<FrozenTree, SendError> {
         let policy = (self.opts.mode == Mode::Precopy).then_some(Policy::Precopy);
-        let (frozen, round, _) = self.rounds_then_freeze(phases, policy, progress)?;
+        let (frozen, round, _, _) = self.rounds_then_freeze(phases, policy, progress)?;
         let (stats, took) = run_round(
             &mut self.control,
             &mut self.streamer,
@@ -407,6 +438,8 @@ impl<'a> Migration<'a> {
 
     /// Post-copy and hybrid: rounds (hybrid only), freeze, switch with the
     /// pending set, then serve until the destination holds every page.
+    /// With CRIU (every mode), CRIU dumps the frozen tree before the switch
+    /// and the destination's restore commits it ([`criu`]).
     fn postcopy(
         &mut self,
         phases: &mut Phases<'_>,
@@ -416,11 +449,89 @@ impl<'a> Migration<'a> {
     ) -> Result<FrozenTree, SendError> {
         let opts = self.opts;
         let ps = self.source.page_size() as u64;
-        let policy = (opts.mode == Mode::Hybrid).then_some(Policy::Hybrid {
-            hot_after: opts.hot_after.max(1),
-            below: opts.postcopy_below,
-        });
-        let (frozen, round, heat) = self.rounds_then_freeze(phases, policy, progress)?;
+        let policy = match opts.mode {
+            Mode::Hybrid => Some(Policy::Hybrid {
+                hot_after: opts.hot_after.max(1),
+                below: opts.postcopy_below,
+            }),
+            Mode::Precopy => Some(Policy::Precopy),
+            Mode::Postcopy | Mode::StopAndCopy => None,
+        };
+        let (frozen, mut round, heat, sent) = self.rounds_then_freeze(phases, policy, progress)?;
+        let mut pending = frozen.pages.clone();
+        // CRIU: tracking goes, CRIU dumps, the images go ahead of the switch.
+        let mut dumped = None;
+        if let Some(c) = &opts.criu {
+            let mut r = CriuReport {
+                criu_version: c.criu.version().to_string(),
+                ..CriuReport::default()
+            };
+            phases.watch.hold_criu(Some(CriuHold {
+                tree: frozen.tree.processes(),
+                dump: None,
+            }));
+            // CRIU must find the tree clean; the probes go after the migration.
+            if let Some(session) = self.session.as_mut() {
+                session.release_trackers()?;
+            }
+            r.final_scan_ms = frozen.at.elapsed().as_secs_f64() * 1e3;
+            let spaces: Vec<SpaceKey> = frozen.tree.spaces().collect();
+            let state = criu::TreeState {
+                root: opts.pid,
+                session: self.session_id,
+                spaces: &spaces,
+                sent: &sent,
+                dirty: &frozen.pages,
+                page_size: ps,
+            };
+            let d = criu::dump(c, &state, &mut |dump| {
+                if let Ok((criu, sk)) = dump.handles() {
+                    phases.watch.hold_criu_dump(criu, sk);
+                }
+            })?;
+            r.dump_ms = d.dump_ms;
+            r.tasks = d.tasks;
+            r.lazy_pages = d.lazy_pages;
+            pending = d.need.clone();
+            if !opts.mode.is_postcopy() {
+                // Pre-copy and stop-and-copy: the rest goes now.
+                let started = Instant::now();
+                let (stats, took) = run_round(
+                    &mut self.control,
+                    &mut self.streamer,
+                    &frozen.tree,
+                    round,
+                    &pending,
+                )?;
+                self.report.per_round.push(RoundReport {
+                    bandwidth_bytes_per_sec: stats.bytes_wire as f64 / took.as_secs_f64().max(1e-9),
+                    ..RoundReport::sent(round, &stats, took)
+                });
+                progress.round(self.report.per_round.last().expect("just pushed"));
+                self.report.final_round_pages = stats.pages;
+                round += 1;
+                pending = Spaces::new();
+                r.final_pages_ms = started.elapsed().as_secs_f64() * 1e3;
+            }
+            let shipped = criu::ship_images(&mut self.control, &d.dir, opts.compress)?;
+            r.images_files = shipped.files;
+            r.images_bytes = shipped.bytes;
+            r.images_wire_bytes = shipped.wire_bytes;
+            r.images_ms = shipped.ms;
+            r.pending_pages = total_pages(&pending, ps);
+            r.processes = frozen
+                .tree
+                .pids()
+                .into_iter()
+                .map(|(space, pid)| CriuProcess {
+                    vpid: space.0,
+                    pid,
+                    pending_pages: pending.get(&space).map_or(0, |p| p.pages(ps)),
+                })
+                .collect();
+            self.report.criu = Some(r);
+            dumped = Some(d);
+        }
         // Push order: the recorded working set (of the root process), then
         // the pages written in the last rounds, then the rest.
         let mut first: Vec<(SpaceKey, u64)> =
@@ -433,34 +544,69 @@ impl<'a> Migration<'a> {
                 _ => Vec::new(),
             };
         for (space, h) in &heat {
-            if let Some(pending) = frozen.pages.get(space) {
+            if let Some(p) = pending.get(space) {
                 first.extend(
                     h.hot(1, ps)
-                        .intersection(pending)
+                        .intersection(p)
                         .iter_pages(ps)
                         .map(|p| (*space, p)),
                 );
             }
         }
-        first.retain(|(space, p)| frozen.pages.get(space).is_some_and(|r| r.contains(*p)));
-        // From here a dying pagehop must leave the source stopped, not running.
-        frozen.tree.hold_stopped();
-        if let Err(e) = switch_postcopy(&mut self.control, &frozen.pages, round) {
-            frozen.tree.release_hold();
-            return Err(e);
+        first.retain(|(space, p)| pending.get(space).is_some_and(|r| r.contains(*p)));
+        let switch_sent = Instant::now();
+        if dumped.is_some() {
+            // The destination restores, stopped; the commit comes once the
+            // demand server runs (the restore may fault).
+            switch_criu(&mut self.control, &pending, round)?;
+        } else {
+            // From here a dying pagehop must leave the source stopped, not running.
+            frozen.tree.hold_stopped();
+            if let Err(e) = switch_postcopy(&mut self.control, &pending, round) {
+                frozen.tree.release_hold();
+                return Err(e);
+            }
+            phases.enter(Phase::SourceNeeded);
+            self.report.downtime_ms = frozen.at.elapsed().as_secs_f64() * 1e3;
         }
-        phases.enter(Phase::SourceNeeded);
-        self.report.downtime_ms = frozen.at.elapsed().as_secs_f64() * 1e3;
         self.report.rounds = round;
-        self.report.final_round_pages = total_pages(&frozen.pages, ps);
+        if dumped.is_none() || opts.mode.is_postcopy() {
+            self.report.final_round_pages = total_pages(&pending, ps);
+        }
         let running = Instant::now();
         let plan = postcopy::Plan {
-            pending: frozen.pages.clone(),
+            pending: pending.clone(),
             first,
             round,
             prefetch_pages: opts.prefetch_pages,
             compress: opts.compress,
             reconnect_timeout: opts.reconnect_timeout,
+        };
+        let mut criu_times = (0.0, 0.0);
+        let tasks = dumped.as_ref().map_or(0, |d| d.tasks);
+        let tree = &frozen.tree;
+        let at = frozen.at;
+        let downtime = &mut self.report.downtime_ms;
+        let mut commit = |control: &mut Conn| -> Result<(), SendError> {
+            let restored_at = std::cell::Cell::new(None);
+            criu::commit(control, tasks, || {
+                restored_at.set(Some(Instant::now()));
+                // From here the source never runs again.
+                tree.hold_stopped();
+                phases.watch.hold_criu(None);
+                phases.enter(Phase::SourceNeeded);
+            })?;
+            let restored_at = restored_at.get().expect("set before the commit");
+            criu_times = (
+                restored_at.duration_since(switch_sent).as_secs_f64() * 1e3,
+                restored_at.elapsed().as_secs_f64() * 1e3,
+            );
+            *downtime = at.elapsed().as_secs_f64() * 1e3;
+            Ok(())
+        };
+        let commit_step: Option<&mut postcopy::CommitStep<'_>> = match dumped {
+            Some(_) => Some(&mut commit),
+            None => None,
         };
         let outcome = postcopy::serve(
             &frozen.tree,
@@ -469,7 +615,26 @@ impl<'a> Migration<'a> {
             priority,
             &plan,
             reconnect,
+            commit_step,
         )?;
+        if let Some(r) = self.report.criu.as_mut() {
+            (r.restore_ms, r.commit_ms) = criu_times;
+        }
+        // Every page is at the destination: CRIU's page server can go (it
+        // leaves the tree stopped; the driver ends it as the operator chose).
+        if let Some(d) = dumped {
+            let dir = d.dir.clone();
+            let own = d.own_dir;
+            if let Err(e) = d.dump.finish() {
+                log::warn!(
+                    "criu dump did not end cleanly: {}",
+                    pagehop_mem::error_chain(&e)
+                );
+            }
+            if own {
+                let _ = std::fs::remove_dir_all(&dir);
+            }
+        }
         phases.enter(Phase::DestinationRuns);
         let r = &mut self.report;
         r.postcopy_ms = running.elapsed().as_secs_f64() * 1e3;

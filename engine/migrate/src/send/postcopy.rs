@@ -59,7 +59,12 @@ pub struct Outcome {
 /// Opens a fresh set of connections for an epoch.
 pub type Reconnect<'a> = dyn FnMut(u32) -> Result<Links, SendError> + 'a;
 
-/// Runs post-copy until the destination holds every page and says `Done`.
+/// The CRIU commit, run once the demand server answers (the restore may
+/// fault before the destination is ready).
+pub type CommitStep<'a> = dyn FnMut(&mut Conn) -> Result<(), SendError> + 'a;
+
+/// Runs post-copy until the destination holds every page and says `Done`;
+/// with `commit`, that runs first, with the demand server already up.
 pub fn serve(
     tree: &FrozenTree,
     control: &mut Conn,
@@ -67,6 +72,7 @@ pub fn serve(
     priority: TcpStream,
     plan: &Plan,
     reconnect: &mut Reconnect<'_>,
+    commit: Option<&mut CommitStep<'_>>,
 ) -> Result<Outcome, SendError> {
     let provider: &dyn PageProvider = tree;
     let unsent = Unsent::new(&plan.pending, provider.page_size() as u64);
@@ -89,6 +95,9 @@ pub fn serve(
             hint_tx.clone(),
             answering,
         )?);
+        if let Some(commit) = commit {
+            commit(control)?;
+        }
         loop {
             let result = push
                 .run(control, streamer, provider, &unsent, plan.round)

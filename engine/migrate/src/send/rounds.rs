@@ -52,6 +52,8 @@ pub struct RoundsEnd {
     pub layouts: Spaces<Layout>,
     pub reason: String,
     pub heat: Spaces<WriteHeat>,
+    /// Every page sent in the rounds (some dirtied again since).
+    pub sent: Spaces<RangeSet>,
 }
 
 /// Pages in all spaces.
@@ -193,6 +195,7 @@ pub fn run_rounds(
         .map(|(&space, layout)| Ok((space, source.populated(space, layout)?)))
         .collect::<Result<_, SendError>>()?;
     let mut heat: Spaces<WriteHeat> = Spaces::new();
+    let mut sent: Spaces<RangeSet> = Spaces::new();
     let mut round = 0u32;
     let mut bandwidth = 0.0f64; // bytes per second, end to end
     let mut over_bandwidth = 0;
@@ -209,8 +212,14 @@ pub fn run_rounds(
             send.insert(space, p.difference(&hot));
         }
         let (stats, took) = run_round(control, streamer, source, round, &send)?;
+        for (&space, p) in &send {
+            sent.entry(space).or_default().union(p);
+        }
         bandwidth = (stats.bytes_wire.max(1) as f64 / took.as_secs_f64()).max(bandwidth * 0.5);
         let interval = session.step()?;
+        // A followed tree: processes forked meanwhile join with all their
+        // pages, processes that exited leave.
+        let joined = join_and_leave(source, session)?;
         let mut dirty: Spaces<RangeSet> = Spaces::new();
         for (pid, d) in &interval.dirty {
             if let Some(space) = source.space_of(*pid) {
@@ -226,6 +235,9 @@ pub fn run_rounds(
                 dirty.entry(space).or_default().union(changed);
             }
         }
+        for (space, pages) in &joined {
+            dirty.entry(*space).or_default().union(pages);
+        }
         let dirty_rate = interval.dirty_bytes_per_sec;
         report.per_round.push(RoundReport {
             dirty_pages_after: dirty_pages,
@@ -235,7 +247,7 @@ pub fn run_rounds(
             ..RoundReport::sent(round, &stats, took)
         });
         progress.round(report.per_round.last().expect("just pushed"));
-        if !interval.events.is_empty() {
+        if !interval.events.is_empty() || !layouts.keys().eq(source.spaces().iter()) {
             update_layouts(control, &mut layouts, layouts_of(source, source.spaces())?)?;
         }
         let sent_pages = total_pages(&send, ps);
@@ -314,5 +326,30 @@ pub fn run_rounds(
         layouts,
         reason,
         heat,
+        sent,
     })
+}
+
+/// Brings a followed tree's members up to date with the processes: those
+/// that joined are tracked and start with all their pages; those that left
+/// are no longer tracked. Returns the joined members' pages.
+fn join_and_leave(source: &LiveTree, session: &mut Session) -> Result<Spaces<RangeSet>, SendError> {
+    let change = source.sync();
+    for &(_, pid) in &change.left {
+        session.untrack(pid);
+    }
+    let mut pages = Spaces::new();
+    for &(space, pid) in &change.joined {
+        if let Err(e) = session.track(pid, true) {
+            // It may have exited already; the next sync drops it.
+            log::warn!(
+                "process {pid} joined the tree but cannot be tracked: {}",
+                pagehop_mem::error_chain(&e)
+            );
+        }
+        let layout = source.layout(space)?;
+        pages.insert(space, source.populated(space, &layout)?);
+        log::info!("process {pid} joined the tree as {space}");
+    }
+    Ok(pages)
 }

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use pagehop_mem::layout::Layout;
 use pagehop_mem::pages::RangeSet;
+use pagehop_mem::{PageProvider, SpaceKey};
 use pagehop_source::freeze::FreezeMethod;
 use pagehop_source::provider::{FrozenTree, LiveTree};
 use pagehop_source::track::Session;
@@ -49,7 +50,14 @@ pub fn freeze_and_collect(
             }
         }
     }
+    let known: Vec<SpaceKey> = layouts.keys().copied().collect();
     update_layouts(control, &mut layouts, layouts_of(&tree, tree.spaces())?)?;
+    // Processes that joined the tree since the last round: all of their pages.
+    for (space, layout) in &layouts {
+        if !known.contains(space) {
+            pages.insert(*space, tree.populated(*space, layout)?);
+        }
+    }
     let pages = layouts
         .iter()
         .map(|(&space, layout)| {
@@ -85,14 +93,34 @@ pub fn switch_postcopy(
     pending: &Spaces<RangeSet>,
     round: u32,
 ) -> Result<(), SendError> {
+    send_switch(control, pending, round, false)?;
+    control.set_read_timeout(Some(RESTORE_TIMEOUT))?;
+    let _: Done = control.recv_msg()?;
+    control.set_read_timeout(None)?;
+    Ok(())
+}
+
+/// CRIU: sends the pending set and the CRIU `Switchover`; the destination
+/// restores the tree stopped and answers `Restored` (see `criu::commit`).
+pub fn switch_criu(
+    control: &mut Conn,
+    pending: &Spaces<RangeSet>,
+    round: u32,
+) -> Result<(), SendError> {
+    send_switch(control, pending, round, true)
+}
+
+fn send_switch(
+    control: &mut Conn,
+    pending: &Spaces<RangeSet>,
+    round: u32,
+    criu: bool,
+) -> Result<(), SendError> {
     control.send_pending(pending)?;
     control.send(&Switchover {
         final_round: round,
         postcopy: true,
-        criu: false,
+        criu,
     })?;
-    control.set_read_timeout(Some(RESTORE_TIMEOUT))?;
-    let _: Done = control.recv_msg()?;
-    control.set_read_timeout(None)?;
     Ok(())
 }

@@ -183,14 +183,15 @@ impl Session {
         }
     }
 
-    /// Starts tracking `pid` too (a process that joined a followed tree
-    /// without a fork event being seen); its resident pages count as
-    /// written. Nothing happens if it is tracked already.
-    pub fn track(&mut self, pid: i32) -> Result<(), TrackError> {
+    /// Starts tracking `pid` too (another member of a followed tree); with
+    /// `resident_written` its resident pages count as written in this
+    /// interval (a process that joined since the last look). Nothing
+    /// happens if it is tracked already.
+    pub fn track(&mut self, pid: i32, resident_written: bool) -> Result<(), TrackError> {
         if self.procs.contains_key(&pid) {
             return Ok(());
         }
-        self.attach(pid, true)
+        self.attach(pid, resident_written)
     }
 
     /// Stops tracking `pid` (it left the tree), leaving it as it was.
@@ -215,6 +216,21 @@ impl Session {
 
     pub fn probe_stats(&self) -> ProbeStats {
         self.probes.as_ref().map(Probes::stats).unwrap_or_default()
+    }
+
+    /// Releases every process's tracker now (uffd-wp unregistered, nothing
+    /// of pagehop's left in the processes), keeping the eBPF probes, whose
+    /// unloading takes a while and touches no process: for a switch where
+    /// another tool (CRIU) must find the processes clean. The session
+    /// tracks nothing afterwards.
+    pub fn release_trackers(&mut self) -> Result<(), TrackError> {
+        let mut first_error = None;
+        for (pid, p) in std::mem::take(&mut self.procs) {
+            if let Err(source) = p.tracker.release() {
+                first_error.get_or_insert(TrackError::Tracker { pid, source });
+            }
+        }
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Stops tracking: every process is left as it was.
