@@ -446,6 +446,7 @@ impl Receiver<'_> {
 
     /// The CRIU switch ([`criu`]): restore, commit, post-copy.
     fn switch_criu(&mut self) -> Result<(), RecvError> {
+        let pending = self.take_pending();
         let (Output::Criu(c), Some(images)) = (&self.opts.output, self.images.as_ref()) else {
             self.control.send_error(
                 codes::DESTINATION,
@@ -454,7 +455,6 @@ impl Receiver<'_> {
             return Err(RecvError::CriuNotExpected);
         };
         self.report.mode = SwitchKind::Postcopy;
-        let pending = self.take_pending();
         let result = criu::run(
             c,
             images,
