@@ -158,12 +158,23 @@ pub enum SendError {
 /// A failed migration, and the phase it failed in: up to
 /// [`Phase::Frozen`] the source runs on as before; from
 /// [`Phase::DestinationRuns`] on it must not.
-#[derive(Debug, thiserror::Error)]
-#[error("{error}")]
+#[derive(Debug)]
 pub struct SendFailure {
     pub phase: Phase,
-    #[source]
     pub error: SendError,
+}
+
+/// Reads as the error itself: its message, then its causes.
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+impl std::error::Error for SendFailure {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.error.source()
+    }
 }
 
 impl SendFailure {
