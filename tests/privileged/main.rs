@@ -7,6 +7,7 @@
 //! them one at a time (`--test-threads=1`): they share kernel state.
 mod bench;
 mod common;
+mod criu;
 mod faults;
 mod inject;
 mod migrate;

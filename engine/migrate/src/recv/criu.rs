@@ -200,10 +200,15 @@ pub fn run(
     let mut seen: Vec<u32> = Vec::new();
     loop {
         if client.readable(Duration::ZERO) {
-            match client
-                .next_item(ITEM_TIMEOUT)
-                .map_err(CriuRecvError::from)?
-            {
+            let item = match client.next_item(ITEM_TIMEOUT) {
+                Ok(item) => item,
+                // CRIU ending the connection early is CRIU failing: give its reason.
+                Err(e) => {
+                    return Err(restore_failure(&mut doomed)
+                        .unwrap_or_else(|| CriuRecvError::from(e).into()));
+                }
+            };
+            match item {
                 LazyItem::Task { vpid, uffd } => {
                     let v = check_item(&tree, &seen, vpid, false)?;
                     seen.push(v);
@@ -313,6 +318,16 @@ pub fn run(
             }
             Err(e.into())
         }
+    }
+}
+
+/// CRIU's own failure, if it exits failing within a few seconds.
+fn restore_failure(doomed: &mut Doomed) -> Option<RecvError> {
+    let restore = doomed.restore.as_mut()?;
+    let _ = pagehop_sys::poll::poll_readable(restore.exit_fd(), Duration::from_secs(5));
+    match restore.outcome()? {
+        Err(e) => Some(CriuRecvError::from(e).into()),
+        Ok(_) => None,
     }
 }
 
