@@ -29,6 +29,8 @@ pub enum DemoError {
     Netns(#[from] NetnsError),
     #[error("the migration failed ({status})")]
     Failed { status: std::process::ExitStatus },
+    #[error(transparent)]
+    Redis(#[from] crate::redis::RedisError),
 }
 
 /// Runs the demo, printing as it goes.

@@ -18,11 +18,13 @@
 pub mod bins;
 pub mod cleanup;
 pub mod demo;
+pub mod demo_redis;
 pub mod netns;
 pub mod network;
 pub mod outputs;
 pub mod plot;
 pub mod preflight;
+pub mod redis;
 pub mod run;
 pub mod scenario;
 pub mod summary;

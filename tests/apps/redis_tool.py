@@ -8,8 +8,15 @@ with nothing but the standard library, for pagehop's CRIU tests.
                                   until the connection ends
   check HOST PORT N SIZE ACKED    every key:i and every acknowledged w:i has
                                   its value; then a write and a read work
-  read  HOST PORT SECONDS OUT     GET key:0 in a loop, reconnecting, and write
-                                  the longest gap between two answers (ms)
+  read  HOSTS PORT N SIZE SECONDS OUT
+                                  GET key:i (spread over all N keys) in a loop,
+                                  from the first of the comma-separated HOSTS
+                                  that answers (the source, then the
+                                  destination), checking every value; writes a
+                                  JSON summary to OUT: the longest gap between
+                                  two answers, answers per host, wrong values,
+                                  and the read latency in the first 3 s of the
+                                  last host
 
 Exit status 0 and a last line "ok ..." on success, 1 and "bad ..." otherwise.
 """
@@ -131,30 +138,73 @@ def check(host, port, n, size, acked_path):
     return 0
 
 
-def read(host, port, seconds, out_path):
-    deadline = time.time() + float(seconds)
+def read(hosts, port, n, size, seconds, out_path):
+    import json
+    hosts = hosts.split(",")
+    start = time.time()
+    deadline = start + float(seconds)
     last = None
     gap = 0.0
-    answers = 0
+    gap_at = 0.0
+    answers = [0] * len(hosts)
+    first = [None] * len(hosts)
+    latencies = []
+    bad = 0
     r = None
+    at = 0
+    j = 0
     while time.time() < deadline:
         try:
             if r is None:
-                r = Redis(host, port, timeout=1.0)
-            r.send(("GET", "key:0"))
-            if r.reply() is not None:
-                now = time.time()
-                if last is not None:
-                    gap = max(gap, now - last)
-                last = now
-                answers += 1
+                # A short timeout: a GET takes well under a millisecond, and
+                # a frozen source answers nothing.
+                r = Redis(hosts[at], port, timeout=0.02)
+            i = (j * 7919) % n
+            sent = time.time()
+            r.send(("GET", b"key:%d" % i))
+            v = r.reply()
+            now = time.time()
+            j += 1
+            if v != value(i, size):
+                bad += 1
+            if last is not None and now - last > gap:
+                gap, gap_at = now - last, last - start
+            last = now
+            answers[at] += 1
+            if first[at] is None:
+                first[at] = now
+            if at == len(hosts) - 1 and now - first[at] <= 3.0:
+                latencies.append((now - sent) * 1e6)
         except (OSError, ConnectionError, RuntimeError):
             r = None
-            time.sleep(0.001)
+            # Try the hosts in turn until the last one (the destination)
+            # answers; from then on only it.
+            if answers[-1] == 0:
+                at = (at + 1) % len(hosts)
+            time.sleep(0.0005)
+    latencies.sort()
+
+    def pct(p):
+        return latencies[min(len(latencies) - 1, int(p * len(latencies)))] if latencies else 0
+
+    summary = {
+        "longest_gap_ms": gap * 1e3,
+        "gap_started_s": gap_at,
+        "answers": answers,
+        "bad_values": bad,
+        "first_seconds_latency_us": {
+            "count": len(latencies),
+            "p50": pct(0.5),
+            "p99": pct(0.99),
+            "max": latencies[-1] if latencies else 0,
+            "mean": sum(latencies) / len(latencies) if latencies else 0,
+        },
+    }
     with open(out_path, "w") as f:
-        f.write("%.3f %d\n" % (gap * 1e3, answers))
-    print("ok longest gap %.1f ms, %d answers" % (gap * 1e3, answers))
-    return 0
+        json.dump(summary, f)
+    ok = bad == 0 and answers[-1] > 0
+    print(("ok " if ok else "bad ") + json.dumps(summary))
+    return 0 if ok else 1
 
 
 def main(argv):
@@ -166,7 +216,7 @@ def main(argv):
     if cmd == "check":
         return check(args[0], args[1], int(args[2]), int(args[3]), args[4])
     if cmd == "read":
-        return read(args[0], args[1], args[2], args[3])
+        return read(args[0], args[1], int(args[2]), int(args[3]), args[4], args[5])
     print(__doc__)
     return 2
 

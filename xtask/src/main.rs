@@ -20,8 +20,14 @@ struct Cli {
 enum Task {
     /// Install the toolchain pieces pagehop needs (idempotent).
     Setup,
-    /// Live-migrate the built-in workload between two network namespaces (`pagehop demo`).
-    Demo,
+    /// Live-migrate the built-in workload between two network namespaces
+    /// (`pagehop demo`); with --redis, an unmodified redis-server under CRIU.
+    Demo {
+        /// Migrate Debian's redis-server (300 MiB of keys) with `send --criu`,
+        /// a client reading through it.
+        #[arg(long)]
+        redis: bool,
+    },
     /// Run the whole test suite, privileged tests included (needs root).
     Test,
     /// Run the research harness (`pagehop bench`, release build): the
@@ -122,9 +128,17 @@ fn test() -> anyhow::Result<()> {
     ]))
 }
 
-fn demo() -> anyhow::Result<()> {
+fn demo(redis: bool) -> anyhow::Result<()> {
     setup()?;
     let bin = release_bins()?;
+    if redis {
+        return run(Command::new(bin.join("pagehop")).args([
+            "demo",
+            "--redis",
+            "--size-mib",
+            "300",
+        ]));
+    }
     run(Command::new(bin.join("pagehop")).args(["demo", "--size-mib", "512", "--write-mbps", "50"]))
 }
 
@@ -149,7 +163,7 @@ fn criterion() -> anyhow::Result<()> {
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Setup => setup(),
-        Task::Demo => demo(),
+        Task::Demo { redis } => demo(redis),
         Task::Test => test(),
         Task::Bench { args } => bench(&args),
         Task::Criterion => criterion(),
