@@ -15,6 +15,7 @@
 //! run interleaved (repetition, point, mode), so that drift on a shared
 //! machine spreads over all modes. [`cleanup`] releases the namespaces and
 //! processes also on SIGINT/SIGTERM/SIGHUP.
+pub mod app;
 pub mod bins;
 pub mod cleanup;
 pub mod demo;
@@ -158,6 +159,36 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         };
         append(&mut jsonl, &line, &runs_path)?;
         lines.push(line);
+        if s.kind == scenario::Kind::Redis {
+            for rep in 0..s.repetitions {
+                for point in s.points() {
+                    for method in app::methods(s) {
+                        let record = app::migrate(&app::AppSpec {
+                            scenario: s,
+                            point,
+                            method,
+                            rep,
+                            link: &link,
+                            binaries: &opts.binaries,
+                            scratch: scratch.path(),
+                        });
+                        done += 1;
+                        failed += usize::from(!record.ok);
+                        progress(&format!(
+                            "   [{done}/{total}] redis {} MiB, {}, #{}: {}",
+                            point.size_mib,
+                            record.method,
+                            rep + 1,
+                            describe_app(&record)
+                        ));
+                        let line = Line::App(Box::new(record));
+                        append(&mut jsonl, &line, &runs_path)?;
+                        lines.push(line);
+                    }
+                }
+            }
+            continue;
+        }
         for rep in 0..s.repetitions {
             for point in s.points() {
                 for mode in s.modes_with_baseline() {
@@ -210,6 +241,22 @@ fn describe(r: &run::Record) -> String {
         r.send_f64("total_ms") / 1e3,
         r.send_f64("bytes_wire") / (1u64 << 20) as f64,
         r.send_f64("rounds")
+    )
+}
+
+fn describe_app(r: &app::AppRecord) -> String {
+    if let Some(e) = &r.error {
+        return format!("FAILED: {e}");
+    }
+    let ms = |v: Option<f64>| v.map_or("?".into(), |v| format!("{v:.0} ms"));
+    format!(
+        "client saw {} unavailable, freeze → running {}, all local {}, {:.0} MiB on the wire, {} remote faults, keys {}",
+        ms(r.unavailable_ms),
+        ms(r.freeze_to_running_ms),
+        ms(r.all_local_ms),
+        r.bytes_wire.unwrap_or(0) as f64 / (1u64 << 20) as f64,
+        r.remote_faults.map_or("?".into(), |f| f.to_string()),
+        r.keys_check.as_deref().unwrap_or("not checked"),
     )
 }
 

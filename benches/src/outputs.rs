@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use super::app::{self, AppRecord};
 use super::plot::{self, Bucket, Distribution, PlotError, Series};
 use super::run::{Line, Record};
 use super::scenario::{Mode, Scenario};
@@ -52,6 +53,14 @@ pub fn write_all(
         plots.extend(scenario_plots(dir, name, &mine, &records)?);
     }
     let mut md = summary::markdown(&rows, scenarios);
+    let apps: Vec<AppRecord> = lines
+        .iter()
+        .filter_map(|l| match l {
+            Line::App(r) => Some((**r).clone()),
+            _ => None,
+        })
+        .collect();
+    md += &app::table::markdown(&apps);
     if !plots.is_empty() {
         md += "\n### Plots\n\n";
         for p in &plots {

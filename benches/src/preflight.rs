@@ -4,7 +4,7 @@
 //! (no delay silently dropped, no unshaped link instead of a shaped one).
 use std::process::{Command, Stdio};
 
-use super::scenario::Scenario;
+use super::scenario::{Kind, Scenario};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
@@ -27,6 +27,8 @@ pub enum PreflightError {
         what: String,
         tc: String,
     },
+    #[error("scenario {scenario:?} migrates redis under CRIU: {why}; run `cargo xtask setup`")]
+    NoCriu { scenario: String, why: String },
     #[error(
         "scenario {scenario:?} needs about {need_mib} MiB (a {size_mib} MiB arena on the source, the destination \
          and in transit) but only {available_mib} MiB are available"
@@ -67,12 +69,28 @@ pub fn check(scenarios: &[Scenario]) -> Result<(), PreflightError> {
             tc: pagehop::mem::error_chain(&e),
         });
     }
+    if let Some(s) = scenarios.iter().find(|s| s.kind == Kind::Redis) {
+        let setup = "run `cargo xtask setup` (it installs Debian's redis-server and python3)";
+        tool("redis-server", &["--version"], setup)?;
+        tool("python3", &["--version"], setup)?;
+        tool("nsenter", &["--version"], setup)?;
+        pagehop::criu::Criu::find(None).map_err(|e| PreflightError::NoCriu {
+            scenario: s.name.clone(),
+            why: pagehop::mem::error_chain(&e),
+        })?;
+    }
     let available_mib = available_mib();
     for s in scenarios {
         let size_mib = s.max_size_mib();
         // Source arena, destination arena, and the destination's store of
-        // pages not yet installed; plus room for everything else.
-        let need_mib = size_mib * 3 + 256;
+        // pages not yet installed; plus room for everything else. A redis
+        // run also holds CRIU's images on both sides (in the temporary
+        // directory, memory when it is a tmpfs).
+        let copies = match s.kind {
+            Kind::Workload => 3,
+            Kind::Redis => 5,
+        };
+        let need_mib = size_mib * copies + 256;
         if need_mib > available_mib {
             return Err(PreflightError::Memory {
                 scenario: s.name.clone(),

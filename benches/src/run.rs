@@ -61,6 +61,8 @@ pub enum Line {
         error: Option<String>,
     },
     Migration(Box<Record>),
+    /// A run of a redis scenario (pagehop under CRIU or a CRIU baseline).
+    App(Box<crate::app::AppRecord>),
 }
 
 /// One migration.
@@ -320,7 +322,7 @@ fn wait_exit(group: &mut Group, name: &str, limit: Duration) -> Result<bool, Run
 }
 
 /// Reads `pipe` to its end on a thread; the text arrives on the channel.
-pub(super) fn read_all(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
+pub(crate) fn read_all(pipe: Option<impl Read + Send + 'static>) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     if let Some(mut pipe) = pipe {
         std::thread::spawn(move || {

@@ -233,6 +233,25 @@ impl Engine {
     }
 }
 
+/// What a scenario migrates.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    /// pagehop's own workload (`pagehop-workload`), restored with
+    /// `recv --restore-cmd`.
+    #[default]
+    Workload,
+    /// Debian's unmodified redis-server under CRIU (`send --criu`), with
+    /// CRIU's own stop-and-copy and lazy migration as the baselines.
+    Redis,
+}
+
+impl Kind {
+    fn is_default(&self) -> bool {
+        *self == Kind::Workload
+    }
+}
+
 /// One scenario as written in the file.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -240,6 +259,9 @@ pub struct Scenario {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    /// workload (default) or redis.
+    #[serde(default, skip_serializing_if = "Kind::is_default")]
+    pub kind: Kind,
     #[serde(default = "default_repetitions")]
     pub repetitions: u32,
     /// Modes to compare; stop-and-copy is added as the baseline.
@@ -305,7 +327,11 @@ impl Scenario {
 
     /// Migrations this scenario runs.
     pub fn runs(&self) -> usize {
-        self.points().len() * self.modes_with_baseline().len() * self.repetitions as usize
+        let per_point = match self.kind {
+            Kind::Workload => self.modes_with_baseline().len(),
+            Kind::Redis => crate::app::methods(self).len(),
+        };
+        self.points().len() * per_point * self.repetitions as usize
     }
 
     /// The largest arena, for the memory check.
@@ -377,6 +403,20 @@ impl Scenario {
         }
         if self.modes.is_empty() {
             return Err("modes is empty".into());
+        }
+        if self.kind == Kind::Redis {
+            if w.write_mbps.0 != [0.0] {
+                return Err(
+                    "workload.write_mbps: a redis scenario has no writer (leave it out)".into(),
+                );
+            }
+            if self.modes.contains(&Mode::StopAndCopy) {
+                return Err(
+                    "modes: a redis scenario runs CRIU's own stop-and-copy as its baseline; \
+                     list pagehop's precopy, postcopy or hybrid"
+                        .into(),
+                );
+            }
         }
         let e = &self.engine;
         for (field, value, allowed) in [
@@ -515,6 +555,32 @@ mod tests {
     fn scenarios_round_trip_through_toml() {
         let set = parse(BUILTIN, "builtin").unwrap();
         assert_eq!(parse(&to_toml(&set), "written").unwrap(), set);
+    }
+
+    #[test]
+    fn redis_scenarios_run_both_criu_baselines_and_have_no_writer() {
+        let s = &one("name = \"r\"\nkind = \"redis\"\nrepetitions = 2\n\
+             modes = [\"postcopy\", \"hybrid\"]\nworkload = { size_mib = [256, 1024] }")
+        .unwrap()[0];
+        assert_eq!(s.kind, Kind::Redis);
+        assert_eq!(s.runs(), 2 * 4 * 2);
+        for (body, needle) in [
+            (
+                "name = \"r\"\nkind = \"redis\"\nworkload = { size_mib = 8, write_mbps = 5 }",
+                "no writer",
+            ),
+            (
+                "name = \"r\"\nkind = \"redis\"\nmodes = [\"stop-and-copy\"]\nworkload = { size_mib = 8 }",
+                "CRIU's own stop-and-copy",
+            ),
+            (
+                "name = \"r\"\nkind = \"memcached\"\nworkload = { size_mib = 8 }",
+                "memcached",
+            ),
+        ] {
+            let err = one(body).expect_err(body).to_string();
+            assert!(err.contains(needle), "{body}: {err}");
+        }
     }
 
     #[test]

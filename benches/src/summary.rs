@@ -150,6 +150,7 @@ pub fn rows(lines: &[Line]) -> Vec<Row> {
             Line::Iperf3 { scenario, mbps, .. } => {
                 iperf.insert(scenario.clone(), *mbps);
             }
+            Line::App(_) => {}
             Line::Migration(r) => {
                 let key = (
                     r.scenario.clone(),
@@ -260,7 +261,7 @@ pub fn csv(rows: &[Row]) -> String {
 }
 
 /// "12.3 (11.0–14.1)" with `digits` decimals; "–" when there is nothing.
-fn cell(s: Option<Spread>, scale: f64, digits: usize) -> String {
+pub(crate) fn cell(s: Option<Spread>, scale: f64, digits: usize) -> String {
     match s {
         None => "–".into(),
         Some(s) if s.n == 1 || s.min == s.max => format!("{:.digits$}", s.median * scale),
@@ -274,7 +275,7 @@ fn cell(s: Option<Spread>, scale: f64, digits: usize) -> String {
 }
 
 /// A ratio with two significant digits below 1 (0.0034x), two decimals up to 10.
-fn ratio(v: Option<f64>) -> String {
+pub(crate) fn ratio(v: Option<f64>) -> String {
     match v {
         None => "–".into(),
         Some(v) if v >= 10.0 => format!("{v:.0}x"),

@@ -354,7 +354,7 @@ pub struct RecvArgs {
     restore_cmd: Option<String>,
     /// Restore the source's process tree (`pagehop send --criu`) with
     /// `criu restore --lazy-pages`, CRIU's images going into DIR (empty or
-    /// new). CRIU runs in recv's namespaces (use `ip netns exec`).
+    /// new). CRIU runs in recv's namespaces (enter a network namespace with `nsenter --net`, not `ip netns exec`).
     #[arg(long, value_name = "DIR", conflicts_with = "image_dir")]
     criu: Option<PathBuf>,
     /// With --criu: the CRIU binary (default: $PAGEHOP_CRIU, then

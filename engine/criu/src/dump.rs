@@ -107,7 +107,7 @@ impl LazyDump {
             .arg(req.root.to_string())
             .arg("-D")
             .arg(req.dir)
-            .args(["-o", DUMP_LOG, "-v4", "--lazy-pages", "--leave-stopped"])
+            .args(["-o", DUMP_LOG, "-v2", "--lazy-pages", "--leave-stopped"])
             .args(["--ps-socket", &PS_SOCKET_FD.to_string()])
             .args(["--status-fd", &STATUS_FD.to_string()])
             .args(req.extra)

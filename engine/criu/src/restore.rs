@@ -55,7 +55,7 @@ pub struct LazyRestore {
 }
 
 impl LazyRestore {
-    /// Starts CRIU; it runs in the caller's namespaces (`ip netns exec`).
+    /// Starts CRIU; it runs in the caller's namespaces (enter a network namespace with `nsenter --net`).
     pub fn start(criu: &Criu, req: &RestoreRequest<'_>) -> Result<LazyRestore, RestoreError> {
         check_user_options(req.extra)?;
         let spawn = |source| RestoreError::Spawn {
@@ -67,7 +67,7 @@ impl LazyRestore {
         cmd.arg("restore")
             .arg("-D")
             .arg(req.dir)
-            .args(["-o", RESTORE_LOG, "-v4", "--lazy-pages", "-d"])
+            .args(["-o", RESTORE_LOG, "-v2", "--lazy-pages", "-d"])
             .args(["--pidfile", RESTORE_PIDFILE])
             .args(req.extra)
             .stdin(std::process::Stdio::null());

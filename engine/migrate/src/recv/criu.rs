@@ -3,7 +3,7 @@
 //! The images came ahead of the switch ([`ImageIntake`]). At the switch:
 //! 1. pagehop listens on `DIR/lazy-pages.socket` as CRIU's lazy-pages
 //!    daemon and starts `criu restore --lazy-pages -d` (in recv's own
-//!    namespaces: `ip netns exec` and container runtimes work);
+//!    namespaces: `nsenter --net` and container runtimes work; `ip netns exec` adds a mount namespace CRIU cannot dump across);
 //! 2. every task CRIU restores hands over its userfaultfd (its pid in the
 //!    tree's namespace, which names its page store); faults are served from
 //!    the first one on, also before CRIU's restore-finished marker;
