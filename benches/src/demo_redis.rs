@@ -117,15 +117,7 @@ pub fn run(opts: &RedisDemoOptions) -> Result<(), DemoError> {
         Ok(String::new())
     };
     // The restored redis, and anything else in the destination's namespace.
-    let pids = std::process::Command::new("ip")
-        .args(["netns", "pids", &pair.b])
-        .output()
-        .map_err(DemoError::Io)?;
-    for pid in String::from_utf8_lossy(&pids.stdout).split_whitespace() {
-        if let Ok(pid) = pid.parse() {
-            let _ = pagehop::sys::process::kill(pid, libc::SIGKILL);
-        }
-    }
+    crate::netns::kill_processes(&pair.b);
     drop(source);
     drop(pair);
     let _ = std::fs::remove_dir_all(&dir);

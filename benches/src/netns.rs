@@ -172,8 +172,24 @@ fn tbf(ns: &str, dev: &str, rate: &str, burst: &str) -> Result<(), NetnsError> {
 
 /// Deletes namespace `ns` if it exists (for cleanup paths that cannot hold
 /// a [`NetnsPair`], such as a signal handler).
+/// Deletes namespace `ns` and kills what still runs in it (a restored
+/// service, a CRIU that did not end: they are not in any group the bench
+/// started).
 pub fn remove(ns: &str) {
+    kill_processes(ns);
     let _ = Command::new("ip").args(["netns", "del", ns]).output();
+}
+
+/// Kills every process in network namespace `ns`.
+pub fn kill_processes(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse() {
+            let _ = pagehop::sys::process::kill(pid, libc::SIGKILL);
+        }
+    }
 }
 
 /// Whether this kernel has the netem qdisc (delay, jitter, loss): tried on

@@ -93,6 +93,84 @@ fn bench_runs_a_scenario_with_its_baselines_and_writes_the_results() {
 
 #[test]
 #[ignore = "needs root"]
+fn bench_runs_redis_under_criu_next_to_both_criu_baselines() {
+    require_root();
+    let pipe_max = || std::fs::read_to_string("/proc/sys/fs/pipe-max-size").unwrap();
+    let pipe_max_before = pipe_max();
+    let dir = TempDir::new("bench-redis");
+    let scenario = dir.path("redis.toml");
+    std::fs::write(
+        &scenario,
+        "[[scenario]]\nname = \"redis\"\nkind = \"redis\"\nrepetitions = 1\n\
+         modes = [\"hybrid\"]\nworkload = { size_mib = 32 }\n",
+    )
+    .unwrap();
+    let out_dir = dir.path("results");
+    let out = bench(&[
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--iperf3-seconds",
+        "1",
+        "--netns-prefix",
+        "phbr",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pagehop bench failed:\n{stderr}");
+    let runs = std::fs::read_to_string(out_dir.join("runs.jsonl")).unwrap();
+    let apps: Vec<serde_json::Value> = runs
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
+        .filter(|l| l["kind"] == "app")
+        .collect();
+    let methods: Vec<&str> = apps.iter().map(|r| r["method"].as_str().unwrap()).collect();
+    assert_eq!(
+        methods,
+        ["criu-stop-and-copy", "criu-lazy", "pagehop-hybrid"],
+        "{runs}"
+    );
+    for r in &apps {
+        assert_eq!(r["ok"], true, "{r}");
+        // Every key came back with its value, and the client, reading
+        // throughout, saw no wrong one and did see the destination.
+        let keys = r["keys"].as_u64().unwrap();
+        assert_eq!(r["keys_check"], format!("ok keys={keys} writes=0"), "{r}");
+        assert_eq!(r["client"]["bad_values"], 0, "{r}");
+        assert!(r["client"]["answers"][1].as_u64().unwrap() > 0, "{r}");
+        let unavailable = r["unavailable_ms"].as_f64().unwrap();
+        let running = r["freeze_to_running_ms"].as_f64().unwrap();
+        let local = r["all_local_ms"].as_f64().unwrap();
+        assert!(
+            unavailable > 0.0 && running > 0.0 && local >= running,
+            "{r}"
+        );
+        assert!(r["bytes_wire"].as_u64().unwrap() > 0, "{r}");
+        assert!(!r["parts_ms"].as_object().unwrap().is_empty(), "{r}");
+    }
+    // Only CRIU's post-copy (and pagehop's) has remote faults; pagehop's
+    // run carries both its reports.
+    assert_eq!(apps[0]["remote_faults"], 0);
+    assert!(
+        apps[1]["remote_faults"].as_u64().unwrap() > 0,
+        "{}",
+        apps[1]
+    );
+    assert!(apps[2]["send"]["criu"]["dump_ms"].as_f64().unwrap() > 0.0);
+    assert!(apps[2]["recv"]["criu"]["restore_ms"].as_f64().unwrap() > 0.0);
+    let md = std::fs::read_to_string(out_dir.join("summary.md")).unwrap();
+    assert!(md.contains("Unmodified redis under CRIU"), "{md}");
+    assert!(
+        md.contains("| pagehop-hybrid | unavailability vs criu-lazy |"),
+        "{md}"
+    );
+    // CRIU's lazy baseline needed a larger pipe limit: put back.
+    assert_eq!(pipe_max(), pipe_max_before);
+    assert!(!namespaces().contains("phbr-"), "namespaces left behind");
+}
+
+#[test]
+#[ignore = "needs root"]
 fn bench_refuses_scenarios_it_cannot_run() {
     require_root();
     let dir = TempDir::new("bench-refuse");

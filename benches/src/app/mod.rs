@@ -175,8 +175,9 @@ pub fn migrate(spec: &AppSpec<'_>) -> AppRecord {
         ..AppRecord::default()
     };
     let result = drive(spec, &mut record);
-    kill_namespace(&spec.link.pair.b);
-    kill_namespace(&spec.link.pair.a);
+    // A run's leftovers: the restored redis, a CRIU that did not end.
+    crate::netns::kill_processes(&spec.link.pair.b);
+    crate::netns::kill_processes(&spec.link.pair.a);
     if let Err(e) = result {
         record.error = Some(pagehop::mem::error_chain(&e));
     }
@@ -241,22 +242,6 @@ fn drive(spec: &AppSpec<'_>, record: &mut AppRecord) -> Result<(), AppError> {
     drop(source);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
-}
-
-/// Kills every process in network namespace `ns` (a run's leftovers: the
-/// restored redis, a CRIU that did not end).
-pub fn kill_namespace(ns: &str) {
-    let Ok(out) = std::process::Command::new("ip")
-        .args(["netns", "pids", ns])
-        .output()
-    else {
-        return;
-    };
-    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-        if let Ok(pid) = pid.parse() {
-            let _ = pagehop::sys::process::kill(pid, libc::SIGKILL);
-        }
-    }
 }
 
 /// Polls until `path` exists or `limit` passes.

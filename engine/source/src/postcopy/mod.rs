@@ -40,6 +40,8 @@ pub struct Unsent {
     bytes_wire: AtomicU64,
     requested: Mutex<Vec<(SpaceKey, u64)>>,
     lane_broke: AtomicBool,
+    /// When the last request came (monotonic ns; 0: none yet).
+    last_request_ns: AtomicU64,
 }
 
 /// What the demand server answered.
@@ -67,6 +69,7 @@ impl Unsent {
             bytes_wire: AtomicU64::new(0),
             requested: Mutex::new(Vec::new()),
             lane_broke: AtomicBool::new(false),
+            last_request_ns: AtomicU64::new(0),
         }
     }
 
@@ -99,6 +102,8 @@ impl Unsent {
     }
 
     fn record_request(&self, space: SpaceKey, addr: u64, pages: u64) {
+        self.last_request_ns
+            .store(pagehop_sys::monotonic_ns(), Ordering::Relaxed);
         let mut recorded = self.requested.lock().expect("lock");
         if recorded.len() < MAX_RECORDED {
             recorded.extend((0..pages).map(|i| (space, addr + i * self.page_size)));
@@ -111,6 +116,16 @@ impl Unsent {
         self.prefetched.fetch_add(prefetched, Ordering::Relaxed);
         self.bytes_raw.fetch_add(bytes_raw, Ordering::Relaxed);
         self.bytes_wire.fetch_add(bytes_wire, Ordering::Relaxed);
+    }
+
+    /// How long since the last request (`None` before the first).
+    pub fn since_last_request(&self) -> Option<std::time::Duration> {
+        match self.last_request_ns.load(Ordering::Relaxed) {
+            0 => None,
+            at => Some(std::time::Duration::from_nanos(
+                pagehop_sys::monotonic_ns().saturating_sub(at),
+            )),
+        }
     }
 
     /// The demand server's totals so far.

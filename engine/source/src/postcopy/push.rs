@@ -15,6 +15,12 @@ use crate::stream::{BATCH_PAGES, PageStreamer, StreamError};
 
 /// Pages pushed right after a fault, in address order from the faulting run.
 const HINT_WINDOW: u64 = 64;
+/// The push waits until no request came for this long: while the
+/// destination faults, its requests and their answers get the CPU and the
+/// links (on a small machine the push's batches otherwise delay every
+/// answer by milliseconds), as CRIU's lazy-pages daemon shrinks its
+/// background transfers on each fault.
+const DEMAND_QUIET: Duration = Duration::from_micros(1000);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -77,6 +83,12 @@ impl Push {
             if control.readable(Duration::ZERO)? {
                 let (kind, _) = control.recv()?;
                 return Err(PushError::Unexpected { kind });
+            }
+            if let Some(since) = unsent.since_last_request()
+                && since < DEMAND_QUIET
+            {
+                std::thread::sleep(DEMAND_QUIET - since);
+                continue;
             }
             let Some(space) = self.next_chunk(&mut unsent.bits(), ps, &mut chunk) else {
                 streamer.flush()?;
