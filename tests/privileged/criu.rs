@@ -784,7 +784,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 #[ignore = "needs root"]
-fn an_old_criu_is_refused_with_the_reason() {
+fn an_old_criu_and_verify_are_refused_with_the_reason() {
     require_root();
     let p = CriuPair::new("criu-old", 29);
     let fake = p.dir.path("criu-4.1");
@@ -810,4 +810,24 @@ fn an_old_criu_is_refused_with_the_reason() {
         .expect("pagehop recv");
     assert!(!recv.status.success());
     assert!(String::from_utf8_lossy(&recv.stderr).contains("too old"));
+    // --verify cannot compare a restored tree that already runs: refused
+    // before anything starts.
+    let verify = Command::new(pagehop_bin())
+        .args([
+            "send",
+            "--pid",
+            &source.root.to_string(),
+            "--to",
+            "127.0.0.1:9",
+        ])
+        .args(["--criu", "--verify"])
+        .output()
+        .expect("pagehop send");
+    let stderr = String::from_utf8_lossy(&verify.stderr);
+    assert!(!verify.status.success());
+    assert!(
+        stderr.contains("--verify") && stderr.contains("service's own data"),
+        "{stderr}"
+    );
+    assert_runs(source.root, "the source");
 }

@@ -184,6 +184,13 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
                     "--criu stops the tree with SIGSTOP itself; --cgroup is not supported with it yet"
                 );
             }
+            if args.verify {
+                anyhow::bail!(
+                    "--verify compares the destination's memory with the frozen source's, and a tree \
+                     CRIU restores runs (and writes) before all of its memory has arrived; check the \
+                     service's own data instead"
+                );
+            }
             pagehop::criu::check_user_options(&args.criu_opts)?;
             let bin = (!bin.is_empty()).then(|| std::path::Path::new(bin.as_str()));
             Some(CriuSend {

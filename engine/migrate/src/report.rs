@@ -225,6 +225,10 @@ pub struct CriuProcess {
     pub pid: i32,
     /// Lazy pages the destination still lacked at the switch.
     pub pending_pages: u64,
+    /// Faults at the destination (its own and its children's forked there).
+    pub faults: u64,
+    /// Pages the destination fetched from here for those faults.
+    pub remote_pages: u64,
 }
 
 impl Report {
@@ -312,6 +316,10 @@ pub struct CriuTaskReport {
     pub pid: i32,
     /// Pages CRIU left lazy (pagehop installs them).
     pub lazy_pages: u64,
+    /// Faults here (its own and its children's forked here).
+    pub faults: u64,
+    /// Pages fetched from the source for those faults.
+    pub remote_pages: u64,
 }
 
 /// Receives progress as the migration goes (a terminal display, or nothing).

@@ -74,6 +74,20 @@ pub struct DestStats {
     pub reconnects: u32,
     /// Time the process was held stopped while the source was away.
     pub stopped_ms: f64,
+    /// Per source address space (a process of a CRIU tree: its pid in the
+    /// tree's namespace), counted with the children it forked here.
+    #[serde(default)]
+    pub per_space: Vec<SpaceFaults>,
+}
+
+/// One address space's share of [`DestStats`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpaceFaults {
+    pub space: u32,
+    /// Page-fault messages read.
+    pub faults: u64,
+    /// Pages fetched from the source for its faults.
+    pub remote_pages: u64,
 }
 
 #[cfg(test)]

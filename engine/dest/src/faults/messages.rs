@@ -110,6 +110,8 @@ impl FaultLoop {
                         source,
                         installer: Some(Installer::with_page_size(fd, self.page_size as usize)),
                         book,
+                        faults: 0,
+                        remote_pages: 0,
                     });
                     self.stats.forks += 1;
                     progress.forks.push(child);
@@ -149,6 +151,7 @@ impl FaultLoop {
         self.stats.faults += 1;
         let ps = self.page_size;
         let s = &mut self.spaces[space.0 as usize];
+        s.faults += 1;
         let Some(installer) = s.installer.as_ref() else {
             return Ok(());
         };
@@ -189,6 +192,7 @@ impl FaultLoop {
             None => {
                 self.in_flight.insert(source_addr, vec![waiter]);
                 wanted.push(source_addr);
+                self.spaces[space.0 as usize].remote_pages += 1;
             }
         }
         Ok(())

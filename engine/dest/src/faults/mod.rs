@@ -78,7 +78,7 @@
 //! duplicates; [`LatencyHistogram`] holds, per fault message, the time from
 //! the `read` that returned it to the install (or wake) that resolved it,
 //! on `CLOCK_MONOTONIC`.
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 
@@ -255,6 +255,10 @@ struct Space {
     /// `None` once the process is gone.
     installer: Option<Installer>,
     book: Book,
+    /// Fault messages read from its userfaultfd.
+    faults: u64,
+    /// Pages it made the loop ask the source for.
+    remote_pages: u64,
 }
 
 /// The fault loop; see the module docs.
@@ -312,6 +316,8 @@ impl FaultLoop {
             source,
             installer: Some(Installer::with_page_size(uffd, self.page_size as usize)),
             book: Book::default(),
+            faults: 0,
+            remote_pages: 0,
         });
         Ok(id)
     }
@@ -327,6 +333,18 @@ impl FaultLoop {
 
     pub fn stats(&self) -> FaultStats {
         self.stats
+    }
+
+    /// Per source address space: fault messages and pages asked of the
+    /// source, of its process here and of the children it forked here.
+    pub fn faults_by_source(&self) -> BTreeMap<SpaceKey, (u64, u64)> {
+        let mut out: BTreeMap<SpaceKey, (u64, u64)> = BTreeMap::new();
+        for s in &self.spaces {
+            let e = out.entry(s.source).or_default();
+            e.0 += s.faults;
+            e.1 += s.remote_pages;
+        }
+        out
     }
 
     /// Latency of every resolved fault message.

@@ -342,6 +342,18 @@ impl Fetch {
         stats.blocked_ms = latency.total_ms();
         stats.remote_fault_latency_us = Some(remote_latency.summary());
         stats.postcopy_ms = started.elapsed().as_secs_f64() * 1e3;
+        stats.per_space = self
+            .fault_loop
+            .faults_by_source()
+            .into_iter()
+            .map(
+                |(space, (faults, remote_pages))| pagehop_wire::stats::SpaceFaults {
+                    space: space.0,
+                    faults,
+                    remote_pages,
+                },
+            )
+            .collect();
         stats.forks = fl.forks;
         stats.remaps = fl.remaps;
         stats.removes = fl.removes;

@@ -294,6 +294,7 @@ pub fn run(
             lazy_pages: lazy
                 .get(&SpaceKey(t.vpid))
                 .map_or(0, |l| l.pages(intake.lock_store().page_size() as u64)),
+            ..CriuTaskReport::default()
         })
         .collect();
     report.criu = Some(r);
@@ -307,6 +308,13 @@ pub fn run(
             let (data, zero) = intake.lock_store().received();
             report.pages_received = data;
             report.zero_pages_received = zero;
+            if let Some(c) = report.criu.as_mut() {
+                for t in &mut c.tasks {
+                    if let Some(f) = stats.per_space.iter().find(|f| f.space == t.vpid) {
+                        (t.faults, t.remote_pages) = (f.faults, f.remote_pages);
+                    }
+                }
+            }
             report.postcopy = Some(stats);
             Ok(processes)
         }

@@ -538,6 +538,7 @@ impl<'a> Migration<'a> {
                     vpid: space.0,
                     pid,
                     pending_pages: pending.get(&space).map_or(0, |p| p.pages(ps)),
+                    ..CriuProcess::default()
                 })
                 .collect();
             self.report.criu = Some(r);
@@ -661,6 +662,13 @@ impl<'a> Migration<'a> {
         r.remote_fault_latency_us = outcome.dest.remote_fault_latency_us.clone();
         r.blocked_ms = outcome.dest.blocked_ms;
         r.faults = outcome.dest.faults;
+        if let Some(c) = r.criu.as_mut() {
+            for p in &mut c.processes {
+                if let Some(f) = outcome.dest.per_space.iter().find(|f| f.space == p.vpid) {
+                    (p.faults, p.remote_pages) = (f.faults, f.remote_pages);
+                }
+            }
+        }
         if let (Some(path), Some(layout)) = (
             &opts.record_working_set,
             frozen.layouts.get(&SpaceKey::ROOT),

@@ -15,12 +15,17 @@ use crate::stream::{BATCH_PAGES, PageStreamer, StreamError};
 
 /// Pages pushed right after a fault, in address order from the faulting run.
 const HINT_WINDOW: u64 = 64;
-/// The push waits until no request came for this long: while the
-/// destination faults, its requests and their answers get the CPU and the
-/// links (on a small machine the push's batches otherwise delay every
-/// answer by milliseconds), as CRIU's lazy-pages daemon shrinks its
-/// background transfers on each fault.
-const DEMAND_QUIET: Duration = Duration::from_micros(1000);
+/// While the destination faults (a request within this long), the push
+/// goes in small chunks with a pause before each, so that requests and
+/// their answers get the CPU and the links between them (on a small
+/// machine full batches delay every answer by milliseconds), as CRIU's
+/// lazy-pages daemon shrinks its background transfers on each fault. It
+/// never stops: a service faulting all over its memory still gets all of
+/// it soon.
+const DEMAND_RECENT: Duration = Duration::from_micros(2000);
+/// The chunk and the pause while requests come.
+const DEMAND_CHUNK: usize = BATCH_PAGES / 8;
+const DEMAND_PAUSE: Duration = Duration::from_micros(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PushError {
@@ -84,13 +89,16 @@ impl Push {
                 let (kind, _) = control.recv()?;
                 return Err(PushError::Unexpected { kind });
             }
-            if let Some(since) = unsent.since_last_request()
-                && since < DEMAND_QUIET
-            {
-                std::thread::sleep(DEMAND_QUIET - since);
-                continue;
-            }
-            let Some(space) = self.next_chunk(&mut unsent.bits(), ps, &mut chunk) else {
+            let faulting = unsent
+                .since_last_request()
+                .is_some_and(|since| since < DEMAND_RECENT);
+            let limit = if faulting {
+                std::thread::sleep(DEMAND_PAUSE);
+                DEMAND_CHUNK
+            } else {
+                BATCH_PAGES
+            };
+            let Some(space) = self.next_chunk(&mut unsent.bits(), ps, limit, &mut chunk) else {
                 streamer.flush()?;
                 return Ok(pushed);
             };
@@ -104,6 +112,7 @@ impl Push {
         &mut self,
         unsent: &mut SpaceBits,
         ps: u64,
+        limit: usize,
         out: &mut Vec<u64>,
     ) -> Option<SpaceKey> {
         out.clear();
@@ -124,7 +133,7 @@ impl Push {
             true
         };
         for queue in [&mut self.hinted, &mut self.first] {
-            while out.len() < BATCH_PAGES
+            while out.len() < limit
                 && let Some(&(of, page)) = queue.front()
             {
                 if !take(of, page, unsent, out) {
@@ -141,7 +150,7 @@ impl Push {
             if of != self.cursor.0 {
                 self.cursor = (of, 0);
             }
-            while out.len() < BATCH_PAGES {
+            while out.len() < limit {
                 match unsent.next_set(of, self.cursor.1) {
                     Some(page) => {
                         unsent.clear(of, page);
@@ -152,7 +161,7 @@ impl Push {
                     None => break,
                 }
             }
-            if out.len() == BATCH_PAGES {
+            if out.len() >= limit {
                 break;
             }
         }
