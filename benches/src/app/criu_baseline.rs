@@ -8,8 +8,9 @@
 //!   lazy pages, then a page server), the images copied, `criu lazy-pages
 //!   --page-server` on the destination, `criu restore --lazy-pages -d`;
 //!   every page is local when the lazy-pages daemon exits. It needs
-//!   `fs.pipe-max-size` of 4 MiB ([`PipeMaxSize`] raises it for the run and
-//!   puts it back).
+//!   `fs.pipe-max-size` of 4 MiB ([`PipeMaxSize`]; the driver raises it for
+//!   every method's run, since any CRIU dump is faster with it, and puts it
+//!   back).
 //!
 //! Both close the client's connections at the dump (`--tcp-close`, and
 //! `--skip-in-flight` for one still in the accept queue), as pagehop's runs
@@ -242,7 +243,6 @@ impl Drop for PipeMaxSize {
 /// CRIU's lazy migration: lazy dump + page server, copy, lazy-pages daemon,
 /// lazy restore.
 pub fn lazy(spec: &AppSpec<'_>, root: i32, dir: &Path) -> Result<Measured, AppError> {
-    let _pipes = PipeMaxSize::raise()?;
     let criu = Criu::find(None)?;
     let pair = &spec.link.pair;
     let (src, dst) = dirs(dir)?;

@@ -197,6 +197,9 @@ fn drive(spec: &AppSpec<'_>, record: &mut AppRecord) -> Result<(), AppError> {
     let dir = spec.scratch.join(format!("redis-{}", spec.method.name()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(AppError::io("creating the run's directory"))?;
+    // The same pipe limit for every method: CRIU's lazy migration needs it,
+    // and every CRIU dump is faster with it.
+    let _pipes = criu_baseline::PipeMaxSize::raise()?;
     let keys = redis::keys_for_mib(spec.point.size_mib);
     record.keys = keys as u64;
     let source = RedisTree::start(&pair.a, &pair.addr_a)?;

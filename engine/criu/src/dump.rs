@@ -36,6 +36,11 @@ const STATUS_FD: i32 = 4;
 const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 /// CRIU's log, in the image directory.
 pub const DUMP_LOG: &str = "dump.log";
+/// The pipe size CRIU's page pipes want; below it CRIU still dumps, but a
+/// large tree takes longer (a 1 GiB redis here: 164-245 ms at 1 MiB,
+/// 98-126 ms at 4 MiB).
+const FAST_PIPE_MAX: u64 = 4 << 20;
+const PIPE_MAX_SIZE: &str = "/proc/sys/fs/pipe-max-size";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DumpError {
@@ -120,6 +125,7 @@ impl LazyDump {
             ],
         )
         .map_err(spawn)?;
+        hint_pipe_max_size();
         let started = Instant::now();
         let mut child = cmd.spawn().map_err(spawn)?;
         // The child's ends close with `cmd`: EOF on the status pipe then
@@ -357,5 +363,19 @@ mod tests {
         assert!(msg.starts_with("criu dump failed"), "{msg}");
         assert!(msg.contains("Error"), "CRIU's reason: {msg}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+/// Says once per dump when `fs.pipe-max-size` slows CRIU down (pagehop
+/// changes no host setting itself).
+fn hint_pipe_max_size() {
+    let size = std::fs::read_to_string(PIPE_MAX_SIZE)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(size) = size.filter(|&s| s < FAST_PIPE_MAX) {
+        log::info!(
+            "fs.pipe-max-size is {size}: CRIU dumps a large tree faster with \
+             `sysctl fs.pipe-max-size={FAST_PIPE_MAX}`"
+        );
     }
 }
