@@ -286,6 +286,20 @@ impl Drop for LazyDump {
     }
 }
 
+/// Says once per dump when `fs.pipe-max-size` slows CRIU down (pagehop
+/// changes no host setting itself).
+fn hint_pipe_max_size() {
+    let size = std::fs::read_to_string(PIPE_MAX_SIZE)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if let Some(size) = size.filter(|&s| s < FAST_PIPE_MAX) {
+        log::info!(
+            "fs.pipe-max-size is {size}: CRIU dumps a large tree faster with \
+             `sysctl fs.pipe-max-size={FAST_PIPE_MAX}`"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -363,19 +377,5 @@ mod tests {
         assert!(msg.starts_with("criu dump failed"), "{msg}");
         assert!(msg.contains("Error"), "CRIU's reason: {msg}");
         let _ = std::fs::remove_dir_all(&dir);
-    }
-}
-
-/// Says once per dump when `fs.pipe-max-size` slows CRIU down (pagehop
-/// changes no host setting itself).
-fn hint_pipe_max_size() {
-    let size = std::fs::read_to_string(PIPE_MAX_SIZE)
-        .ok()
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if let Some(size) = size.filter(|&s| s < FAST_PIPE_MAX) {
-        log::info!(
-            "fs.pipe-max-size is {size}: CRIU dumps a large tree faster with \
-             `sysctl fs.pipe-max-size={FAST_PIPE_MAX}`"
-        );
     }
 }

@@ -227,8 +227,8 @@ pub struct CriuProcess {
     pub pending_pages: u64,
     /// Faults at the destination (its own and its children's forked there).
     pub faults: u64,
-    /// Pages the destination fetched from here for those faults.
-    pub remote_pages: u64,
+    /// Pages its faults asked for (from the pre-copied store or from here).
+    pub requested_pages: u64,
 }
 
 impl Report {
@@ -318,8 +318,8 @@ pub struct CriuTaskReport {
     pub lazy_pages: u64,
     /// Faults here (its own and its children's forked here).
     pub faults: u64,
-    /// Pages fetched from the source for those faults.
-    pub remote_pages: u64,
+    /// Pages its faults asked for (from the pre-copied store or the source).
+    pub requested_pages: u64,
 }
 
 /// Receives progress as the migration goes (a terminal display, or nothing).

@@ -86,8 +86,8 @@ pub struct SpaceFaults {
     pub space: u32,
     /// Page-fault messages read.
     pub faults: u64,
-    /// Pages fetched from the source for its faults.
-    pub remote_pages: u64,
+    /// Pages its faults asked for (from the store or the source).
+    pub requested_pages: u64,
 }
 
 #[cfg(test)]

@@ -111,7 +111,7 @@ impl FaultLoop {
                         installer: Some(Installer::with_page_size(fd, self.page_size as usize)),
                         book,
                         faults: 0,
-                        remote_pages: 0,
+                        requested_pages: 0,
                     });
                     self.stats.forks += 1;
                     progress.forks.push(child);
@@ -192,7 +192,7 @@ impl FaultLoop {
             None => {
                 self.in_flight.insert(source_addr, vec![waiter]);
                 wanted.push(source_addr);
-                self.spaces[space.0 as usize].remote_pages += 1;
+                self.spaces[space.0 as usize].requested_pages += 1;
             }
         }
         Ok(())

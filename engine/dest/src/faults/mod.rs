@@ -257,8 +257,8 @@ struct Space {
     book: Book,
     /// Fault messages read from its userfaultfd.
     faults: u64,
-    /// Pages it made the loop ask the source for.
-    remote_pages: u64,
+    /// Pages its faults asked for (installed from the store or fetched).
+    requested_pages: u64,
 }
 
 /// The fault loop; see the module docs.
@@ -317,7 +317,7 @@ impl FaultLoop {
             installer: Some(Installer::with_page_size(uffd, self.page_size as usize)),
             book: Book::default(),
             faults: 0,
-            remote_pages: 0,
+            requested_pages: 0,
         });
         Ok(id)
     }
@@ -342,7 +342,7 @@ impl FaultLoop {
         for s in &self.spaces {
             let e = out.entry(s.source).or_default();
             e.0 += s.faults;
-            e.1 += s.remote_pages;
+            e.1 += s.requested_pages;
         }
         out
     }

@@ -347,10 +347,10 @@ impl Fetch {
             .faults_by_source()
             .into_iter()
             .map(
-                |(space, (faults, remote_pages))| pagehop_wire::stats::SpaceFaults {
+                |(space, (faults, requested_pages))| pagehop_wire::stats::SpaceFaults {
                     space: space.0,
                     faults,
-                    remote_pages,
+                    requested_pages,
                 },
             )
             .collect();

@@ -311,7 +311,7 @@ pub fn run(
             if let Some(c) = report.criu.as_mut() {
                 for t in &mut c.tasks {
                     if let Some(f) = stats.per_space.iter().find(|f| f.space == t.vpid) {
-                        (t.faults, t.remote_pages) = (f.faults, f.remote_pages);
+                        (t.faults, t.requested_pages) = (f.faults, f.requested_pages);
                     }
                 }
             }

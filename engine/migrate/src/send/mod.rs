@@ -665,7 +665,7 @@ impl<'a> Migration<'a> {
         if let Some(c) = r.criu.as_mut() {
             for p in &mut c.processes {
                 if let Some(f) = outcome.dest.per_space.iter().find(|f| f.space == p.vpid) {
-                    (p.faults, p.remote_pages) = (f.faults, f.remote_pages);
+                    (p.faults, p.requested_pages) = (f.faults, f.requested_pages);
                 }
             }
         }
