@@ -244,7 +244,7 @@ impl Fetch {
         while let Ok((space, pages)) = self.arrivals.bulk.1.try_recv() {
             self.bulk.extend(pages.into_iter().map(|p| (space, p)));
         }
-        let store = start.store.lock().expect("lock");
+        let mut step = Vec::with_capacity(BACKGROUND_STEP);
         for _ in 0..BACKGROUND_STEP {
             let (space, page) = match self.bulk.pop_front() {
                 Some((space, page)) => {
@@ -258,13 +258,15 @@ impl Fetch {
                 }
                 None => break,
             };
-            self.installed += install(
-                &mut self.fault_loop,
-                &store,
-                self.installable.as_ref(),
-                space,
-                page,
-            )?;
+            step.push((space, page));
+        }
+        // The step's pages leave the store under its lock and are installed
+        // without it: the intake threads need the lock to store what arrives
+        // (demand answers among it), and a loop that takes it again at once
+        // starved them, for seconds, while ~250k pre-copied pages went in.
+        let copied = copy_out(start.store, self.installable.as_ref(), &step);
+        for (space, page, data) in copied {
+            self.installed += deliver(&mut self.fault_loop, space, page, data.as_deref())?;
         }
         Ok(())
     }
@@ -435,6 +437,43 @@ impl Fetch {
         );
         Ok(epoch)
     }
+}
+
+/// Copies the data of `pages` out of the store (`None`: install a zero
+/// page, as [`install`] would).
+fn copy_out(
+    store: &Mutex<PageStore>,
+    installable: Option<&BTreeMap<SpaceKey, RangeSet>>,
+    pages: &[(SpaceKey, u64)],
+) -> Vec<(SpaceKey, u64, Option<Vec<u8>>)> {
+    if pages.is_empty() {
+        return Vec::new();
+    }
+    let store = store.lock().expect("lock");
+    pages
+        .iter()
+        .map(|&(space, page)| {
+            let allowed =
+                installable.is_none_or(|r| r.get(&space).is_some_and(|r| r.contains(page)));
+            let data = match store.get(space, page) {
+                PageState::Data(d) if allowed => Some(d.to_vec()),
+                _ => None,
+            };
+            (space, page, data)
+        })
+        .collect()
+}
+
+/// Installs `data` (or a zero page) at `page` of `space`; 1 if installed.
+fn deliver(
+    fault_loop: &mut FaultLoop,
+    space: SpaceKey,
+    page: u64,
+    data: Option<&[u8]>,
+) -> Result<u64, FetchError> {
+    let before = fault_loop.stats().pages_delivered;
+    fault_loop.deliver(space, page, data)?;
+    Ok((fault_loop.stats().pages_delivered > before) as u64)
 }
 
 /// Installs page `page` of `space` from the store (a page the store lacks
