@@ -41,11 +41,7 @@ pub fn run(opts: &DemoOptions) -> Result<(), DemoError> {
     let dir = std::env::temp_dir().join(format!("pagehop-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(DemoError::Io)?;
     let token = dir.join("token");
-    std::fs::write(
-        &token,
-        format!("demo-token-{:x}", pagehop::sys::monotonic_ns()),
-    )
-    .map_err(DemoError::Io)?;
+    crate::write_token(&token, "demo-token").map_err(DemoError::Io)?;
     let pair = NetnsPair::create("phdemo", 42)?;
     let listen = format!("{}:7000", pair.addr_b);
     let log = dir.join("destination.log");

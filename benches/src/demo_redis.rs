@@ -24,11 +24,7 @@ pub fn run(opts: &RedisDemoOptions) -> Result<(), DemoError> {
     let dir = std::env::temp_dir().join(format!("pagehop-demo-redis-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(DemoError::Io)?;
     let token = dir.join("token");
-    std::fs::write(
-        &token,
-        format!("demo-token-{:x}", pagehop::sys::monotonic_ns()),
-    )
-    .map_err(DemoError::Io)?;
+    crate::write_token(&token, "demo-token").map_err(DemoError::Io)?;
     let token = token.to_str().expect("utf-8 path").to_string();
     let pair = NetnsPair::create("phredis", 43)?;
     let listen = format!("{}:7000", pair.addr_b);

@@ -159,59 +159,53 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         };
         append(&mut jsonl, &line, &runs_path)?;
         lines.push(line);
-        if s.kind == scenario::Kind::Redis {
-            for rep in 0..s.repetitions {
-                for point in s.points() {
-                    for method in app::methods(s) {
-                        let record = app::migrate(&app::AppSpec {
-                            scenario: s,
-                            point,
-                            method,
-                            rep,
-                            link: &link,
-                            binaries: &opts.binaries,
-                            scratch: scratch.path(),
-                        });
-                        done += 1;
-                        failed += usize::from(!record.ok);
-                        progress(&format!(
-                            "   [{done}/{total}] redis {} MiB, {}, #{}: {}",
-                            point.size_mib,
-                            record.method,
-                            rep + 1,
-                            describe_app(&record)
-                        ));
-                        let line = Line::App(Box::new(record));
-                        append(&mut jsonl, &line, &runs_path)?;
-                        lines.push(line);
-                    }
-                }
-            }
-            continue;
-        }
         for rep in 0..s.repetitions {
             for point in s.points() {
-                for mode in s.modes_with_baseline() {
-                    let record = run::migrate(&RunSpec {
-                        scenario: s,
-                        point,
-                        mode,
-                        rep,
-                        link: &link,
-                        binaries: &opts.binaries,
-                        scratch: scratch.path(),
-                    });
+                for method in methods(s) {
+                    let (ok, what, line) = match method {
+                        Method::Workload(mode) => {
+                            let record = run::migrate(&RunSpec {
+                                scenario: s,
+                                point,
+                                mode,
+                                rep,
+                                link: &link,
+                                binaries: &opts.binaries,
+                                scratch: scratch.path(),
+                            });
+                            let what = format!(
+                                "{} MiB, {} MB/s, {}, #{}: {}",
+                                point.size_mib,
+                                point.write_mbps,
+                                mode.name(),
+                                rep + 1,
+                                describe(&record)
+                            );
+                            (record.ok, what, Line::Migration(Box::new(record)))
+                        }
+                        Method::Redis(method) => {
+                            let record = app::migrate(&app::AppSpec {
+                                scenario: s,
+                                point,
+                                method,
+                                rep,
+                                link: &link,
+                                binaries: &opts.binaries,
+                                scratch: scratch.path(),
+                            });
+                            let what = format!(
+                                "redis {} MiB, {}, #{}: {}",
+                                point.size_mib,
+                                record.method,
+                                rep + 1,
+                                describe_app(&record)
+                            );
+                            (record.ok, what, Line::App(Box::new(record)))
+                        }
+                    };
                     done += 1;
-                    failed += usize::from(!record.ok);
-                    progress(&format!(
-                        "   [{done}/{total}] {} MiB, {} MB/s, {}, #{}: {}",
-                        point.size_mib,
-                        point.write_mbps,
-                        mode.name(),
-                        rep + 1,
-                        describe(&record)
-                    ));
-                    let line = Line::Migration(Box::new(record));
+                    failed += usize::from(!ok);
+                    progress(&format!("   [{done}/{total}] {what}"));
                     append(&mut jsonl, &line, &runs_path)?;
                     lines.push(line);
                 }
@@ -227,6 +221,25 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         skipped,
         files,
     })
+}
+
+/// What a point of a scenario runs: a mode on pagehop's workload, or a
+/// method on redis (see [`app::methods`]).
+#[derive(Clone, Copy)]
+enum Method {
+    Workload(scenario::Mode),
+    Redis(app::Method),
+}
+
+fn methods(s: &Scenario) -> Vec<Method> {
+    match s.kind {
+        scenario::Kind::Workload => s
+            .modes_with_baseline()
+            .into_iter()
+            .map(Method::Workload)
+            .collect(),
+        scenario::Kind::Redis => app::methods(s).into_iter().map(Method::Redis).collect(),
+    }
 }
 
 fn describe(r: &run::Record) -> String {
@@ -265,6 +278,12 @@ fn append(file: &mut std::fs::File, line: &Line, path: &Path) -> Result<(), Benc
     file.write_all(text.as_bytes())
         .and_then(|()| file.flush())
         .map_err(io("writing", path))
+}
+
+/// Writes a fresh token for one migration to `path` (send and recv both
+/// read it with `--token-file`); `what` starts it, for whoever reads it.
+pub fn write_token(path: &Path, what: &str) -> std::io::Result<()> {
+    std::fs::write(path, format!("{what}-{:x}", pagehop::sys::monotonic_ns()))
 }
 
 /// Redoes the summary and plots of an existing results directory.

@@ -172,11 +172,7 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
     let pair = &spec.link.pair;
     let dir = spec.scratch;
     let token = dir.join("token");
-    std::fs::write(
-        &token,
-        format!("pagehop-bench-{:x}", pagehop::sys::monotonic_ns()),
-    )
-    .map_err(|source| RunError::Io {
+    crate::write_token(&token, "pagehop-bench").map_err(|source| RunError::Io {
         what: "writing the token file",
         source,
     })?;

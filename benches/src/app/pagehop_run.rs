@@ -36,11 +36,7 @@ pub fn migrate(
     let pair = &spec.link.pair;
     let pagehop = spec.binaries.pagehop.to_string_lossy().into_owned();
     let token = dir.join("token");
-    std::fs::write(
-        &token,
-        format!("pagehop-bench-{:x}", pagehop::sys::monotonic_ns()),
-    )
-    .map_err(AppError::io("writing the token file"))?;
+    crate::write_token(&token, "pagehop-bench").map_err(AppError::io("writing the token file"))?;
     let listen = format!("{}:{PORT}", pair.addr_b);
     let failed = |what: &str| {
         let what = what.to_string();

@@ -439,8 +439,24 @@ impl Fetch {
     }
 }
 
-/// Copies the data of `pages` out of the store (`None`: install a zero
-/// page, as [`install`] would).
+/// What to install at `page` of `space`: the store's data, or `None` for a
+/// zero page (a page the store lacks was never resident at the source; so
+/// is one outside the `installable` ranges, which the source's dump did not
+/// hold).
+fn stored<'s>(
+    store: &'s PageStore,
+    installable: Option<&BTreeMap<SpaceKey, RangeSet>>,
+    space: SpaceKey,
+    page: u64,
+) -> Option<&'s [u8]> {
+    let allowed = installable.is_none_or(|r| r.get(&space).is_some_and(|r| r.contains(page)));
+    match store.get(space, page) {
+        PageState::Data(d) if allowed => Some(d),
+        _ => None,
+    }
+}
+
+/// Copies what [`stored`] gives for each of `pages` out of the store.
 fn copy_out(
     store: &Mutex<PageStore>,
     installable: Option<&BTreeMap<SpaceKey, RangeSet>>,
@@ -453,18 +469,14 @@ fn copy_out(
     pages
         .iter()
         .map(|&(space, page)| {
-            let allowed =
-                installable.is_none_or(|r| r.get(&space).is_some_and(|r| r.contains(page)));
-            let data = match store.get(space, page) {
-                PageState::Data(d) if allowed => Some(d.to_vec()),
-                _ => None,
-            };
+            let data = stored(&store, installable, space, page).map(<[u8]>::to_vec);
             (space, page, data)
         })
         .collect()
 }
 
-/// Installs `data` (or a zero page) at `page` of `space`; 1 if installed.
+/// Installs `data` (or a zero page) at `page` of `space`; 1 if installed
+/// anywhere. Spaces found gone (the process exited) simply stop being served.
 fn deliver(
     fault_loop: &mut FaultLoop,
     space: SpaceKey,
@@ -476,10 +488,7 @@ fn deliver(
     Ok((fault_loop.stats().pages_delivered > before) as u64)
 }
 
-/// Installs page `page` of `space` from the store (a page the store lacks
-/// was never resident at the source: a zero page; so is one outside the
-/// `installable` ranges, which the source's dump did not hold). Returns 1
-/// if installed anywhere.
+/// Installs page `page` of `space` from the store (see [`stored`]).
 fn install(
     fault_loop: &mut FaultLoop,
     store: &PageStore,
@@ -487,12 +496,10 @@ fn install(
     space: SpaceKey,
     page: u64,
 ) -> Result<u64, FetchError> {
-    let before = fault_loop.stats().pages_delivered;
-    let allowed = installable.is_none_or(|r| r.get(&space).is_some_and(|r| r.contains(page)));
-    // Spaces found gone (the process exited) simply stop being served.
-    match store.get(space, page) {
-        PageState::Data(d) if allowed => fault_loop.deliver(space, page, Some(d))?,
-        _ => fault_loop.deliver(space, page, None)?,
-    };
-    Ok((fault_loop.stats().pages_delivered > before) as u64)
+    deliver(
+        fault_loop,
+        space,
+        page,
+        stored(store, installable, space, page),
+    )
 }
