@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use pagehop_bench::netns::NetnsPair;
 
 use crate::common::*;
-use crate::migrate::wait_for_line;
+use crate::migrate::{Cgroup, wait_for_line};
 
 const TOKEN: &str = "pagehop-criu-token-0123456789abcdef01";
 const REDIS_PORT: &str = "6379";
@@ -44,8 +44,20 @@ struct Tree {
 
 impl Tree {
     fn start(ns: &str, argv: &[&str], env: &[(&str, &str)]) -> Tree {
+        Tree::start_in(ns, None, argv, env)
+    }
+
+    /// With `cgroup`, the way a container starts: the first process of the
+    /// new pid namespace moves itself into the cgroup, then execs the
+    /// program, so the cgroup holds exactly the tree.
+    fn start_in(ns: &str, cgroup: Option<&Path>, argv: &[&str], env: &[(&str, &str)]) -> Tree {
         let mut cmd = in_netns(ns, "unshare");
-        cmd.args(["-p", "-f", "setsid"])
+        cmd.args(["-p", "-f"]);
+        if let Some(cgroup) = cgroup {
+            cmd.args(["sh", "-c", "echo $$ > \"$0/cgroup.procs\" && exec \"$@\""])
+                .arg(cgroup);
+        }
+        cmd.arg("setsid")
             .args(argv)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
@@ -115,6 +127,9 @@ struct CriuPair {
     pair: NetnsPair,
     listen: String,
     recv: Option<Child>,
+    /// When set, send names the tree by this cgroup (`--cgroup`) instead of
+    /// by its root's pid.
+    cgroup: Option<PathBuf>,
 }
 
 impl CriuPair {
@@ -128,6 +143,7 @@ impl CriuPair {
             pair,
             listen,
             recv: None,
+            cgroup: None,
         }
     }
 
@@ -154,8 +170,12 @@ impl CriuPair {
 
     fn send(&self, root: i32, extra: &[&str]) -> Command {
         let mut cmd = in_netns(&self.pair.a, pagehop_bin());
-        cmd.arg("send")
-            .args(["--pid", &root.to_string(), "--to", &self.listen])
+        cmd.arg("send");
+        match &self.cgroup {
+            Some(cgroup) => cmd.arg("--cgroup").arg(cgroup),
+            None => cmd.args(["--pid", &root.to_string()]),
+        };
+        cmd.args(["--to", &self.listen])
             .arg("--token-file")
             .arg(self.dir.path("token"))
             .args(["--json"])
@@ -276,8 +296,9 @@ fn run_ok(mut cmd: Command, what: &str) -> String {
 
 /// redis-server in its own pid namespace in `ns`, answering on `addr`.
 fn start_redis(p: &CriuPair, ns: &str, addr: &str) -> Tree {
-    let tree = Tree::start(
+    let tree = Tree::start_in(
         ns,
+        p.cgroup.as_deref(),
         &[
             "redis-server",
             "--port",
@@ -307,7 +328,6 @@ fn start_redis(p: &CriuPair, ns: &str, addr: &str) -> Tree {
         assert!(Instant::now() < deadline, "redis-server did not start");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let _ = p;
     tree
 }
 
@@ -380,8 +400,20 @@ fn criu_report(report: &serde_json::Value) -> &serde_json::Value {
 /// redis loaded with keys and written to during pre-copy, migrated in
 /// `mode`; every key and acknowledged write arrives, and it serves after.
 fn redis_migration(name: &str, index: u8, mode: &str, rate: Option<&str>) -> serde_json::Value {
+    redis_migration_in(name, index, mode, rate, None)
+}
+
+/// [`redis_migration`], the tree in `cgroup` and named by it when given.
+fn redis_migration_in(
+    name: &str,
+    index: u8,
+    mode: &str,
+    rate: Option<&str>,
+    cgroup: Option<&Path>,
+) -> serde_json::Value {
     require_root();
     let mut p = CriuPair::new(name, index);
+    p.cgroup = cgroup.map(Path::to_path_buf);
     if let Some(rate) = rate {
         p.pair.shape(rate).expect("shape the link");
     }
@@ -417,6 +449,12 @@ fn redis_migration(name: &str, index: u8, mode: &str, rate: Option<&str>) -> ser
         assert!(Instant::now() < deadline, "the source still exists");
         std::thread::sleep(Duration::from_millis(20));
     }
+    if let Some(cgroup) = cgroup {
+        // The restored tree is in the cgroup, alone.
+        let inside = std::fs::read_to_string(cgroup.join("cgroup.procs")).expect("cgroup.procs");
+        let pids: Vec<i32> = inside.lines().filter_map(|l| l.parse().ok()).collect();
+        assert_eq!(pids, p.destination_pids(), "the cgroup holds: {inside}");
+    }
     report
 }
 
@@ -438,6 +476,49 @@ fn redis_is_migrated_with_criu_in_postcopy_mode() {
         report["installed_pages"].as_u64().unwrap_or(0) >= pending,
         "{report}"
     );
+}
+
+/// A container's shape: the tree in its own cgroup v2 directory, and send
+/// told only that directory. The restored tree is back in the same cgroup
+/// (CRIU's default), with every key.
+#[test]
+#[ignore = "needs root"]
+fn a_tree_named_by_its_cgroup_is_migrated_into_the_same_cgroup() {
+    let group = Cgroup::create("pagehop-test-criu-cgroup");
+    let report = redis_migration_in("criu-cgroup", 30, "hybrid", None, Some(&group.0));
+    let criu = criu_report(&report);
+    assert_eq!(
+        criu["cgroup"].as_str(),
+        group.0.canonicalize().unwrap().to_str(),
+        "{criu}"
+    );
+}
+
+/// A process that entered the cgroup from outside the tree (the way `docker
+/// exec` adds one) would be left behind by CRIU: refused, naming it, and
+/// the source runs on untouched.
+#[test]
+#[ignore = "needs root"]
+fn a_cgroup_holding_a_second_tree_is_refused() {
+    require_root();
+    let group = Cgroup::create("pagehop-test-criu-cgroup-two");
+    let mut p = CriuPair::new("criu-cgroup-two", 31);
+    p.cgroup = Some(group.0.clone());
+    p.start_recv(&[]);
+    let source = start_redis(&p, &p.pair.a.clone(), &p.pair.addr_a.clone());
+    let stranger = KillOnDrop(
+        Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .expect("start sleep"),
+    );
+    group.add(stranger.0.id() as i32);
+    let stderr = p.migrate_fails(source.root, &["--criu", "--criu-opt=--tcp-close"]);
+    assert!(
+        stderr.contains("2 process trees") && stderr.contains(&stranger.0.id().to_string()),
+        "{stderr}"
+    );
+    assert_runs(source.root, "the source redis");
 }
 
 #[test]

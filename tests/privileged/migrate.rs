@@ -130,7 +130,7 @@ pub(crate) fn wait_for_line(path: &Path, needle: &str, timeout: Duration) -> Str
 }
 
 /// The cgroup v2 hierarchy's mount point (pure v2, or `unified` in hybrid mode).
-fn cgroup2_root() -> PathBuf {
+pub(crate) fn cgroup2_root() -> PathBuf {
     let mounts = std::fs::read_to_string("/proc/mounts").expect("read /proc/mounts");
     mounts
         .lines()
@@ -141,16 +141,27 @@ fn cgroup2_root() -> PathBuf {
         .expect("this machine kind mounts a cgroup v2 hierarchy")
 }
 
-/// A cgroup v2 directory holding one process, removed on drop.
-struct Cgroup(PathBuf);
+/// A cgroup v2 directory, its processes killed and it removed on drop.
+pub(crate) struct Cgroup(pub(crate) PathBuf);
 
 impl Cgroup {
-    fn with_process(name: &str, pid: i32) -> Self {
+    /// A new, empty cgroup `name` below the hierarchy's root.
+    pub(crate) fn create(name: &str) -> Self {
         let path = cgroup2_root().join(name);
         let _ = std::fs::create_dir(&path);
-        std::fs::write(path.join("cgroup.procs"), pid.to_string())
-            .expect("move the process into the cgroup");
         Self(path)
+    }
+
+    fn with_process(name: &str, pid: i32) -> Self {
+        let group = Self::create(name);
+        group.add(pid);
+        group
+    }
+
+    /// Moves `pid` into the cgroup.
+    pub(crate) fn add(&self, pid: i32) {
+        std::fs::write(self.0.join("cgroup.procs"), pid.to_string())
+            .expect("move the process into the cgroup");
     }
 }
 

@@ -11,6 +11,7 @@ use crate::choices::{BackendArg, CompressArg, ModeArg, ZeroCopyArg};
 use pagehop::dest::restore::RestoreCommand;
 use pagehop::recv::{CriuRestore, Output, RecvOptions, recv};
 use pagehop::send::{CriuSend, SendOptions, send};
+use pagehop::source::cgroup::Cgroup;
 use pagehop::source::freeze::FreezeMethod;
 use pagehop::wire::auth::{TOKEN_ENV, Token};
 use pagehop::{Phase, PhaseWatch, Progress, Quiet, RecvReport, Report, RoundReport};
@@ -25,9 +26,10 @@ fn load_token(file: &Option<PathBuf>) -> anyhow::Result<Option<Token>> {
 
 #[derive(Args)]
 pub struct SendArgs {
-    /// Process to migrate (with --criu: the root of the process tree).
-    #[arg(long)]
-    pid: i32,
+    /// Process to migrate (with --criu: the root of the process tree; with
+    /// --criu and --cgroup it may be left out: the cgroup names the tree).
+    #[arg(long, required_unless_present = "cgroup")]
+    pid: Option<i32>,
     /// Migrate the whole process tree under --pid with CRIU recreating it at
     /// the destination (`pagehop recv --criu DIR`). Optionally names the
     /// CRIU binary (default: $PAGEHOP_CRIU, then /opt/pagehop/bin/criu from
@@ -69,7 +71,10 @@ pub struct SendArgs {
     downtime_target: u64,
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
     max_rounds: u32,
-    /// Freeze the processes of this cgroup v2 directory (a container) instead of ptrace-stopping the process.
+    /// A container's cgroup v2 directory. Without --criu: freeze the process
+    /// through it instead of ptrace-stopping it. With --criu: migrate the
+    /// process tree it holds (every process in it must descend from one
+    /// root; the tree is stopped with SIGSTOP and CRIU records the cgroup).
     #[arg(long, value_name = "PATH")]
     cgroup: Option<PathBuf>,
     /// After a successful migration, leave the source stopped instead of killing it.
@@ -179,11 +184,6 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
     let criu = match &args.criu {
         None => None,
         Some(bin) => {
-            if args.cgroup.is_some() {
-                anyhow::bail!(
-                    "--criu stops the tree with SIGSTOP itself; --cgroup is not supported with it yet"
-                );
-            }
             if args.verify {
                 anyhow::bail!(
                     "--verify compares the destination's memory with the frozen source's, and a tree \
@@ -193,23 +193,36 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
             }
             pagehop::criu::check_user_options(&args.criu_opts)?;
             let bin = (!bin.is_empty()).then(|| std::path::Path::new(bin.as_str()));
+            let cgroup = args.cgroup.as_deref().map(Cgroup::open).transpose()?;
             Some(CriuSend {
                 criu: pagehop::criu::Criu::find(bin)?,
                 dump_options: args.criu_opts.clone(),
                 images_dir: args.criu_images.clone(),
+                cgroup,
             })
         }
     };
+    let pid = match (criu.as_ref().and_then(|c| c.cgroup.as_ref()), args.pid) {
+        (Some(cgroup), pid) => {
+            let root = cgroup.tree_root(pid)?;
+            cgroup.check_only(root, &pagehop::sys::process::descendants(root))?;
+            root
+        }
+        (None, Some(pid)) => pid,
+        (None, None) => anyhow::bail!("--pid names the process (--cgroup alone needs --criu)"),
+    };
+    // --criu stops the tree with SIGSTOP, not through the cgroup.
+    let freeze_cgroup = args.cgroup.clone().filter(|_| criu.is_none());
     // A handle taken now: a signal must never reach a process that reused
     // the pid. (A pid that is no process is refused by send itself, with
     // the reason.)
     abort_on_signal(
-        Process::open(args.pid).ok(),
-        args.cgroup.clone(),
+        Process::open(pid).ok(),
+        freeze_cgroup.clone(),
         phase.clone(),
     )?;
     let opts = SendOptions {
-        pid: args.pid,
+        pid,
         to: args.to,
         token: load_token(&args.token_file)?,
         backend: args.backend.into(),
@@ -218,7 +231,7 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
         streams: args.streams as usize,
         downtime_target: Duration::from_millis(args.downtime_target),
         max_rounds: args.max_rounds,
-        freeze: match (&criu, args.cgroup) {
+        freeze: match (&criu, freeze_cgroup) {
             (Some(_), _) => FreezeMethod::Signal,
             (None, Some(cgroup)) => FreezeMethod::Cgroup(cgroup),
             (None, None) => FreezeMethod::Ptrace,
@@ -337,6 +350,9 @@ fn print_send_report(r: &Report, json: bool) -> anyhow::Result<()> {
             c.lazy_pages,
             c.pending_pages
         )?;
+        if let Some(cgroup) = &c.cgroup {
+            writeln!(out, "  cgroup       {cgroup}")?;
+        }
     }
     writeln!(out, "  verify       {}", r.verify)?;
     writeln!(

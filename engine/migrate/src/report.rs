@@ -192,6 +192,8 @@ pub struct Report {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct CriuReport {
     pub criu_version: String,
+    /// The container's cgroup v2 directory, when the tree was named by it.
+    pub cgroup: Option<String>,
     /// Tasks CRIU dumped (zombies included).
     pub tasks: u32,
     /// Freeze → the last writes collected and tracking removed.

@@ -5,6 +5,7 @@
 //! - [`inject`]: runs syscalls inside a target with ptrace; takes a userfaultfd out of it.
 //! - [`wp`]: the write-protect session on a target's userfaultfd.
 //! - [`pagemap`]: PAGEMAP_SCAN queries on a target (written-and-re-protect, present).
+//! - [`cgroup`]: a container's cgroup v2 directory as a process tree (its root, its processes).
 //! - [`freeze`]: stops a source (ptrace every thread, or a cgroup v2 freeze) and lets it go.
 //! - [`bpf`]: loads the eBPF programs and drains their fault and address-space event rings.
 //! - [`tracker`]: the dirty-page tracking backends behind one trait.
@@ -16,6 +17,7 @@
 //! - [`stream`]: the page pipeline: read into registered buffers, zero pages as holes, lz4, send.
 //! - [`postcopy`]: post-copy's source side: the demand server and the background push.
 pub mod bpf;
+pub mod cgroup;
 pub mod freeze;
 pub mod heat;
 pub mod inject;

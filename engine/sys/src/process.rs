@@ -110,6 +110,13 @@ pub(crate) fn parse_stat(line: &str) -> Option<Stat> {
     })
 }
 
+/// The parent pid of `pid` (`/proc/PID/stat` field 4; 0 when the parent is
+/// outside our pid namespace). A snapshot by pid: for a process that must
+/// stay the same one, use [`Process::parent_pid`].
+pub fn parent_of(pid: i32) -> io::Result<i32> {
+    Ok(read_stat(pid)?.ppid)
+}
+
 /// `pid` and every process below it (by parent pid in /proc), parents
 /// before their children. A snapshot: processes fork and exit meanwhile.
 pub fn descendants(pid: i32) -> Vec<i32> {

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use pagehop_criu::{Criu, DumpError, DumpRequest, LazyDump};
 use pagehop_mem::SpaceKey;
 use pagehop_mem::pages::{Range, RangeSet};
+use pagehop_source::cgroup::{Cgroup, CgroupError};
 use pagehop_wire::batch::Compress;
 use pagehop_wire::conn::Conn;
 use pagehop_wire::criu::{DumpedTree, DumpedTreeError, is_image_file_name};
@@ -51,12 +52,17 @@ pub struct CriuSend {
     /// Where CRIU writes its images (default: a fresh directory under the
     /// temporary directory, removed after a successful migration).
     pub images_dir: Option<PathBuf>,
+    /// The container's cgroup, when the tree was named by it: at the freeze
+    /// it must hold no process outside the tree.
+    pub cgroup: Option<Cgroup>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum CriuSendError {
     #[error(transparent)]
     Dump(#[from] DumpError),
+    #[error(transparent)]
+    Cgroup(#[from] CgroupError),
     #[error("reading CRIU's images")]
     Images(#[from] DumpedTreeError),
     #[error(

@@ -475,8 +475,17 @@ impl<'a> Migration<'a> {
         if let Some(c) = &opts.criu {
             let mut r = CriuReport {
                 criu_version: c.criu.version().to_string(),
+                cgroup: c.cgroup.as_ref().map(|g| g.path().display().to_string()),
                 ..CriuReport::default()
             };
+            if let Some(cgroup) = &c.cgroup {
+                // Frozen, so no process can enter by fork; one that came in
+                // from outside would be left behind by CRIU.
+                let pids: Vec<i32> = frozen.tree.pids().into_iter().map(|(_, p)| p).collect();
+                cgroup
+                    .check_only(opts.pid, &pids)
+                    .map_err(CriuSendError::from)?;
+            }
             phases.watch.hold_criu(Some(CriuHold {
                 tree: frozen.tree.processes(),
                 dump: None,
