@@ -865,7 +865,7 @@ impl Drop for KillOnDrop {
 
 #[test]
 #[ignore = "needs root"]
-fn an_old_criu_and_verify_are_refused_with_the_reason() {
+fn an_old_criu_and_what_criu_mode_cannot_do_are_refused_with_the_reason() {
     require_root();
     let p = CriuPair::new("criu-old", 29);
     let fake = p.dir.path("criu-4.1");
@@ -891,24 +891,64 @@ fn an_old_criu_and_verify_are_refused_with_the_reason() {
         .expect("pagehop recv");
     assert!(!recv.status.success());
     assert!(String::from_utf8_lossy(&recv.stderr).contains("too old"));
-    // --verify cannot compare a restored tree that already runs: refused
-    // before anything starts.
-    let verify = Command::new(pagehop_bin())
-        .args([
-            "send",
-            "--pid",
-            &source.root.to_string(),
-            "--to",
-            "127.0.0.1:9",
-        ])
-        .args(["--criu", "--verify"])
-        .output()
-        .expect("pagehop send");
-    let stderr = String::from_utf8_lossy(&verify.stderr);
-    assert!(!verify.status.success());
-    assert!(
-        stderr.contains("--verify") && stderr.contains("service's own data"),
-        "{stderr}"
-    );
+    // --verify cannot compare a restored tree that already runs, and a
+    // recorded working set is one process's: refused before anything starts.
+    for (flag, reason) in [
+        (&["--verify"][..], "service's own data"),
+        (&["--prefetch-from", "/dev/null"][..], "one per process"),
+    ] {
+        let refused = Command::new(pagehop_bin())
+            .args([
+                "send",
+                "--pid",
+                &source.root.to_string(),
+                "--to",
+                "127.0.0.1:9",
+            ])
+            .args(["--criu", "--mode", "hybrid"])
+            .args(flag)
+            .output()
+            .expect("pagehop send");
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(!refused.status.success());
+        assert!(
+            stderr.contains(flag[0]) && stderr.contains(reason),
+            "{stderr}"
+        );
+    }
     assert_runs(source.root, "the source");
+}
+
+/// CRIU's kernel-feature cache: in place while any pagehop uses it, gone
+/// after the last one (on a /run that outlives a reboot, as here), and
+/// CRIU's own on a tmpfs /run.
+#[test]
+#[ignore = "needs root"]
+fn criu_s_kernel_cache_is_there_while_pagehop_runs_and_gone_after() {
+    use pagehop::criu::{Criu, KdatCache};
+    require_root();
+    let cache = Path::new("/run/criu.kdat");
+    let criu = Criu::find(None).expect("the setup's CRIU");
+    let persistent_run = !pagehop::sys::mount_ns::is_tmpfs(Path::new("/run")).unwrap();
+    let first = KdatCache::prepare(&criu);
+    assert!(cache.exists(), "no cache after prepare");
+    let second = KdatCache::prepare(&criu);
+    drop(first);
+    assert!(cache.exists(), "the cache went while a user was left");
+    // CRIU loads it: `criu check` at -v4 says so.
+    let out = Command::new(criu.path())
+        .args(["check", "-v4", "-o", "/dev/stderr"])
+        .output()
+        .expect("criu check");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("Loaded kdat cache"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(second);
+    assert_eq!(
+        cache.exists(),
+        !persistent_run,
+        "a pagehop-installed cache must go with its last user; CRIU's own stays"
+    );
 }

@@ -200,6 +200,10 @@ fn drive(spec: &AppSpec<'_>, record: &mut AppRecord) -> Result<(), AppError> {
     // The same pipe limit for every method: CRIU's lazy migration needs it,
     // and every CRIU dump is faster with it.
     let _pipes = criu_baseline::PipeMaxSize::raise()?;
+    // CRIU's kernel-feature cache for every method, as on a host whose /run
+    // is a tmpfs: pagehop's send and recv put it in place themselves, and
+    // CRIU's own methods must not pay a probe that pagehop avoids.
+    let _kdat = pagehop::criu::KdatCache::prepare(&pagehop::criu::Criu::find(None)?);
     let keys = redis::keys_for_mib(spec.point.size_mib);
     record.keys = keys as u64;
     let source = RedisTree::start(&pair.a, &pair.addr_a)?;

@@ -191,6 +191,12 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
                      service's own data instead"
                 );
             }
+            if args.record_working_set.is_some() || args.prefetch_from.is_some() {
+                anyhow::bail!(
+                    "--record-working-set and --prefetch-from record one process's address space; \
+                     with --criu the tree has one per process"
+                );
+            }
             pagehop::criu::check_user_options(&args.criu_opts)?;
             let bin = (!bin.is_empty()).then(|| std::path::Path::new(bin.as_str()));
             let cgroup = args.cgroup.as_deref().map(Cgroup::open).transpose()?;

@@ -14,14 +14,19 @@
 //!   whose tasks hand their userfaultfds to the lazy-pages daemon listening
 //!   in that directory (pagehop's, see `pagehop_dest::handoff`).
 //!
+//! - [`KdatCache`]: CRIU's kernel-feature cache in place before the freeze,
+//!   so that neither the dump nor the restore probes the kernel inside it.
+//!
 //! CRIU's own reason for a failure is taken from its log ([`log_reason`]).
 mod dump;
+mod kdat;
 mod log;
 mod options;
 mod restore;
 mod tool;
 
 pub use dump::{DUMP_LOG, DumpError, DumpRequest, LazyDump};
+pub use kdat::KdatCache;
 pub use log::log_reason;
 pub use options::{OptionsError, check_user_options};
 pub use restore::{LazyRestore, RESTORE_LOG, RESTORE_PIDFILE, RestoreError, RestoreRequest};

@@ -13,6 +13,7 @@
 pub mod cgroup;
 pub mod fd;
 pub mod mm;
+pub mod mount_ns;
 pub mod pagemap;
 pub mod pidfd;
 pub mod poll;

@@ -150,6 +150,11 @@ pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
         source,
     };
     let listener = TcpListener::bind(opts.listen).map_err(listen)?;
+    // CRIU's kernel probe happens now, not inside the migration's freeze.
+    let _kdat = match &opts.output {
+        Output::Criu(c) => Some(pagehop_criu::KdatCache::prepare(&c.criu)),
+        _ => None,
+    };
     log::info!(
         "listening on {}",
         listener

@@ -245,6 +245,11 @@ fn drive(
     } else {
         LiveTree::single(LiveProcess::open(opts.pid)?)
     };
+    // CRIU's kernel probe happens now, not inside the freeze.
+    let _kdat = opts
+        .criu
+        .as_ref()
+        .map(|c| pagehop_criu::KdatCache::prepare(&c.criu));
     let session_id = new_session_id()?;
     let Links {
         control,
