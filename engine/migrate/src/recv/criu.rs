@@ -22,18 +22,17 @@ use std::time::{Duration, Instant};
 use pagehop_criu::{Criu, LazyRestore, RestoreRequest};
 use pagehop_dest::criu::host::{HostTreeError, RestoredTask, host_tasks};
 use pagehop_dest::criu::images::{ImageIntake, ImageIntakeError};
-use pagehop_dest::fetch::{self, Fetch, Lanes, Served};
+use pagehop_dest::fetch::{self, Fetch, Served};
 use pagehop_dest::handoff::{HandoffError, HandoffListener, LazyItem};
-use pagehop_dest::intake::Intake;
 use pagehop_mem::SpaceKey;
 use pagehop_mem::pages::{Range, RangeSet};
 use pagehop_sys::process::{Process, descendants};
-use pagehop_wire::conn::Conn;
 use pagehop_wire::criu::{DumpedTree, DumpedTreeError, TaskState};
 use pagehop_wire::msg::{Commit, Done, Restored};
 
 use super::RecvError;
-use crate::report::{CriuRecvReport, CriuTaskReport, RecvReport};
+use super::postcopy::Switch;
+use crate::report::{CriuRecvReport, CriuTaskReport};
 
 /// The daemon socket CRIU's restore connects to, in its work directory.
 pub const LAZY_SOCKET: &str = "lazy-pages.socket";
@@ -122,17 +121,19 @@ impl Drop for Doomed {
 
 /// Restores the tree, waits for the commit, continues it and serves it
 /// until it holds all of its memory. Returns the restored processes.
-#[allow(clippy::too_many_arguments)]
 pub fn run(
     c: &CriuRestore,
     images: &ImageIntake,
-    intake: &Intake,
-    lanes: &Lanes,
-    control: &mut Conn,
-    pending: &BTreeMap<SpaceKey, RangeSet>,
-    reconnect_timeout: Duration,
-    report: &mut RecvReport,
+    s: Switch<'_>,
 ) -> Result<Vec<Process>, RecvError> {
+    let Switch {
+        intake,
+        lanes,
+        control,
+        pending,
+        reconnect_timeout,
+        report,
+    } = s;
     let started = Instant::now();
     let received = images.finish().map_err(CriuRecvError::from)?;
     let tree = DumpedTree::read(&c.dir).map_err(CriuRecvError::from)?;

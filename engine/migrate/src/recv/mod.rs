@@ -45,6 +45,7 @@ use pagehop_wire::{FrameError, FrameKind};
 
 use crate::report::{RecvReport, SwitchKind};
 pub use machine::{Event, OutOfOrder, State};
+use postcopy::Switch;
 use verify::Verification;
 
 /// How long a round's pages may take to arrive after its end was announced.
@@ -463,12 +464,14 @@ impl Receiver<'_> {
         let result = criu::run(
             c,
             images,
-            &self.intake,
-            &self.lanes,
-            &mut self.control,
-            &pending,
-            self.opts.reconnect_timeout,
-            &mut self.report,
+            Switch {
+                intake: &self.intake,
+                lanes: &self.lanes,
+                control: &mut self.control,
+                pending: &pending,
+                reconnect_timeout: self.opts.reconnect_timeout,
+                report: &mut self.report,
+            },
         );
         match result {
             Ok(tree) => {
@@ -495,12 +498,14 @@ impl Receiver<'_> {
         let pending = self.take_pending();
         let restored = postcopy::run(
             cmd,
-            &self.intake,
-            &self.lanes,
-            &mut self.control,
-            &pending,
-            self.opts.reconnect_timeout,
-            &mut self.report,
+            Switch {
+                intake: &self.intake,
+                lanes: &self.lanes,
+                control: &mut self.control,
+                pending: &pending,
+                reconnect_timeout: self.opts.reconnect_timeout,
+                report: &mut self.report,
+            },
         )?;
         self.restored = Some(restored);
         Ok(())

@@ -16,19 +16,31 @@ use pagehop_wire::msg::Done;
 use super::RecvError;
 use crate::report::RecvReport;
 
+/// What both post-copy switches (a restore command's, here, and CRIU's,
+/// [`super::criu::run`]) work with.
+pub struct Switch<'a> {
+    pub intake: &'a Intake,
+    pub lanes: &'a Lanes,
+    pub control: &'a mut Conn,
+    /// The pages the destination lacks, per address space.
+    pub pending: &'a BTreeMap<SpaceKey, RangeSet>,
+    pub reconnect_timeout: Duration,
+    pub report: &'a mut RecvReport,
+}
+
 /// Starts the process and serves it until it holds all of its memory.
 /// Returns the running process. If the source is lost for good, the process
 /// is left stopped (the source may still hold its memory); on any other
 /// failure it is killed.
-pub fn run(
-    cmd: &RestoreCommand,
-    intake: &Intake,
-    lanes: &Lanes,
-    control: &mut Conn,
-    pending: &BTreeMap<SpaceKey, RangeSet>,
-    reconnect_timeout: Duration,
-    report: &mut RecvReport,
-) -> Result<Restored, RecvError> {
+pub fn run(cmd: &RestoreCommand, s: Switch<'_>) -> Result<Restored, RecvError> {
+    let Switch {
+        intake,
+        lanes,
+        control,
+        pending,
+        reconnect_timeout,
+        report,
+    } = s;
     let started = Instant::now();
     let mut restored = cmd.start()?;
     report.restored_pid = Some(restored.pid());
