@@ -14,6 +14,37 @@ fn bench(args: &[&str]) -> std::process::Output {
         .expect("run pagehop bench")
 }
 
+/// Runs `toml` as the only scenario file with a 1 s iperf3 baseline and
+/// namespaces named `prefix-*`; expects success and returns the results
+/// directory with its run records.
+fn run_scenario(
+    dir: &TempDir,
+    toml: &str,
+    prefix: &str,
+) -> (std::path::PathBuf, String, Vec<serde_json::Value>) {
+    let scenario = dir.path("scenario.toml");
+    std::fs::write(&scenario, toml).unwrap();
+    let out_dir = dir.path("results");
+    let out = bench(&[
+        "--scenario",
+        scenario.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--iperf3-seconds",
+        "1",
+        "--netns-prefix",
+        prefix,
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pagehop bench failed:\n{stderr}");
+    let runs = std::fs::read_to_string(out_dir.join("runs.jsonl")).unwrap();
+    let lines = runs
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    (out_dir, runs, lines)
+}
+
 fn namespaces() -> String {
     let out = Command::new("ip")
         .args(["netns", "list"])
@@ -27,33 +58,14 @@ fn namespaces() -> String {
 fn bench_runs_a_scenario_with_its_baselines_and_writes_the_results() {
     require_root();
     let dir = TempDir::new("bench-run");
-    let scenario = dir.path("s.toml");
-    std::fs::write(
-        &scenario,
+    let (out_dir, runs, lines) = run_scenario(
+        &dir,
         "[[scenario]]\nname = \"small\"\nrepetitions = 1\n\
          modes = [\"precopy\", \"postcopy\", \"hybrid\"]\n\
          workload = { size_mib = 8, write_mbps = [0, 20], threads = 2 }\n\
          network = { rate = \"500mbit\" }\nengine = { max_rounds = 4 }\n",
-    )
-    .unwrap();
-    let out_dir = dir.path("results");
-    let out = bench(&[
-        "--scenario",
-        scenario.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--iperf3-seconds",
-        "1",
-        "--netns-prefix",
         "phbt",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pagehop bench failed:\n{stderr}");
-    let runs = std::fs::read_to_string(out_dir.join("runs.jsonl")).unwrap();
-    let lines: Vec<serde_json::Value> = runs
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect();
+    );
     // One iperf3 baseline, then 2 points x 4 modes (stop-and-copy added).
     assert_eq!(lines.len(), 1 + 8, "{runs}");
     assert_eq!(lines[0]["kind"], "iperf3");
@@ -98,32 +110,13 @@ fn bench_runs_redis_under_criu_next_to_both_criu_baselines() {
     let pipe_max = || std::fs::read_to_string("/proc/sys/fs/pipe-max-size").unwrap();
     let pipe_max_before = pipe_max();
     let dir = TempDir::new("bench-redis");
-    let scenario = dir.path("redis.toml");
-    std::fs::write(
-        &scenario,
+    let (out_dir, runs, lines) = run_scenario(
+        &dir,
         "[[scenario]]\nname = \"redis\"\nkind = \"redis\"\nrepetitions = 1\n\
          modes = [\"hybrid\"]\nworkload = { size_mib = 32 }\n",
-    )
-    .unwrap();
-    let out_dir = dir.path("results");
-    let out = bench(&[
-        "--scenario",
-        scenario.to_str().unwrap(),
-        "--out",
-        out_dir.to_str().unwrap(),
-        "--iperf3-seconds",
-        "1",
-        "--netns-prefix",
         "phbr",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "pagehop bench failed:\n{stderr}");
-    let runs = std::fs::read_to_string(out_dir.join("runs.jsonl")).unwrap();
-    let apps: Vec<serde_json::Value> = runs
-        .lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON line"))
-        .filter(|l| l["kind"] == "app")
-        .collect();
+    );
+    let apps: Vec<&serde_json::Value> = lines.iter().filter(|l| l["kind"] == "app").collect();
     let methods: Vec<&str> = apps.iter().map(|r| r["method"].as_str().unwrap()).collect();
     assert_eq!(
         methods,
