@@ -13,23 +13,12 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use pagehop_bench::netns::NetnsPair;
+use pagehop_bench::redis::{self, PORT as REDIS_PORT, in_netns};
 
 use crate::common::*;
 use crate::migrate::{Cgroup, wait_for_line};
 
 const TOKEN: &str = "pagehop-criu-token-0123456789abcdef01";
-const REDIS_PORT: &str = "6379";
-
-/// `program` in network namespace `ns` only: unlike `ip netns exec`, no
-/// mount namespace of its own, so the tree, send (and its CRIU) and the
-/// restore all see the host's mounts, as on two real hosts.
-fn in_netns(ns: &str, program: &str) -> Command {
-    let mut cmd = Command::new("nsenter");
-    cmd.arg(format!("--net=/run/netns/{ns}"))
-        .arg("--")
-        .arg(program);
-    cmd
-}
 
 fn app(name: &str) -> String {
     format!("{}/apps/{name}", env!("CARGO_MANIFEST_DIR"))
@@ -283,17 +272,6 @@ impl Drop for CriuPair {
     }
 }
 
-fn run_ok(mut cmd: Command, what: &str) -> String {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{what} failed: {stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
 /// redis-server in its own pid namespace in `ns`, answering on `addr`.
 fn start_redis(p: &CriuPair, ns: &str, addr: &str) -> Tree {
     let tree = Tree::start_in(
@@ -331,36 +309,18 @@ fn start_redis(p: &CriuPair, ns: &str, addr: &str) -> Tree {
     tree
 }
 
-/// The keys a redis test loads: count and value size (about 60 MiB).
+/// The keys a redis test loads, of `redis::VALUE_SIZE` bytes (about 60 MiB).
 const KEYS: usize = 100_000;
-const VALUE_SIZE: usize = 512;
 
 fn load_redis(p: &CriuPair) {
-    let mut load = p.python(&p.pair.a, "redis_tool.py");
-    load.args([
-        "load",
-        &p.pair.addr_a,
-        REDIS_PORT,
-        &KEYS.to_string(),
-        &VALUE_SIZE.to_string(),
-    ]);
-    run_ok(load, "loading redis");
+    redis::load(&p.pair.a, &p.pair.addr_a, KEYS).expect("loading redis");
 }
 
 /// Every loaded key and every acknowledged write is at the destination,
 /// and it takes a write and a read.
 fn check_redis(p: &CriuPair, acked: &Path) -> String {
-    let mut check = p.python(&p.pair.b, "redis_tool.py");
-    check
-        .args([
-            "check",
-            &p.pair.addr_b,
-            REDIS_PORT,
-            &KEYS.to_string(),
-            &VALUE_SIZE.to_string(),
-        ])
-        .arg(acked);
-    let out = run_ok(check, "checking redis at the destination");
+    let out = redis::check(&p.pair.b, &p.pair.addr_b, KEYS, acked)
+        .expect("checking redis at the destination");
     assert!(out.contains("ok keys="), "{out}");
     out
 }
@@ -829,17 +789,8 @@ fn a_failing_criu_restore_leaves_the_source_running() {
     assert!(stderr.contains("criu restore failed"), "{stderr}");
     assert_runs(source.root, "the source redis");
     // Every key is still served by the source.
-    let mut check = p.python(&p.pair.a, "redis_tool.py");
-    check
-        .args([
-            "check",
-            &p.pair.addr_a,
-            REDIS_PORT,
-            &KEYS.to_string(),
-            &VALUE_SIZE.to_string(),
-        ])
-        .arg(p.dir.path("no-writer"));
-    run_ok(check, "checking the source redis");
+    redis::check(&p.pair.a, &p.pair.addr_a, KEYS, &p.dir.path("no-writer"))
+        .expect("checking the source redis");
     let (ok, _) = p.finish_recv();
     assert!(!ok, "recv reported success");
     let _ = blocker.0.kill();
