@@ -162,17 +162,18 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
         for rep in 0..s.repetitions {
             for point in s.points() {
                 for method in methods(s) {
+                    let spec = RunSpec {
+                        scenario: s,
+                        point,
+                        method,
+                        rep,
+                        link: &link,
+                        binaries: &opts.binaries,
+                        scratch: scratch.path(),
+                    };
                     let (ok, what, line) = match method {
                         Method::Workload(mode) => {
-                            let record = run::migrate(&RunSpec {
-                                scenario: s,
-                                point,
-                                mode,
-                                rep,
-                                link: &link,
-                                binaries: &opts.binaries,
-                                scratch: scratch.path(),
-                            });
+                            let record = run::migrate(&spec.with(mode));
                             let what = format!(
                                 "{} MiB, {} MB/s, {}, #{}: {}",
                                 point.size_mib,
@@ -184,15 +185,7 @@ pub fn run(opts: &BenchOptions, progress: &mut dyn FnMut(&str)) -> Result<Outcom
                             (record.ok, what, Line::Migration(Box::new(record)))
                         }
                         Method::Redis(method) => {
-                            let record = app::migrate(&app::AppSpec {
-                                scenario: s,
-                                point,
-                                method,
-                                rep,
-                                link: &link,
-                                binaries: &opts.binaries,
-                                scratch: scratch.path(),
-                            });
+                            let record = app::migrate(&spec.with(method));
                             let what = format!(
                                 "redis {} MiB, {}, #{}: {}",
                                 point.size_mib,

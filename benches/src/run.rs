@@ -94,25 +94,56 @@ impl Record {
     }
 }
 
-/// What to run.
-pub struct RunSpec<'a> {
+/// What a workload run assumes of an unshaped link, for its time limits:
+/// 100 MB/s, well below what this path gives.
+const UNSHAPED_BITS: f64 = 800e6;
+
+/// What to run: a point of a scenario, by a method (a pagehop mode on the
+/// built-in workload, an [`crate::app::Method`] on redis).
+#[derive(Clone, Copy)]
+pub struct RunSpec<'a, M> {
     pub scenario: &'a Scenario,
     pub point: Point,
-    pub mode: Mode,
+    pub method: M,
     pub rep: u32,
     pub link: &'a Link,
     pub binaries: &'a Binaries,
     pub scratch: &'a Path,
 }
 
+impl<'a, M> RunSpec<'a, M> {
+    /// The same run by another method.
+    pub fn with<N>(&self, method: N) -> RunSpec<'a, N> {
+        RunSpec {
+            scenario: self.scenario,
+            point: self.point,
+            method,
+            rep: self.rep,
+            link: self.link,
+            binaries: self.binaries,
+            scratch: self.scratch,
+        }
+    }
+
+    /// Seconds the link needs for `mib` MiB at the scenario's rate, or at
+    /// `unshaped_bits` per second on an unshaped link.
+    pub fn link_secs(&self, mib: u64, unshaped_bits: f64) -> f64 {
+        let bits = match self.scenario.network.rate_bits() {
+            Ok(Some(bits)) => bits as f64,
+            _ => unshaped_bits,
+        };
+        (mib << 20) as f64 * 8.0 / bits
+    }
+}
+
 /// Runs one migration; failures are in the record.
-pub fn migrate(spec: &RunSpec<'_>) -> Record {
+pub fn migrate(spec: &RunSpec<'_, Mode>) -> Record {
     let mut record = Record {
         scenario: spec.scenario.name.clone(),
         network: spec.scenario.network.label(),
         size_mib: spec.point.size_mib,
         write_mbps: spec.point.write_mbps,
-        mode: spec.mode.name().to_string(),
+        mode: spec.method.name().to_string(),
         rep: spec.rep,
         ok: false,
         error: None,
@@ -136,7 +167,7 @@ pub fn migrate(spec: &RunSpec<'_>) -> Record {
 
 /// The workload options shared by the source and the resumed process (the
 /// resumed one checks its arena header against them).
-fn workload_args(spec: &RunSpec<'_>) -> Vec<String> {
+fn workload_args(spec: &RunSpec<'_, Mode>) -> Vec<String> {
     let w = &spec.scenario.workload;
     [
         "--size-mib",
@@ -158,17 +189,7 @@ fn workload_args(spec: &RunSpec<'_>) -> Vec<String> {
     .to_vec()
 }
 
-/// Seconds the link needs for `mib` MiB at the scenario's rate (unshaped:
-/// at 100 MB/s, well below what this path gives).
-fn transfer_secs(spec: &RunSpec<'_>, mib: u64) -> f64 {
-    let bits = match spec.scenario.network.rate_bits() {
-        Ok(Some(bits)) => bits as f64,
-        _ => 800e6,
-    };
-    (mib << 20) as f64 * 8.0 / bits
-}
-
-fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
+fn drive(spec: &RunSpec<'_, Mode>, record: &mut Record) -> Result<(), RunError> {
     let pair = &spec.link.pair;
     let dir = spec.scratch;
     let token = dir.join("token");
@@ -176,7 +197,7 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
         what: "writing the token file",
         source,
     })?;
-    let log = dir.join(format!("restored-{}.log", spec.mode.name()));
+    let log = dir.join(format!("restored-{}.log", spec.method.name()));
     let _ = std::fs::remove_file(&log);
     let args = workload_args(spec);
     let listen = format!("{}:{PORT}", pair.addr_b);
@@ -224,7 +245,7 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
     let mut send = cleanup::spawn(
         NetnsPair::command(&pair.a, path_str(&spec.binaries.pagehop)?)
             .args(["send", "--pid", &source.pid().to_string(), "--to", &listen])
-            .args(["--json", "--mode", spec.mode.name(), "--token-file"])
+            .args(["--json", "--mode", spec.method.name(), "--token-file"])
             .arg(&token)
             .args(spec.scenario.engine.send_args())
             .stdin(Stdio::null())
@@ -234,8 +255,9 @@ fn drive(spec: &RunSpec<'_>, record: &mut Record) -> Result<(), RunError> {
     let send_out = read_all(send.child.stdout.take());
     let send_err = read_all(send.child.stderr.take());
     // Generous: every page a few times over the link, plus start-up.
-    let limit =
-        Duration::from_secs_f64(120.0 + 8.0 * transfer_secs(spec, spec.point.size_mib + 16));
+    let limit = Duration::from_secs_f64(
+        120.0 + 8.0 * spec.link_secs(spec.point.size_mib + 16, UNSHAPED_BITS),
+    );
     let status = wait_exit(&mut send, "pagehop send", limit)?;
     let send_text = send_out.recv().unwrap_or_default();
     record.send = serde_json::from_str(send_text.trim()).unwrap_or(serde_json::Value::Null);

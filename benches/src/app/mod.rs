@@ -22,10 +22,8 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::network::Link;
 use crate::redis::{self, Reader, RedisTree};
-use crate::run::Binaries;
-use crate::scenario::{MODE_ORDER, Mode, Point, Scenario};
+use crate::scenario::{MODE_ORDER, Mode, Scenario};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -137,25 +135,13 @@ pub struct Measured {
     pub recv: serde_json::Value,
 }
 
-/// Where and how a run happens.
-pub struct AppSpec<'a> {
-    pub scenario: &'a Scenario,
-    pub point: Point,
-    pub method: Method,
-    pub rep: u32,
-    pub link: &'a Link,
-    pub binaries: &'a Binaries,
-    pub scratch: &'a Path,
-}
+/// Where and how a redis run happens.
+pub type AppSpec<'a> = crate::run::RunSpec<'a, Method>;
 
 impl AppSpec<'_> {
     /// Seconds the link needs for `mib` MiB (unshaped: at 400 MB/s).
     pub fn transfer_secs(&self, mib: u64) -> f64 {
-        let bits = match self.scenario.network.rate_bits() {
-            Ok(Some(bits)) => bits as f64,
-            _ => 3.2e9,
-        };
-        (mib << 20) as f64 * 8.0 / bits
+        self.link_secs(mib, 3.2e9)
     }
 
     /// A generous limit for one step that moves `mib` MiB.
