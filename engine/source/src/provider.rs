@@ -161,8 +161,11 @@ impl PageProvider for LiveProcess {
             Err(e) => return Err(self.read_error(space, e)),
         }
         // The pid still names our process (a pid is not reused while the
-        // process, or its zombie, exists).
-        if self.target.process().signal(0).is_err() {
+        // process, or its zombie, exists), and pages that went missing went
+        // with a mapping, not with the process (a dying one loses them all).
+        if self.target.process().signal(0).is_err()
+            || (present.contains(&false) && !self.target.is_alive())
+        {
             return Err(self.gone(space));
         }
         Ok(())
@@ -490,6 +493,9 @@ impl PageProvider for FrozenTree {
         self.member(space)?.populated(space, layout)
     }
 
+    /// A frozen process unmaps nothing, so a page it cannot read is an
+    /// error, never a hole to be filled with zeros: the process is dying
+    /// (killed, taken by the OOM killer) or the page was never mapped.
     fn read(
         &self,
         space: SpaceKey,
@@ -497,8 +503,35 @@ impl PageProvider for FrozenTree {
         buf: &mut [u8],
         present: &mut Vec<bool>,
     ) -> Result<(), ProvideError> {
-        self.member(space)?.read(space, runs, buf, present)
+        let member = self.member(space)?;
+        member.read(space, runs, buf, present)?;
+        let missing = present.iter().filter(|p| !**p).count();
+        if missing == 0 {
+            return Ok(());
+        }
+        if !member.target().is_alive() {
+            return Err(member.gone(space));
+        }
+        let first = present.iter().position(|p| !p).unwrap_or(0);
+        Err(ProvideError::BadRead {
+            space,
+            why: format!(
+                "{missing} page(s) are not mapped in the frozen process (the first at {:#x})",
+                page_at(runs, first, member.page_size() as u64).unwrap_or(0)
+            ),
+        })
     }
+}
+
+/// The address of the `i`th page of `runs`.
+fn page_at(runs: &[(u64, usize)], mut i: usize, page_size: u64) -> Option<u64> {
+    for &(start, n) in runs {
+        if i < n {
+            return Some(start + i as u64 * page_size);
+        }
+        i -= n;
+    }
+    None
 }
 
 #[cfg(test)]
@@ -595,6 +628,42 @@ mod tests {
             tree.layout(SpaceKey(3)),
             Err(ProvideError::UnknownSpace { .. })
         ));
+    }
+
+    /// What the demand server and the final round read from: a page the
+    /// frozen process cannot give is an error, never a zero page.
+    #[test]
+    #[ignore = "needs root"]
+    fn a_frozen_process_s_unreadable_page_is_an_error_not_a_hole() {
+        let child = Sleeper::start();
+        let live = LiveTree::single(LiveProcess::open(child.pid()).expect("a valid target"));
+        let tree = live
+            .freeze(&FreezeMethod::Signal, Duration::from_secs(5))
+            .expect("freeze");
+        let layout = tree.layout(SpaceKey::ROOT).expect("layout");
+        let mapped = tree
+            .populated(SpaceKey::ROOT, &layout)
+            .expect("populated")
+            .ranges()[0]
+            .start;
+        let ps = tree.page_size();
+        let mut buf = vec![0u8; 2 * ps];
+        let mut present = Vec::new();
+        // One mapped page and one at an address no process maps.
+        let runs = [(mapped, 1), (ps as u64, 1)];
+        match tree.read(SpaceKey::ROOT, &runs, &mut buf, &mut present) {
+            Err(ProvideError::BadRead { why, .. }) => {
+                assert!(why.contains(&format!("{:#x}", ps)), "{why}")
+            }
+            other => panic!("an unmapped page read as {other:?}"),
+        }
+        // Killed while frozen (the OOM killer's way): gone, not zeros.
+        pagehop_sys::process::kill(child.pid(), libc::SIGKILL).expect("kill");
+        assert_eq!(child.wait_state(&['Z']), 'Z');
+        let err = tree
+            .read(SpaceKey::ROOT, &[(mapped, 1)], &mut buf[..ps], &mut present)
+            .expect_err("a dead process's page");
+        assert!(matches!(err, ProvideError::Gone { .. }), "{err}");
     }
 
     #[test]

@@ -190,7 +190,9 @@ struct Answer {
 
 impl Answer {
     /// Builds one `Pages` frame of `pages` (ascending) read from `provider`.
-    /// A page the provider cannot read goes as a zero page.
+    /// A page the provider reports absent goes as a zero page: only a
+    /// provider for which absent means zero reports one (an image); the
+    /// frozen tree fails the read instead.
     fn build(
         &mut self,
         provider: &dyn PageProvider,
