@@ -347,9 +347,15 @@ fn stop_and_copy_between_namespaces() {
     migrate_workload("stop-and-copy", 5, "stop-and-copy", "auto", "2", false);
 }
 
-/// Forwards one TCP connection after another to `to`, flipping one byte at
-/// offset `flip_at` of the `nth` connection's client-to-server bytes.
-fn corrupting_proxy(listener: TcpListener, to: String, nth: usize, flip_at: usize) {
+/// Forwards one TCP connection after another to `to`. The `nth`
+/// connection's client-to-server bytes go through `tamper` (reading from the
+/// client, writing to the server); everything else is copied as it is.
+fn tampering_proxy(
+    listener: TcpListener,
+    to: String,
+    nth: usize,
+    tamper: fn(&mut TcpStream, &mut TcpStream),
+) {
     std::thread::spawn(move || {
         for (i, client) in listener.incoming().enumerate() {
             let Ok(client) = client else { break };
@@ -360,19 +366,10 @@ fn corrupting_proxy(listener: TcpListener, to: String, nth: usize, flip_at: usiz
                 (client.try_clone().unwrap(), server.try_clone().unwrap());
             let (mut s_read, mut c_write) = (server, client);
             std::thread::spawn(move || {
-                let mut buf = vec![0u8; 65536];
-                let mut seen = 0usize;
-                while let Ok(n) = c_read.read(&mut buf) {
-                    if n == 0 {
-                        break;
-                    }
-                    if i == nth && (seen..seen + n).contains(&flip_at) {
-                        buf[flip_at - seen] ^= 0x40;
-                    }
-                    seen += n;
-                    if s_write.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
+                if i == nth {
+                    tamper(&mut c_read, &mut s_write);
+                } else {
+                    let _ = std::io::copy(&mut c_read, &mut s_write);
                 }
                 let _ = s_write.shutdown(std::net::Shutdown::Write);
             });
@@ -381,6 +378,117 @@ fn corrupting_proxy(listener: TcpListener, to: String, nth: usize, flip_at: usiz
             });
         }
     });
+}
+
+/// Flips one byte 200 000 bytes in (inside the first data frames).
+fn flip_a_byte(from: &mut TcpStream, to: &mut TcpStream) {
+    const FLIP_AT: usize = 200_000;
+    let mut buf = vec![0u8; 65536];
+    let mut seen = 0usize;
+    while let Ok(n) = from.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        if (seen..seen + n).contains(&FLIP_AT) {
+            buf[FLIP_AT - seen] ^= 0x40;
+        }
+        seen += n;
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+}
+
+/// Changes one byte of page data in the first `Pages` frame that carries
+/// data and writes a crc to match (a crc is no seal: anyone on the path
+/// can do this until frames are sealed).
+fn rewrite_a_page(from: &mut TcpStream, to: &mut TcpStream) {
+    use pagehop::wire::frame::{FrameKind, HEADER_LEN, decode_header, frame_header};
+    let mut rewritten = false;
+    loop {
+        let mut header = [0u8; HEADER_LEN];
+        if from.read_exact(&mut header).is_err() {
+            break;
+        }
+        let Ok((kind, len, _)) = decode_header(&header) else {
+            break;
+        };
+        let mut payload = vec![0u8; len as usize];
+        if from.read_exact(&mut payload).is_err() {
+            break;
+        }
+        if !rewritten && kind == FrameKind::Pages && payload.len() > 2 * 4096 {
+            // The payload ends with the data of its last non-zero page.
+            *payload.last_mut().unwrap() ^= 0x5a;
+            header = frame_header(kind, &[&payload]);
+            rewritten = true;
+        }
+        if to.write_all(&header).is_err() || to.write_all(&payload).is_err() {
+            break;
+        }
+    }
+}
+
+/// Memory that arrived wrong must not run, and the intact copy must not be
+/// lost: on a `--verify` mismatch the destination kills its copy and the
+/// source runs on, untouched.
+#[test]
+#[ignore = "needs root"]
+fn a_verify_mismatch_kills_the_destination_s_copy_and_the_source_runs_on() {
+    require_root();
+    let dir = TempDir::new("verify-mismatch");
+    let log = dir.path("resumed.log");
+    let restore = format!(
+        "exec {} --resume --size-mib 16 > {} 2>&1",
+        workload_bin(),
+        log.display()
+    );
+    let recv = Recv::start(
+        None,
+        &[
+            "--listen",
+            "127.0.0.1:7111",
+            "--restore-cmd",
+            &restore,
+            "--json",
+        ],
+    );
+    wait_listening(None, 7111);
+    let proxy = TcpListener::bind("127.0.0.1:7112").expect("proxy listen");
+    // Connection 1 is the data stream.
+    tampering_proxy(proxy, "127.0.0.1:7111".to_string(), 1, rewrite_a_page);
+    let source = Workload::spawn(&["--size-mib", "16", "--write-mbps", "5"]);
+    let out = send_cmd(None)
+        .args(["--pid", &source.pid.to_string(), "--to", "127.0.0.1:7112"])
+        .args(["--verify", "--json", "--compress", "off"])
+        .output()
+        .expect("run pagehop send");
+    let send_err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "send succeeded: {send_err}");
+    assert!(
+        send_err.contains("verification failed") && send_err.contains("the source runs on"),
+        "{send_err}"
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("send report");
+    assert!(
+        report["verify"].to_string().contains("mismatch"),
+        "{report}"
+    );
+    let (_, recv_out, recv_err) = recv.finish(Duration::from_secs(20));
+    let recv_report: serde_json::Value =
+        serde_json::from_str(recv_out.trim()).unwrap_or_else(|_| panic!("recv: {recv_err}"));
+    let restored = recv_report["restored_pid"].as_i64().expect("restored pid") as i32;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{restored}/stat"))
+        .is_ok_and(|s| !s.contains(") Z"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the destination's copy still runs: {recv_err}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_source_untouched(source);
 }
 
 #[test]
@@ -397,7 +505,7 @@ fn corrupted_frame_is_caught_and_nothing_installed() {
     wait_listening(None, 7101);
     let proxy = TcpListener::bind("127.0.0.1:7102").expect("proxy listen");
     // Connection 1 is the first data stream: flip a byte deep inside its first Pages frame.
-    corrupting_proxy(proxy, "127.0.0.1:7101".to_string(), 1, 200_000);
+    tampering_proxy(proxy, "127.0.0.1:7101".to_string(), 1, flip_a_byte);
     let source = Workload::spawn(&["--size-mib", "16", "--write-mbps", "5"]);
     let out = send_cmd(None)
         .args(["--pid", &source.pid.to_string(), "--to", "127.0.0.1:7102"])

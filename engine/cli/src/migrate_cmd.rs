@@ -273,7 +273,10 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
     let report = send(opts, &phase, progress.as_mut())?;
     print_send_report(&report, args.json)?;
     if report.verify.is_mismatch() {
-        anyhow::bail!("verification failed: {}", report.verify);
+        anyhow::bail!(
+            "verification failed: {}; the destination's copy was killed and the source runs on",
+            report.verify
+        );
     }
     Ok(())
 }

@@ -350,7 +350,18 @@ impl Receiver<'_> {
                 self.verification.check(&self.intake.lock_store(), &digests);
             }
             ControlFrame::Done => {
-                self.control.send(&self.verification.result())?;
+                let result = self.verification.result();
+                if let (Some(addr), Some(restored)) = (result.mismatch, self.restored.take()) {
+                    // Memory that arrived wrong must not run: the copy goes
+                    // before the source hears of it, so that the source may
+                    // run on as the only copy.
+                    restored.abandon();
+                    log::error!(
+                        "verification failed at {addr:#x}: the restored process was killed; \
+                         the source runs on"
+                    );
+                }
+                self.control.send(&result)?;
                 self.report.verify = self.verification.verdict();
             }
             ControlFrame::Other(kind) => unreachable!("the state machine accepted a {kind} frame"),

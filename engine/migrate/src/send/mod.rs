@@ -312,7 +312,16 @@ fn drive(
     if let Some(session) = m.session.take() {
         let _ = session.finish("migrated");
     }
-    if opts.leave_stopped {
+    if m.report.verify.is_mismatch() {
+        // The destination killed its copy before it answered: the frozen
+        // source, the only intact copy, runs on.
+        tree.release_hold();
+        tree.thaw()?;
+        log::error!(
+            "verification failed ({}): the destination's copy was killed; the source runs on",
+            m.report.verify
+        );
+    } else if opts.leave_stopped {
         tree.leave_stopped();
     } else {
         tree.kill();
