@@ -276,7 +276,21 @@ fn append(file: &mut std::fs::File, line: &Line, path: &Path) -> Result<(), Benc
 /// Writes a fresh token for one migration to `path` (send and recv both
 /// read it with `--token-file`); `what` starts it, for whoever reads it.
 pub fn write_token(path: &Path, what: &str) -> std::io::Result<()> {
-    std::fs::write(path, format!("{what}-{:x}", pagehop::sys::monotonic_ns()))
+    write_secret(path, &format!("{what}-{:x}", pagehop::sys::monotonic_ns()))
+}
+
+/// Writes `contents` to a new file at `path` that only its owner may read
+/// (what pagehop asks of a token file).
+pub fn write_secret(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?
+        .write_all(contents.as_bytes())
 }
 
 /// Redoes the summary and plots of an existing results directory.

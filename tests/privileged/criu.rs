@@ -124,7 +124,7 @@ struct CriuPair {
 impl CriuPair {
     fn new(name: &str, index: u8) -> CriuPair {
         let dir = TempDir::new(name);
-        std::fs::write(dir.path("token"), TOKEN).expect("token");
+        pagehop_bench::write_secret(&dir.path("token"), TOKEN).expect("token");
         let pair = NetnsPair::create(&format!("cr{index}"), index).expect("network namespaces");
         let listen = format!("{}:{}", pair.addr_b, 7800 + index as u16);
         CriuPair {

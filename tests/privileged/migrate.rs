@@ -16,7 +16,7 @@ const TOKEN: &str = "pagehop-test-token-0123456789abcdef";
 
 fn token_file(dir: &TempDir) -> PathBuf {
     let path = dir.path("token");
-    std::fs::write(&path, TOKEN).expect("write token");
+    pagehop_bench::write_secret(&path, TOKEN).expect("write token");
     path
 }
 
@@ -577,7 +577,7 @@ fn wrong_token_and_protocol_version_are_refused() {
     let dir = TempDir::new("refuse");
     let token = token_file(&dir);
     let other = dir.path("other-token");
-    std::fs::write(&other, "a-completely-different-token-42").unwrap();
+    pagehop_bench::write_secret(&other, "a-completely-different-token-42").unwrap();
     let marker = dir.path("restored");
     let restore = format!("touch {}", marker.display());
     let recv = Recv::start(

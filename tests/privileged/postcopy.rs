@@ -36,7 +36,7 @@ impl Scenario {
         recv_extra: &[&str],
     ) -> Self {
         let dir = TempDir::new(name);
-        std::fs::write(dir.path("token"), TOKEN).expect("token");
+        pagehop_bench::write_secret(&dir.path("token"), TOKEN).expect("token");
         let pair = NetnsPair::create(&format!("pc{index}"), index).expect("network namespaces");
         if let Some(rate) = rate {
             pair.shape(rate).expect("shape the link");

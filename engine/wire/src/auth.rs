@@ -41,6 +41,8 @@ const DOMAIN: &[u8] = b"pagehop-auth-v1";
 pub const MIN_TOKEN_LEN: usize = 16;
 /// The environment variable the command line reads a token from.
 pub const TOKEN_ENV: &str = "PAGEHOP_TOKEN";
+/// The most a token file may hold.
+pub const MAX_TOKEN_FILE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthError {
@@ -50,6 +52,18 @@ pub enum AuthError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "token file {path} can be read or written by others (mode {mode:03o}): \
+         `chmod 600` it"
+    )]
+    Exposed { path: PathBuf, mode: u32 },
+    #[error(
+        "token file {path} belongs to uid {owner}, neither root nor this process's user: \
+         someone else could change it"
+    )]
+    ForeignOwner { path: PathBuf, owner: u32 },
+    #[error("token file {path} holds more than {max} bytes: is it the right file?")]
+    TooLong { path: PathBuf, max: u64 },
     #[error("token from {origin} is empty")]
     Empty { origin: String },
     #[error("token from {origin} is {len} bytes; at least {min} are needed")]
@@ -118,12 +132,44 @@ impl Token {
     }
 
     /// Reads a token file (its whole contents, minus one trailing newline).
+    /// Like an ssh key, it must be private: no access for group or others,
+    /// owned by root or by this process's user (a symlink to such a file,
+    /// as Kubernetes mounts secrets, is fine).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, AuthError> {
+        use std::io::Read;
+        use std::os::unix::fs::MetadataExt;
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| AuthError::Read {
+        let read = |source| AuthError::Read {
             path: path.to_owned(),
             source,
-        })?;
+        };
+        let file = std::fs::File::open(path).map_err(read)?;
+        let meta = file.metadata().map_err(read)?;
+        // /proc/self belongs to the process's effective user.
+        let me = std::fs::metadata("/proc/self").map_err(read)?.uid();
+        if meta.uid() != 0 && meta.uid() != me {
+            return Err(AuthError::ForeignOwner {
+                path: path.to_owned(),
+                owner: meta.uid(),
+            });
+        }
+        let mode = meta.mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(AuthError::Exposed {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+        let mut bytes = Vec::new();
+        file.take(MAX_TOKEN_FILE + 1)
+            .read_to_end(&mut bytes)
+            .map_err(read)?;
+        if bytes.len() as u64 > MAX_TOKEN_FILE {
+            return Err(AuthError::TooLong {
+                path: path.to_owned(),
+                max: MAX_TOKEN_FILE,
+            });
+        }
         Self::new(&bytes, &format!("file {}", path.display()))
     }
 
@@ -215,6 +261,28 @@ pub fn verify(
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_token_file_others_can_read_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let path = std::env::temp_dir().join(format!("pagehop-token-{}", std::process::id()));
+        std::fs::write(&path, "a-token-of-enough-length").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = Token::from_file(&path).expect_err("mode 644");
+        assert!(
+            matches!(err, AuthError::Exposed { mode: 0o644, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(Token::from_file(&path).expect("mode 600").len(), 24);
+        std::fs::write(&path, vec![b'x'; MAX_TOKEN_FILE as usize + 1]).unwrap();
+        assert!(matches!(
+            Token::from_file(&path),
+            Err(AuthError::TooLong { .. })
+        ));
+        std::fs::remove_file(&path).unwrap();
+    }
+
     fn token(s: &str) -> Token {
         Token::new(s.as_bytes(), "test").expect("token")
     }
@@ -298,6 +366,9 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("pagehop-auth-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let file = dir.join("token");
+        std::fs::write(&file, "").expect("write");
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).expect("chmod");
 
         std::fs::write(&file, "0123456789abcdef\n").expect("write");
         let from_file = Token::from_file(&file).expect("token file");
