@@ -435,3 +435,36 @@ fn the_writer_refuses_pages_out_of_order() {
     assert!(dir.0.join("image.json").exists());
     assert!(matches!(writer.finish(), Err(ImageError::Finished)));
 }
+
+/// The writer runs as root in a directory others may reach: it never writes
+/// through a planted symlink, keeps the memory private, and never leaves an
+/// old `image.json` beside new pages.
+#[test]
+fn the_writer_unlinks_planted_files_and_keeps_the_memory_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("planted");
+    fs::create_dir_all(&dir.0).expect("dir");
+    let victim = dir.0.join("victim");
+    fs::write(&victim, b"precious").expect("victim");
+    std::os::unix::fs::symlink(&victim, dir.0.join("pages.bin")).expect("symlink");
+    fs::write(dir.0.join("image.json"), b"{}").expect("an old manifest");
+    let mut writer = ImageWriter::create(&dir.0, PS as usize).expect("create");
+    assert!(
+        !dir.0.join("image.json").exists(),
+        "an old image.json survived the start of a new image"
+    );
+    let p = page(7);
+    let root = pagehop_mem::SpaceKey::ROOT;
+    pagehop_mem::PageSink::set_layout(&mut writer, root, &[Range::new(0x10_0000, 0x10_1000)])
+        .expect("layout");
+    pagehop_mem::PageSink::put(&mut writer, root, &[(0x10_0000, Some(&p))]).expect("put");
+    pagehop_mem::PageSink::finish(&mut writer).expect("finish");
+    assert_eq!(fs::read(&victim).expect("victim"), b"precious");
+    for name in ["pages.bin", "image.json"] {
+        let meta = fs::symlink_metadata(dir.0.join(name)).expect(name);
+        assert!(meta.file_type().is_file(), "{name} is not a plain file");
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{name}");
+    }
+    assert!(!dir.0.join("image.json.tmp").exists());
+    read(&dir.0).expect("the new image reads back");
+}

@@ -2,6 +2,7 @@
 //! `pages.bin` and writes `image.json` when finished.
 use std::fs::{self, File};
 use std::io::{BufWriter, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use pagehop_mem::pages::Range;
@@ -59,11 +60,22 @@ pub struct ImageWriter {
 }
 
 impl ImageWriter {
-    /// Creates `dir` (if needed) and its `pages.bin`.
+    /// Creates `dir` (if needed, mode 0700) and a new `pages.bin` in it.
+    /// An `image.json` already there goes first, so that a crash can never
+    /// pair it with the new pages; an old `pages.bin` is unlinked, not
+    /// followed (root must not write through a planted symlink). Files are
+    /// created 0600: they hold a process's memory.
     pub fn create(dir: &Path, page_size: usize) -> Result<Self, ImageError> {
-        fs::create_dir_all(dir).map_err(write_error(dir))?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(write_error(dir))?;
+        let json_path = dir.join("image.json");
+        remove_if_there(&json_path)?;
         let pages_path = dir.join("pages.bin");
-        let file = File::create(&pages_path).map_err(write_error(&pages_path))?;
+        remove_if_there(&pages_path)?;
+        let file = create_private(&pages_path)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             page_size: page_size as u64,
@@ -122,6 +134,24 @@ impl ImageWriter {
     }
 }
 
+/// Unlinks `path` if it exists (a symlink itself, never its target).
+fn remove_if_there(path: &Path) -> Result<(), ImageError> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(write_error(path)(e)),
+        _ => Ok(()),
+    }
+}
+
+/// A new file only its owner can read, refused if anything is at `path`.
+fn create_private(path: &Path) -> Result<File, ImageError> {
+    fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(write_error(path))
+}
+
 fn write_error(path: &Path) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
     move |source| ImageError::Write {
         path: path.to_path_buf(),
@@ -169,9 +199,20 @@ impl PageSink for ImageWriter {
                 .collect(),
             runs: std::mem::take(&mut self.runs),
         };
+        // image.json appears whole or not at all: written aside, synced,
+        // renamed into place, and the directory synced.
         let json_path = self.dir.join("image.json");
+        let tmp_path = self.dir.join("image.json.tmp");
         let json = serde_json::to_vec_pretty(&manifest).expect("manifest serializes");
-        fs::write(&json_path, json).map_err(write_error(&json_path))?;
+        remove_if_there(&tmp_path)?;
+        let mut tmp = create_private(&tmp_path)?;
+        tmp.write_all(&json)
+            .and_then(|()| tmp.sync_all())
+            .map_err(write_error(&tmp_path))?;
+        fs::rename(&tmp_path, &json_path).map_err(write_error(&json_path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(write_error(&self.dir))?;
         Ok(self.count)
     }
 }
