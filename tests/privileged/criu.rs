@@ -880,7 +880,7 @@ fn criu_s_kernel_cache_is_there_while_pagehop_runs_and_gone_after() {
     require_root();
     let cache = Path::new("/run/criu.kdat");
     let criu = Criu::find(None).expect("the setup's CRIU");
-    let persistent_run = !pagehop::sys::mount_ns::is_tmpfs(Path::new("/run")).unwrap();
+    let persistent_run = !pagehop::sys::fs::is_tmpfs(Path::new("/run")).unwrap();
     let first = KdatCache::prepare(&criu);
     assert!(cache.exists(), "no cache after prepare");
     let second = KdatCache::prepare(&criu);

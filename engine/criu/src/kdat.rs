@@ -23,7 +23,7 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use pagehop_sys::mount_ns;
+use pagehop_sys::{fs as fs_sys, mount_ns};
 
 use crate::Criu;
 
@@ -81,7 +81,7 @@ impl KdatCache {
 
     fn try_prepare(criu: &Criu) -> Result<KdatCache, KdatError> {
         let run = Path::new(RUN);
-        if mount_ns::is_tmpfs(run).map_err(io("probing", run))? {
+        if fs_sys::is_tmpfs(run).map_err(io("probing", run))? {
             if !Path::new(CACHE).exists() {
                 let status = check(criu, None)?;
                 if !Path::new(CACHE).exists() {
@@ -100,14 +100,14 @@ impl KdatCache {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
             .open(lock_path)
             .map_err(io("opening", lock_path))?;
-        mount_ns::lock_shared(&lock).map_err(io("locking", lock_path))?;
+        fs_sys::lock_shared(&lock).map_err(io("locking", lock_path))?;
         if read_record(&mut lock).is_some_and(|r| r == current_record(None)) {
             return Ok(KdatCache {
                 installed: Some(lock),
             });
         }
         // Stale or missing: make it anew, alone.
-        if !mount_ns::try_lock_exclusive(&lock).map_err(io("locking", lock_path))? {
+        if !fs_sys::try_lock_exclusive(&lock).map_err(io("locking", lock_path))? {
             return Err(KdatError::Busy);
         }
         let inode = install(criu)?;
@@ -116,7 +116,7 @@ impl KdatCache {
         lock.rewind().map_err(io("writing", lock_path))?;
         lock.write_all(record.as_bytes())
             .map_err(io("writing", lock_path))?;
-        mount_ns::lock_shared(&lock).map_err(io("locking", lock_path))?;
+        fs_sys::lock_shared(&lock).map_err(io("locking", lock_path))?;
         log::info!("CRIU's kernel-feature cache installed at {CACHE} for this migration");
         Ok(KdatCache {
             installed: Some(lock),
@@ -130,7 +130,7 @@ impl Drop for KdatCache {
             return;
         };
         // The last user out removes the cache; others still hold the lock.
-        if !mount_ns::try_lock_exclusive(&lock).unwrap_or(false) {
+        if !fs_sys::try_lock_exclusive(&lock).unwrap_or(false) {
             return;
         }
         if let Some(record) = read_record(&mut lock)

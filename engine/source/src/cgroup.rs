@@ -55,7 +55,7 @@ impl Cgroup {
             source,
         };
         let path = path.canonicalize().map_err(read)?;
-        if !pagehop_sys::cgroup::is_cgroup2(&path).map_err(read)? || !path.is_dir() {
+        if !pagehop_sys::fs::is_cgroup2(&path).map_err(read)? || !path.is_dir() {
             return Err(CgroupError::NotCgroup2 { path });
         }
         // Every cgroup but the root has `cgroup.events`.

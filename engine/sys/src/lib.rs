@@ -10,8 +10,8 @@
 //! `waitpid(__WALL)`, `tgkill`, `process_vm_readv`, the userfaultfd ioctls,
 //! `PAGEMAP_SCAN`, signal masks, `sigwait` and `sigaction`, `fork` and
 //! `_exit`, `pidfd_send_signal` with signal 0, and the io_uring constants.
-pub mod cgroup;
 pub mod fd;
+pub mod fs;
 pub mod mm;
 pub mod mount_ns;
 pub mod pagemap;
