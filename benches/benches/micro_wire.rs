@@ -1,5 +1,6 @@
 //! Wire protocol micro-benchmarks: frames (header crc, encode, read and
-//! check), typed messages (encode, decode) and `Pages` batches (encode with
+//! check; sealing in place and sealing plus opening, AES-256-GCM, beside
+//! the crc), typed messages (encode, decode) and `Pages` batches (encode with
 //! and without lz4, decode and iterate), with byte throughput.
 //!
 //! `cargo bench --bench micro_wire` (no root needed); criterion options
@@ -8,11 +9,15 @@ use std::hint::black_box;
 use std::io::Read;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use pagehop::wire::auth::Token;
 use pagehop::wire::batch::{self, Compress};
-use pagehop::wire::frame::{FrameKind, HEADER_LEN, encode_frame, frame_header};
+use pagehop::wire::frame::{
+    FrameKind, FrameOpen, FrameSeal, HEADER_LEN, encode_frame, frame_header,
+};
 use pagehop::wire::msg::{
     CAP_LZ4, CAP_VERIFY, EndOfRound, Hello, Layout, PageRequest, Role, VerifyDigests, VmaDesc,
 };
+use pagehop::wire::seal::{Direction, Handshake, TAG_LEN, connection_keys};
 use pagehop::wire::{FrameReader, SpaceKey};
 
 mod micro_common;
@@ -70,8 +75,43 @@ fn frames(c: &mut Criterion) {
         g.bench_function(BenchmarkId::new("read", label), |b| {
             b.iter(|| reader.read_frame().expect("frame").1.len())
         });
+        // What a sealed lane's sender does instead of the crc: encrypt the
+        // payload in place and write the tag (the same buffer each time).
+        let (mut seal, mut open) = sealed_pair();
+        let mut buf = vec![0u8; HEADER_LEN + len + TAG_LEN];
+        buf[HEADER_LEN..HEADER_LEN + len].copy_from_slice(payload);
+        g.bench_function(BenchmarkId::new("seal", label), |b| {
+            b.iter(|| seal.finish(kind, black_box(&mut buf), len).expect("seal"))
+        });
+        // Both ends: seal, then check and decrypt (keys in lockstep).
+        let (mut seal, _) = sealed_pair();
+        g.bench_function(BenchmarkId::new("seal_open", label), |b| {
+            b.iter(|| {
+                let n = seal.finish(kind, &mut buf, len).expect("seal");
+                let (head, rest) = buf[..n].split_at_mut(HEADER_LEN);
+                let header: &[u8; HEADER_LEN] = (&*head).try_into().expect("16 bytes");
+                open.open(header, rest).expect("open").1
+            })
+        });
     }
     g.finish();
+}
+
+/// The two ends of one direction of a sealed connection.
+fn sealed_pair() -> (FrameSeal, FrameOpen) {
+    let token = Token::new(b"micro-benchmark-token-0123", "bench").expect("token");
+    let (s, d, t) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    let hs = Handshake {
+        source_nonce: &s,
+        destination_nonce: &d,
+        transcript: &t,
+    };
+    let (seal, _) = connection_keys(token.prk(), Direction::SourceToDestination, &hs);
+    let (_, open) = connection_keys(token.prk(), Direction::DestinationToSource, &hs);
+    (
+        FrameSeal::Sealed(Box::new(seal)),
+        FrameOpen::Sealed(Box::new(open)),
+    )
 }
 
 fn layout(vmas: usize) -> Layout {
@@ -123,7 +163,7 @@ fn messages(c: &mut Criterion) {
             capabilities: CAP_LZ4 | CAP_VERIFY,
             role: Role::Source,
             nonce: [7; 32],
-            authenticated: true,
+            protection: pagehop::wire::msg::Protection::Sealed,
         }
     );
     bench_msg!(

@@ -834,7 +834,13 @@ fn an_old_criu_and_what_criu_mode_cannot_do_are_refused_with_the_reason() {
     );
     assert_runs(source.root, "the source");
     let recv = Command::new(pagehop_bin())
-        .args(["recv", "--listen", "127.0.0.1:0", "--criu"])
+        .args([
+            "recv",
+            "--listen",
+            "127.0.0.1:0",
+            "--unauthenticated",
+            "--criu",
+        ])
         .arg(p.dir.path("images"))
         .arg("--criu-bin")
         .arg(&fake)
@@ -856,7 +862,7 @@ fn an_old_criu_and_what_criu_mode_cannot_do_are_refused_with_the_reason() {
                 "--to",
                 "127.0.0.1:9",
             ])
-            .args(["--criu", "--mode", "hybrid"])
+            .args(["--criu", "--mode", "hybrid", "--unauthenticated"])
             .args(flag)
             .output()
             .expect("pagehop send");

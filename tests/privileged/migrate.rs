@@ -90,13 +90,15 @@ fn wait_listening(ns: Option<&str>, port: u16) {
     }
 }
 
-/// `pagehop SUBCOMMAND`, inside namespace `ns` if given.
+/// `pagehop SUBCOMMAND`, inside namespace `ns` if given, with the test
+/// token in $PAGEHOP_TOKEN (a `--token-file` overrides it).
 fn pagehop_cmd(ns: Option<&str>, subcommand: &str) -> Command {
     let mut cmd = match ns {
         Some(ns) => NetnsPair::command(ns, pagehop_bin()),
         None => Command::new(pagehop_bin()),
     };
-    cmd.arg(subcommand);
+    cmd.arg(subcommand)
+        .env(pagehop::wire::auth::TOKEN_ENV, TOKEN);
     cmd
 }
 
@@ -380,6 +382,34 @@ fn tampering_proxy(
     });
 }
 
+/// Forwards every connection to `to` as it is, recording each one's client
+/// bytes into `record` when it ends.
+fn recording_proxy(
+    listener: TcpListener,
+    to: String,
+    record: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) {
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(client) = client else { break };
+            let Ok(server) = TcpStream::connect(&to) else {
+                break;
+            };
+            let (mut c_read, mut s_write) =
+                (client.try_clone().unwrap(), server.try_clone().unwrap());
+            let (mut s_read, mut c_write) = (server, client);
+            let copy = record_into(std::sync::Arc::clone(&record));
+            std::thread::spawn(move || {
+                copy(&mut c_read, &mut s_write);
+                let _ = s_write.shutdown(std::net::Shutdown::Write);
+            });
+            std::thread::spawn(move || {
+                let _ = std::io::copy(&mut s_read, &mut c_write);
+            });
+        }
+    });
+}
+
 /// Flips one byte 200 000 bytes in (inside the first data frames).
 fn flip_a_byte(from: &mut TcpStream, to: &mut TcpStream) {
     const FLIP_AT: usize = 200_000;
@@ -401,7 +431,7 @@ fn flip_a_byte(from: &mut TcpStream, to: &mut TcpStream) {
 
 /// Changes one byte of page data in the first `Pages` frame that carries
 /// data and writes a crc to match (a crc is no seal: anyone on the path
-/// can do this until frames are sealed).
+/// can do this to `--plaintext` frames).
 fn rewrite_a_page(from: &mut TcpStream, to: &mut TcpStream) {
     use pagehop::wire::frame::{FrameKind, HEADER_LEN, decode_header, frame_header};
     let mut rewritten = false;
@@ -431,7 +461,8 @@ fn rewrite_a_page(from: &mut TcpStream, to: &mut TcpStream) {
 
 /// Memory that arrived wrong must not run, and the intact copy must not be
 /// lost: on a `--verify` mismatch the destination kills its copy and the
-/// source runs on, untouched.
+/// source runs on, untouched. Frames are `--plaintext` here, so that a page
+/// can be rewritten on the path at all.
 #[test]
 #[ignore = "needs root"]
 fn a_verify_mismatch_kills_the_destination_s_copy_and_the_source_runs_on() {
@@ -451,6 +482,7 @@ fn a_verify_mismatch_kills_the_destination_s_copy_and_the_source_runs_on() {
             "--restore-cmd",
             &restore,
             "--json",
+            "--plaintext",
         ],
     );
     wait_listening(None, 7111);
@@ -460,7 +492,7 @@ fn a_verify_mismatch_kills_the_destination_s_copy_and_the_source_runs_on() {
     let source = Workload::spawn(&["--size-mib", "16", "--write-mbps", "5"]);
     let out = send_cmd(None)
         .args(["--pid", &source.pid.to_string(), "--to", "127.0.0.1:7112"])
-        .args(["--verify", "--json", "--compress", "off"])
+        .args(["--verify", "--json", "--compress", "off", "--plaintext"])
         .output()
         .expect("run pagehop send");
     let send_err = String::from_utf8_lossy(&out.stderr);
@@ -491,43 +523,147 @@ fn a_verify_mismatch_kills_the_destination_s_copy_and_the_source_runs_on() {
     assert_source_untouched(source);
 }
 
+/// One byte flipped on the path after the handshake: a sealed frame fails
+/// its authentication (a `--plaintext` one its crc), the migration fails,
+/// nothing is installed and the source runs on.
 #[test]
 #[ignore = "needs root"]
-fn corrupted_frame_is_caught_and_nothing_installed() {
+fn a_byte_flipped_on_the_path_is_refused_and_nothing_installed() {
     require_root();
-    let dir = TempDir::new("corrupt");
-    let marker = dir.path("restored");
-    let restore = format!("touch {}; sleep 30", marker.display());
+    for (port, flags, named) in [
+        (7101u16, &[][..], "failed authentication"),
+        (7103, &["--plaintext"][..], "crc"),
+    ] {
+        let dir = TempDir::new("corrupt");
+        let marker = dir.path("restored");
+        let restore = format!("touch {}; sleep 30", marker.display());
+        let listen = format!("127.0.0.1:{port}");
+        let recv = Recv::start(
+            None,
+            &[&["--listen", &listen, "--restore-cmd", &restore], flags].concat(),
+        );
+        wait_listening(None, port);
+        let proxy_at = format!("127.0.0.1:{}", port + 1);
+        let proxy = TcpListener::bind(&proxy_at).expect("proxy listen");
+        // Connection 1 is the first data stream: flip a byte deep inside its first Pages frame.
+        tampering_proxy(proxy, listen.clone(), 1, flip_a_byte);
+        let source = Workload::spawn(&["--size-mib", "16", "--write-mbps", "5"]);
+        let out = send_cmd(None)
+            .args(["--pid", &source.pid.to_string(), "--to", &proxy_at])
+            .args(flags)
+            .output()
+            .expect("run pagehop send");
+        let send_err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "send should fail when a frame is corrupted"
+        );
+        let (ok, _, recv_err) = recv.finish(Duration::from_secs(20));
+        println!("{flags:?} send: {send_err}\nrecv: {recv_err}");
+        assert!(!ok, "recv should report a failed migration");
+        assert!(
+            recv_err.contains(named),
+            "recv should say {named:?}: {recv_err}"
+        );
+        assert!(
+            !marker.exists(),
+            "a restore was started from corrupted data"
+        );
+        assert_source_untouched(source);
+    }
+}
+
+/// Copies one connection's client bytes to `to`, keeping a copy in `record`.
+fn record_into(
+    record: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
+) -> impl Fn(&mut TcpStream, &mut TcpStream) {
+    move |from, to| {
+        let mut kept = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while let Ok(n) = from.read(&mut buf) {
+            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            kept.extend_from_slice(&buf[..n]);
+        }
+        record.lock().unwrap().push(kept);
+    }
+}
+
+/// A recorded migration played back to a destination holding the same
+/// token: every connection is refused at the handshake (its MAC answered
+/// another nonce), and nothing is restored.
+#[test]
+#[ignore = "needs root"]
+fn a_replayed_session_is_refused() {
+    require_root();
+    let dir = TempDir::new("replay");
+    let restored_log = dir.path("resumed.log");
+    let restore = format!(
+        "exec {} --resume --size-mib 8 > {} 2>&1",
+        workload_bin(),
+        restored_log.display()
+    );
     let recv = Recv::start(
         None,
-        &["--listen", "127.0.0.1:7101", "--restore-cmd", &restore],
+        &["--listen", "127.0.0.1:7105", "--restore-cmd", &restore],
     );
-    wait_listening(None, 7101);
-    let proxy = TcpListener::bind("127.0.0.1:7102").expect("proxy listen");
-    // Connection 1 is the first data stream: flip a byte deep inside its first Pages frame.
-    tampering_proxy(proxy, "127.0.0.1:7101".to_string(), 1, flip_a_byte);
-    let source = Workload::spawn(&["--size-mib", "16", "--write-mbps", "5"]);
+    wait_listening(None, 7105);
+    let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let proxy = TcpListener::bind("127.0.0.1:7106").expect("proxy listen");
+    recording_proxy(
+        proxy,
+        "127.0.0.1:7105".to_string(),
+        std::sync::Arc::clone(&recorded),
+    );
+    let source = Workload::spawn(&["--size-mib", "8", "--write-mbps", "2"]);
     let out = send_cmd(None)
-        .args(["--pid", &source.pid.to_string(), "--to", "127.0.0.1:7102"])
+        .args(["--pid", &source.pid.to_string(), "--to", "127.0.0.1:7106"])
         .output()
         .expect("run pagehop send");
-    let send_err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        !out.status.success(),
-        "send should fail when a frame is corrupted"
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let (ok, _, recv_err) = recv.finish(Duration::from_secs(20));
-    println!("send: {send_err}\nrecv: {recv_err}");
-    assert!(!ok, "recv should report a failed migration");
+    let (ok, _, err) = recv.finish(Duration::from_secs(20));
+    assert!(ok, "recv: {err}");
+
+    let marker = dir.path("replayed");
+    let recv = Recv::start(
+        None,
+        &[
+            "--listen",
+            "127.0.0.1:7107",
+            "--restore-cmd",
+            &format!("touch {}", marker.display()),
+        ],
+    );
+    wait_listening(None, 7107);
+    let sessions = recorded.lock().unwrap().clone();
+    assert!(sessions.len() >= 2, "control and data lanes recorded");
+    for bytes in &sessions {
+        let mut replay = TcpStream::connect("127.0.0.1:7107").expect("connect");
+        let _ = replay.write_all(bytes);
+        let _ = replay.shutdown(std::net::Shutdown::Write);
+        let mut reply = Vec::new();
+        let _ = replay.read_to_end(&mut reply);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let mut recv = recv;
+    let _ = recv.child.kill();
+    let (_, _, recv_err) = recv.finish(Duration::from_secs(5));
+    let refusals = recv_err.matches("wrong token").count();
     assert!(
-        recv_err.contains("crc") || recv_err.contains("checksum"),
-        "recv should name the checksum: {recv_err}"
+        refusals >= sessions.len(),
+        "{refusals} refusals for {} replays: {recv_err}",
+        sessions.len()
     );
-    assert!(
-        !marker.exists(),
-        "a restore was started from corrupted data"
-    );
-    assert_source_untouched(source);
+    assert!(!marker.exists(), "a replayed session restored a process");
+    // Ends the restored workload of the real migration.
+    let _ = Command::new("pkill")
+        .args(["-f", &restored_log.display().to_string()])
+        .status();
 }
 
 /// The source keeps running with no userfaultfd and no write protection.
@@ -710,12 +846,14 @@ fn killing_send_fails_the_migration_at_recv() {
 #[ignore = "needs root"]
 fn image_dir_receives_a_documented_image_and_the_source_can_stay_stopped() {
     require_root();
-    // Without a token, recv only listens on loopback.
+    // Without a token, recv only listens on loopback, even when told to
+    // go without one.
     let refused = Command::new(pagehop_bin())
         .args([
             "recv",
             "--listen",
             "0.0.0.0:7599",
+            "--unauthenticated",
             "--image-dir",
             "/nonexistent",
         ])
@@ -913,10 +1051,11 @@ fn stalled_destination_is_given_up() {
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for stream in listener.incoming().take(2) {
+            let token = pagehop::wire::auth::Token::new(TOKEN.as_bytes(), "test").unwrap();
             let conn = Conn::handshake(
                 stream.unwrap(),
                 Role::Destination,
-                None,
+                &pagehop::wire::conn::Security::sealed(token),
                 4096,
                 0,
                 Duration::from_secs(5),

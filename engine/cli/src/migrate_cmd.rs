@@ -14,14 +14,50 @@ use pagehop::send::{CriuSend, SendOptions, send};
 use pagehop::source::cgroup::Cgroup;
 use pagehop::source::freeze::FreezeMethod;
 use pagehop::wire::auth::{TOKEN_ENV, Token};
+use pagehop::wire::conn::Security;
 use pagehop::{Phase, PhaseWatch, Progress, Quiet, RecvReport, Report, RoundReport};
 
-/// Where the shared token comes from: `--token-file`, else $PAGEHOP_TOKEN.
-fn load_token(file: &Option<PathBuf>) -> anyhow::Result<Option<Token>> {
-    Ok(match file {
-        Some(path) => Some(Token::from_file(path)?),
-        None => Token::from_env(TOKEN_ENV)?,
-    })
+/// How send and recv protect their connections; both ends must agree.
+#[derive(Args)]
+pub struct WireArgs {
+    /// File holding the token shared by source and destination (default:
+    /// $PAGEHOP_TOKEN). Required unless --unauthenticated.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Authenticate with the token but send frames unencrypted, checked by a
+    /// crc only: anyone on the path can read the memory and alter it
+    /// undetected. For a link you trust, to save the encryption's CPU; the
+    /// report's `protection` says "plaintext".
+    #[arg(long)]
+    plaintext: bool,
+    /// Loopback only: no token, no encryption. Any local user who connects
+    /// first (to recv) or listens first (for send) becomes the peer, and can
+    /// read the memory or choose what the restored process runs on.
+    #[arg(long, conflicts_with_all = ["token_file", "plaintext"])]
+    unauthenticated: bool,
+}
+
+impl WireArgs {
+    /// The protection asked for: the token from `--token-file`, else
+    /// $PAGEHOP_TOKEN; none only with `--unauthenticated`.
+    fn security(&self) -> anyhow::Result<Security> {
+        let token = match &self.token_file {
+            Some(path) => Some(Token::from_file(path)?),
+            None => Token::from_env(TOKEN_ENV)?,
+        };
+        match (token, self.unauthenticated) {
+            (Some(_), true) => anyhow::bail!(
+                "--unauthenticated with a token in ${TOKEN_ENV}: unset it, or drop the flag"
+            ),
+            (None, true) => Ok(Security::unauthenticated()),
+            (None, false) => anyhow::bail!(
+                "no token: give --token-file FILE or ${TOKEN_ENV} (the same on both ends), \
+                 or on loopback --unauthenticated"
+            ),
+            (Some(token), false) if self.plaintext => Ok(Security::plaintext(token)),
+            (Some(token), false) => Ok(Security::sealed(token)),
+        }
+    }
 }
 
 #[derive(Args)]
@@ -52,9 +88,8 @@ pub struct SendArgs {
     /// Destination `pagehop recv` address (HOST:PORT).
     #[arg(long)]
     to: SocketAddr,
-    /// File holding the token shared with the destination (default: $PAGEHOP_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    wire: WireArgs,
     #[arg(long, value_enum, default_value_t = BackendArg::Ebpf)]
     backend: BackendArg,
     /// lz4-compress page batches: auto skips batches that do not shrink.
@@ -230,7 +265,7 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
     let opts = SendOptions {
         pid,
         to: args.to,
-        token: load_token(&args.token_file)?,
+        security: args.wire.security()?,
         backend: args.backend.into(),
         compress: args.compress.into(),
         zerocopy: args.zerocopy.into(),
@@ -374,12 +409,11 @@ fn print_send_report(r: &Report, json: bool) -> anyhow::Result<()> {
 
 #[derive(Args)]
 pub struct RecvArgs {
-    /// Address to listen on (HOST:PORT). Non-loopback addresses need a token.
+    /// Address to listen on (HOST:PORT).
     #[arg(long)]
     listen: SocketAddr,
-    /// File holding the token shared with the source (default: $PAGEHOP_TOKEN).
-    #[arg(long, value_name = "FILE")]
-    token_file: Option<PathBuf>,
+    #[command(flatten)]
+    wire: WireArgs,
     /// Command that starts the destination process at switchover (run with sh -c;
     /// it finds the userfaultfd handoff socket in $PAGEHOP_UFFD_SOCKET).
     #[arg(long, value_name = "CMD", conflicts_with_all = ["image_dir", "criu"])]
@@ -440,7 +474,7 @@ pub fn run_recv(args: RecvArgs) -> anyhow::Result<()> {
     };
     let opts = RecvOptions {
         listen: args.listen,
-        token: load_token(&args.token_file)?,
+        security: args.wire.security()?,
         output,
         handshake_timeout: Duration::from_secs(10),
         reconnect_timeout: seconds(args.reconnect_timeout, "--reconnect-timeout")?,

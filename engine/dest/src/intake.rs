@@ -141,8 +141,13 @@ impl Intake {
     }
 
     /// Receives `Pages` frames from one lane of `epoch` until it closes.
-    pub fn receive(&self, stream: TcpStream, page_size: usize, epoch: u32, priority: bool) {
-        let mut reader = FrameReader::new(stream);
+    pub fn receive(
+        &self,
+        mut reader: FrameReader<TcpStream>,
+        page_size: usize,
+        epoch: u32,
+        priority: bool,
+    ) {
         let mut scratch = Vec::new();
         loop {
             let frame = reader.read_frame();

@@ -140,6 +140,10 @@ impl RoundReport {
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Report {
     pub mode: Mode,
+    /// How the connections were protected: "sealed" (AES-256-GCM after a
+    /// token handshake), "plaintext" (`--plaintext`: token handshake, crc
+    /// frames) or "none" (`--unauthenticated`, loopback only).
+    pub protection: &'static str,
     pub total_ms: f64,
     pub setup_ms: f64,
     /// Source frozen → destination running.
@@ -237,6 +241,7 @@ impl Report {
     pub fn new(mode: Mode) -> Self {
         Self {
             mode,
+            protection: "",
             total_ms: 0.0,
             setup_ms: 0.0,
             downtime_ms: 0.0,
@@ -277,6 +282,8 @@ impl Report {
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct RecvReport {
     pub source: String,
+    /// As in the source's report.
+    pub protection: &'static str,
     pub rounds: u32,
     pub pages_received: u64,
     pub zero_pages_received: u64,

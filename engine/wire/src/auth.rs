@@ -7,36 +7,40 @@
 //!   nonce_s = new_nonce()                         nonce_d = new_nonce()
 //!   Hello { role: Source, nonce_s, .. } ───────>
 //!                          <─────────────────────── Hello { role: Destination, nonce_d, .. }
-//!   (both check version and that each side's `authenticated` matches
-//!    its own; a mismatch is an error, never a silent downgrade)
-//!   Auth { mac(token, Source, nonce_d, nonce_s) } ───────>
-//!                          <─────────────────────── Auth { mac(token, Destination, nonce_s, nonce_d) }
+//!   (both check version and that the peer's `protection` matches
+//!    their own; a mismatch is an error, never a silent downgrade)
+//!   Auth { mac(token, Source, nonce_d, nonce_s, transcript) } ───────>
+//!                          <─────────────────────── Auth { mac(token, Destination, nonce_s, nonce_d, transcript) }
 //!   verify(token, Destination, nonce_s,           verify(token, Source, nonce_d,
 //!          nonce_d, mac_d)                               nonce_s, mac_s)
 //! ```
 //!
-//! Each MAC is HMAC-SHA256(token, `b"pagehop-auth-v1"` ‖ own role (u8) ‖
-//! peer nonce ‖ own nonce). Binding the role means a MAC cannot be reflected
-//! back to its sender, and binding both nonces means it cannot be replayed
-//! on another connection. Pass `verify` the role you expect the peer to
+//! Each MAC is HMAC-SHA256(token, `b"pagehop-auth-v2"` ‖ own role (u8) ‖
+//! peer nonce ‖ own nonce ‖ transcript), the transcript being SHA-256 of the
+//! source's `Hello` payload followed by the destination's. Binding the role
+//! means a MAC cannot be reflected back to its sender, binding both nonces
+//! means it cannot be replayed on another connection, and binding the
+//! transcript means nothing in either `Hello` (the protection asked for, the
+//! capabilities) can be changed on the path. Pass `verify` the role you expect the peer to
 //! have (`own_role.peer()`), not the role its `Hello` claims.
 //!
 //! Both sides send their `Auth` before reading the peer's, so neither waits
-//! on the other. This authenticates the peers only: the stream itself is
-//! neither encrypted nor integrity-protected beyond the frame crc.
+//! on the other. The same token also keys the frames that follow
+//! ([`crate::seal`]): [`Token`] holds its HKDF extraction as well.
 
 use std::io;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use ring::hkdf;
+use sha2::{Digest, Sha256};
 
 use super::msg::Role;
 
 type HmacSha256 = Hmac<Sha256>;
 
 /// Domain separation for the MAC input.
-const DOMAIN: &[u8] = b"pagehop-auth-v1";
+const DOMAIN: &[u8] = b"pagehop-auth-v2";
 /// Shortest token accepted.
 pub const MIN_TOKEN_LEN: usize = 16;
 /// The environment variable the command line reads a token from.
@@ -85,11 +89,12 @@ pub enum AuthError {
 
 /// A shared secret of at least [`MIN_TOKEN_LEN`] bytes.
 ///
-/// Holds the keyed HMAC state rather than the token bytes, and never prints
-/// its secret.
+/// Holds the keyed HMAC state and the HKDF pseudorandom key derived from
+/// the token rather than the token bytes, and never prints its secret.
 #[derive(Clone)]
 pub struct Token {
     key: HmacSha256,
+    prk: hkdf::Prk,
     len: usize,
 }
 
@@ -125,8 +130,10 @@ impl Token {
             len: bytes.len(),
             min: MIN_TOKEN_LEN,
         })?;
+        let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, crate::seal::KDF_LABEL).extract(bytes);
         Ok(Self {
             key,
+            prk,
             len: bytes.len(),
         })
     }
@@ -183,6 +190,11 @@ impl Token {
         }
     }
 
+    /// The key material frame keys are expanded from ([`crate::seal`]).
+    pub fn prk(&self) -> &hkdf::Prk {
+        &self.prk
+    }
+
     /// Token length in bytes.
     pub fn len(&self) -> usize {
         self.len
@@ -220,39 +232,56 @@ pub fn new_nonce() -> [u8; 32] {
     }
 }
 
-fn keyed(token: &Token, role: Role, peer_nonce: &[u8; 32], own_nonce: &[u8; 32]) -> HmacSha256 {
+/// SHA-256 of the source's `Hello` payload followed by the destination's.
+pub fn transcript(source_hello: &[u8], destination_hello: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(source_hello);
+    h.update(destination_hello);
+    h.finalize().into()
+}
+
+/// What a MAC covers besides the token and the role.
+pub struct Challenge<'a> {
+    pub peer_nonce: &'a [u8; 32],
+    pub own_nonce: &'a [u8; 32],
+    pub transcript: &'a [u8; 32],
+}
+
+fn keyed(token: &Token, role: Role, c: &Challenge<'_>) -> HmacSha256 {
     let mut m = token.key.clone();
     m.update(DOMAIN);
     m.update(&[role as u8]);
-    m.update(peer_nonce);
-    m.update(own_nonce);
+    m.update(c.peer_nonce);
+    m.update(c.own_nonce);
+    m.update(c.transcript);
     m
 }
 
 /// The MAC this side sends in its `Auth`: HMAC-SHA256(token,
-/// `b"pagehop-auth-v1"` ‖ own_role ‖ peer_nonce ‖ own_nonce).
-pub fn mac(token: &Token, own_role: Role, peer_nonce: &[u8; 32], own_nonce: &[u8; 32]) -> [u8; 32] {
-    keyed(token, own_role, peer_nonce, own_nonce)
-        .finalize()
-        .into_bytes()
-        .into()
+/// `b"pagehop-auth-v2"` ‖ own_role ‖ peer_nonce ‖ own_nonce ‖ transcript).
+pub fn mac(token: &Token, own_role: Role, c: &Challenge<'_>) -> [u8; 32] {
+    keyed(token, own_role, c).finalize().into_bytes().into()
 }
 
-/// Checks the peer's `Auth` MAC in constant time. `own_nonce` is the nonce
-/// this side sent, `peer_nonce` the one the peer sent, `peer_role` the role
-/// the peer must have (`own_role.peer()`).
+/// Checks the peer's `Auth` MAC in constant time. `peer_role` is the role
+/// the peer must have (`own_role.peer()`); `c` is as this side sees it
+/// (`own_nonce` the nonce this side sent).
 pub fn verify(
     token: &Token,
     peer_role: Role,
-    own_nonce: &[u8; 32],
-    peer_nonce: &[u8; 32],
+    c: &Challenge<'_>,
     mac: &[u8; 32],
 ) -> Result<(), AuthError> {
-    if own_nonce == peer_nonce {
+    if c.own_nonce == c.peer_nonce {
         return Err(AuthError::NonceReuse);
     }
-    // The peer computed mac(token, peer_role, its peer nonce = ours, its own).
-    keyed(token, peer_role, own_nonce, peer_nonce)
+    // The peer computed its MAC with the nonces the other way round.
+    let theirs = Challenge {
+        peer_nonce: c.own_nonce,
+        own_nonce: c.peer_nonce,
+        transcript: c.transcript,
+    };
+    keyed(token, peer_role, &theirs)
         .verify_slice(mac)
         .map_err(|_| AuthError::BadMac)
 }
@@ -287,16 +316,69 @@ mod tests {
         Token::new(s.as_bytes(), "test").expect("token")
     }
 
+    const TRANSCRIPT: [u8; 32] = [5; 32];
+
+    /// `mac` over a fixed transcript.
+    fn m(token: &Token, role: Role, peer: &[u8; 32], own: &[u8; 32]) -> [u8; 32] {
+        mac(
+            token,
+            role,
+            &Challenge {
+                peer_nonce: peer,
+                own_nonce: own,
+                transcript: &TRANSCRIPT,
+            },
+        )
+    }
+
+    /// `verify` over a fixed transcript.
+    fn v(
+        token: &Token,
+        peer_role: Role,
+        own: &[u8; 32],
+        peer: &[u8; 32],
+        mac: &[u8; 32],
+    ) -> Result<(), AuthError> {
+        verify(
+            token,
+            peer_role,
+            &Challenge {
+                peer_nonce: peer,
+                own_nonce: own,
+                transcript: &TRANSCRIPT,
+            },
+            mac,
+        )
+    }
+
+    #[test]
+    fn a_changed_hello_fails_the_mac() {
+        let t = token("0123456789abcdef");
+        let (ns, nd) = (new_nonce(), new_nonce());
+        let sent = m(&t, Role::Source, &nd, &ns);
+        let other = transcript(b"source hello", b"destination hello, altered");
+        let seen = Challenge {
+            peer_nonce: &ns,
+            own_nonce: &nd,
+            transcript: &other,
+        };
+        assert!(matches!(
+            verify(&t, Role::Source, &seen, &sent),
+            Err(AuthError::BadMac)
+        ));
+        v(&t, Role::Source, &nd, &ns, &sent).expect("the transcript the source saw");
+    }
+
     /// Runs both sides of the handshake; returns (source's verdict on the
     /// destination, destination's verdict on the source).
     fn handshake(src: &Token, dst: &Token) -> (Result<(), AuthError>, Result<(), AuthError>) {
         let nonce_s = new_nonce();
         let nonce_d = new_nonce();
-        let mac_s = mac(src, Role::Source, &nonce_d, &nonce_s);
-        let mac_d = mac(dst, Role::Destination, &nonce_s, &nonce_d);
+        let mac_s = m(src, Role::Source, &nonce_d, &nonce_s);
+        let mac_d = m(dst, Role::Destination, &nonce_s, &nonce_d);
         (
-            verify(src, Role::Destination, &nonce_s, &nonce_d, &mac_d),
-            verify(dst, Role::Source, &nonce_d, &nonce_s, &mac_s),
+            v(src, Role::Destination, &nonce_s, &nonce_d, &mac_d),
+            v(dst, Role::Source, &nonce_d, &nonce_s, &mac_s),
         )
     }
 
@@ -326,22 +408,22 @@ mod tests {
         let t = token("0123456789abcdef");
         let nonce_s = new_nonce();
         let nonce_d = new_nonce();
-        let mac_s = mac(&t, Role::Source, &nonce_d, &nonce_s);
+        let mac_s = m(&t, Role::Source, &nonce_d, &nonce_s);
         // Our own MAC reflected back does not pass as the peer's.
-        assert!(verify(&t, Role::Destination, &nonce_s, &nonce_d, &mac_s).is_err());
+        assert!(v(&t, Role::Destination, &nonce_s, &nonce_d, &mac_s).is_err());
         // A MAC for another connection's nonce does not pass.
         let other = new_nonce();
-        assert!(verify(&t, Role::Source, &other, &nonce_s, &mac_s).is_err());
+        assert!(v(&t, Role::Source, &other, &nonce_s, &mac_s).is_err());
         // Any flipped bit fails.
         for byte in 0..32 {
             let mut bad = mac_s;
             bad[byte] ^= 1;
-            assert!(verify(&t, Role::Source, &nonce_d, &nonce_s, &bad).is_err());
+            assert!(v(&t, Role::Source, &nonce_d, &nonce_s, &bad).is_err());
         }
-        verify(&t, Role::Source, &nonce_d, &nonce_s, &mac_s).expect("untouched");
+        v(&t, Role::Source, &nonce_d, &nonce_s, &mac_s).expect("untouched");
         // A peer echoing our nonce is refused outright.
         assert!(matches!(
-            verify(&t, Role::Source, &nonce_s, &nonce_s, &mac_s),
+            v(&t, Role::Source, &nonce_s, &nonce_s, &mac_s),
             Err(AuthError::NonceReuse)
         ));
     }
@@ -351,14 +433,15 @@ mod tests {
         let t = token("0123456789abcdef");
         let (peer, own) = ([1u8; 32], [2u8; 32]);
         let mut reference = HmacSha256::new_from_slice(b"0123456789abcdef").expect("key");
-        let mut input = b"pagehop-auth-v1".to_vec();
+        let mut input = b"pagehop-auth-v2".to_vec();
         input.push(2);
         input.extend_from_slice(&peer);
         input.extend_from_slice(&own);
+        input.extend_from_slice(&TRANSCRIPT);
         reference.update(&input);
         let expected: [u8; 32] = reference.finalize().into_bytes().into();
-        assert_eq!(mac(&t, Role::Destination, &peer, &own), expected);
-        assert_ne!(mac(&t, Role::Source, &peer, &own), expected);
+        assert_eq!(m(&t, Role::Destination, &peer, &own), expected);
+        assert_ne!(m(&t, Role::Source, &peer, &own), expected);
     }
 
     #[test]
@@ -377,8 +460,8 @@ mod tests {
         let plain = token("0123456789abcdef");
         let n = [9u8; 32];
         assert_eq!(
-            mac(&from_file, Role::Source, &n, &n),
-            mac(&plain, Role::Source, &n, &n)
+            m(&from_file, Role::Source, &n, &n),
+            m(&plain, Role::Source, &n, &n)
         );
         std::fs::write(&file, "0123456789abcdef\r\n").expect("write");
         assert_eq!(Token::from_file(&file).expect("crlf").len(), 16);

@@ -1,21 +1,34 @@
-//! One authenticated, framed TCP connection between source and destination.
+//! One framed TCP connection between source and destination, protected as
+//! both ends agreed ([`Security`]).
 //!
 //! Handshake: both sides send `Hello` (version, page size, capabilities, role,
-//! a fresh nonce, whether a token is configured); each checks the other's.
-//! With a token, both then send `Auth` (HMAC over both nonces, see
-//! [`crate::auth`]) and verify the peer's. Nothing else is read or
-//! installed before the handshake succeeds.
-use std::io::Write;
+//! a fresh nonce, the protection it wants); each checks the other's. With a
+//! token, both then send `Auth` (HMAC over both nonces and both `Hello`s,
+//! see [`crate::auth`]) and verify the peer's; with [`Protection::Sealed`]
+//! every later frame in either direction is sealed under the connection's
+//! own keys ([`crate::seal`]). Nothing else is read or installed before the
+//! handshake succeeds, frames read before it are capped at
+//! [`PRE_AUTH_LIMIT`] bytes, and the whole handshake has one deadline (a
+//! peer that dribbles bytes does not get a fresh timeout per byte).
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::auth::{self, AuthError, Token};
-use crate::msg::{Auth, ErrorMsg, Hello, MAX_PENDING_RANGES, Message, MsgError, Pending, Role};
+use crate::auth::{self, AuthError, Challenge, Token};
+use crate::frame::{FrameOpen, FrameSeal};
+use crate::msg::{
+    Auth, ErrorMsg, Hello, MAX_PENDING_RANGES, Message, MsgError, Pending, Protection, Role,
+};
+use crate::seal::{self, Direction};
 use crate::{FrameError, FrameKind, FrameReader, PROTOCOL_VERSION};
 use std::collections::BTreeMap;
 
 use pagehop_mem::SpaceKey;
 use pagehop_mem::pages::{Range, RangeSet};
+
+/// The largest frame read before the handshake is done (`Hello`, `Auth`,
+/// an `Error` explaining a refusal).
+pub const PRE_AUTH_LIMIT: u32 = 4096;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConnError {
@@ -37,6 +50,13 @@ pub enum ConnError {
     PeerWantsToken,
     #[error("peer has no token configured, but this side requires one")]
     PeerHasNoToken,
+    #[error("peer wants {peer} frames, this side {ours}: give both ends --plaintext, or neither")]
+    Protection {
+        peer: &'static str,
+        ours: &'static str,
+    },
+    #[error("the handshake took longer than {secs:.1} s")]
+    HandshakeTimeout { secs: f64 },
     #[error("expected a {expected} frame, got {got}")]
     Unexpected {
         expected: &'static str,
@@ -54,26 +74,145 @@ pub mod codes {
     pub const DESTINATION: u32 = 4;
 }
 
-pub struct Conn {
-    reader: FrameReader<TcpStream>,
-    writer: TcpStream,
+/// How this end protects its connections: a token and whether frames are
+/// sealed, or (loopback only, checked by the caller) no token at all.
+#[derive(Clone, Debug)]
+pub struct Security {
+    token: Option<Token>,
+    protection: Protection,
+}
+
+impl Security {
+    /// Authenticated handshake, sealed frames: the default.
+    pub fn sealed(token: Token) -> Self {
+        Self {
+            token: Some(token),
+            protection: Protection::Sealed,
+        }
+    }
+
+    /// Authenticated handshake, crc-checked frames (`--plaintext`).
+    pub fn plaintext(token: Token) -> Self {
+        Self {
+            token: Some(token),
+            protection: Protection::Plaintext,
+        }
+    }
+
+    /// No token: whoever connects is the peer (`--unauthenticated`).
+    pub fn unauthenticated() -> Self {
+        Self {
+            token: None,
+            protection: Protection::None,
+        }
+    }
+
+    pub fn token(&self) -> Option<&Token> {
+        self.token.as_ref()
+    }
+
+    pub fn protection(&self) -> Protection {
+        self.protection
+    }
+}
+
+/// The read half of a connection during the handshake: every read gets
+/// only what is left of the deadline.
+struct Timed {
+    stream: TcpStream,
+    deadline: Option<Instant>,
+}
+
+impl Read for Timed {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+        }
+        self.stream.read(buf)
+    }
+}
+
+/// The sending half of a connection: frames finished by its [`FrameSeal`].
+pub struct FrameWriter {
+    stream: TcpStream,
+    seal: FrameSeal,
     out: Vec<u8>,
-    pub peer: Hello,
     pub bytes_sent: u64,
 }
 
+impl FrameWriter {
+    pub fn new(stream: TcpStream, seal: FrameSeal) -> Self {
+        Self {
+            stream,
+            seal,
+            out: Vec::new(),
+            bytes_sent: 0,
+        }
+    }
+
+    pub fn send<M: Message>(&mut self, msg: &M) -> Result<(), ConnError> {
+        self.out.clear();
+        msg.encode_frame(&mut self.seal, &mut self.out)?;
+        self.flush_out()
+    }
+
+    /// Sends one frame of `kind` whose payload is `payload` (a page batch);
+    /// returns the frame's length on the wire.
+    pub fn send_payload(&mut self, kind: FrameKind, payload: &[u8]) -> Result<usize, ConnError> {
+        self.out.clear();
+        self.out.resize(crate::HEADER_LEN, 0);
+        self.out.extend_from_slice(payload);
+        self.seal.finish_vec(kind, &mut self.out, 0)?;
+        self.flush_out()?;
+        Ok(self.out.len())
+    }
+
+    fn flush_out(&mut self) -> Result<(), ConnError> {
+        self.stream.write_all(&self.out)?;
+        self.bytes_sent += self.out.len() as u64;
+        Ok(())
+    }
+
+    /// The socket (for options and shutdown).
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// The socket and the seal, for a sender that builds frames in its own
+    /// buffers.
+    pub fn into_parts(self) -> (TcpStream, FrameSeal) {
+        (self.stream, self.seal)
+    }
+}
+
+/// Both halves of a connection, to be used by different threads.
+pub struct Halves {
+    pub reader: FrameReader<TcpStream>,
+    pub writer: FrameWriter,
+}
+
+pub struct Conn {
+    reader: FrameReader<Timed>,
+    writer: FrameWriter,
+    pub peer: Hello,
+    pub protection: Protection,
+}
+
 impl Conn {
-    /// Runs the handshake on a fresh connection.
+    /// Runs the handshake on a fresh connection, all of it within `timeout`.
     pub fn handshake(
         stream: TcpStream,
         role: Role,
-        token: Option<&Token>,
+        security: &Security,
         page_size: u32,
         capabilities: u64,
         timeout: Duration,
     ) -> Result<Self, ConnError> {
         stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(timeout))?;
         let writer = stream.try_clone()?;
         let nonce = auth::try_new_nonce()?;
         let hello = Hello {
@@ -82,44 +221,88 @@ impl Conn {
             capabilities,
             role,
             nonce,
-            authenticated: token.is_some(),
+            protection: security.protection,
         };
-        let placeholder = hello.clone();
+        let mut reader = FrameReader::new(Timed {
+            stream,
+            deadline: Some(Instant::now() + timeout),
+        });
+        reader.set_limit(Some(PRE_AUTH_LIMIT));
         let mut conn = Self {
-            reader: FrameReader::new(stream),
-            writer,
-            out: Vec::new(),
-            peer: placeholder,
-            bytes_sent: 0,
+            reader,
+            writer: FrameWriter::new(writer, FrameSeal::Crc),
+            peer: hello.clone(),
+            protection: security.protection,
+        };
+        let timed_out = |e: ConnError| match e {
+            ConnError::Frame(FrameError::Io { source })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock
+                ) =>
+            {
+                ConnError::HandshakeTimeout {
+                    secs: timeout.as_secs_f64(),
+                }
+            }
+            e => e,
         };
         conn.send(&hello)?;
-        let peer: Hello = conn.recv_msg()?;
-        let checked = check_hello(&hello, &peer);
-        if let Err(e) = checked {
+        let peer: Hello = conn.recv_msg().map_err(timed_out)?;
+        if let Err(e) = check_hello(&hello, &peer) {
             conn.send_error(codes::PROTOCOL, &e.to_string());
             return Err(e);
         }
         conn.peer = peer.clone();
-        if let Some(token) = token {
+        if let Some(token) = &security.token {
+            let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+            hello.encode(&mut ours);
+            peer.encode(&mut theirs);
+            let transcript = match role {
+                Role::Source => auth::transcript(&ours, &theirs),
+                Role::Destination => auth::transcript(&theirs, &ours),
+            };
+            let challenge = Challenge {
+                peer_nonce: &peer.nonce,
+                own_nonce: &nonce,
+                transcript: &transcript,
+            };
             conn.send(&Auth {
-                mac: auth::mac(token, role, &peer.nonce, &nonce),
+                mac: auth::mac(token, role, &challenge),
             })?;
-            let theirs: Auth = conn.recv_msg()?;
-            if let Err(e) = auth::verify(token, role.peer(), &nonce, &peer.nonce, &theirs.mac) {
+            let their_auth: Auth = conn.recv_msg().map_err(timed_out)?;
+            if let Err(e) = auth::verify(token, role.peer(), &challenge, &their_auth.mac) {
                 conn.send_error(codes::AUTH, "authentication failed: wrong token");
                 return Err(e.into());
             }
+            if security.protection == Protection::Sealed {
+                let (source_nonce, destination_nonce, sends) = match role {
+                    Role::Source => (&nonce, &peer.nonce, Direction::SourceToDestination),
+                    Role::Destination => (&peer.nonce, &nonce, Direction::DestinationToSource),
+                };
+                let hs = seal::Handshake {
+                    source_nonce,
+                    destination_nonce,
+                    transcript: &transcript,
+                };
+                let (sealing, opening) = seal::connection_keys(token.prk(), sends, &hs);
+                conn.writer.seal = FrameSeal::Sealed(Box::new(sealing));
+                conn.reader.set_open(FrameOpen::Sealed(Box::new(opening)));
+            }
         }
-        conn.reader.get_ref().set_read_timeout(None)?;
+        conn.reader.set_limit(None);
+        conn.reader.get_mut().deadline = None;
+        conn.reader.get_ref().stream.set_read_timeout(None)?;
         Ok(conn)
     }
 
     pub fn send<M: Message>(&mut self, msg: &M) -> Result<(), ConnError> {
-        self.out.clear();
-        msg.encode_frame(&mut self.out);
-        self.writer.write_all(&self.out)?;
-        self.bytes_sent += self.out.len() as u64;
-        Ok(())
+        self.writer.send(msg)
+    }
+
+    /// Bytes this connection has sent.
+    pub fn bytes_sent(&self) -> u64 {
+        self.writer.bytes_sent
     }
 
     /// Best effort: tells the peer why we stop.
@@ -206,30 +389,35 @@ impl Conn {
     }
 
     pub fn set_read_timeout(&self, timeout: Option<Duration>) -> Result<(), ConnError> {
-        Ok(self.reader.get_ref().set_read_timeout(timeout)?)
+        Ok(self.reader.get_ref().stream.set_read_timeout(timeout)?)
     }
 
     /// Whether a frame (or the end of the connection) is waiting to be read.
     pub fn readable(&self, timeout: Duration) -> Result<bool, ConnError> {
         use std::os::fd::AsFd;
         Ok(pagehop_sys::poll::poll_readable(
-            self.writer.as_fd(),
+            self.writer.stream.as_fd(),
             timeout,
         )?)
     }
 
-    /// Gives up the connection as a plain stream (for a data stream).
-    pub fn into_stream(self) -> TcpStream {
-        self.reader.into_inner()
+    /// Splits the connection into a reader and a writer that keep its
+    /// protection (for a data or priority lane).
+    pub fn into_halves(self) -> Halves {
+        let (timed, open) = self.reader.into_parts();
+        Halves {
+            reader: FrameReader::with(timed.stream, open),
+            writer: self.writer,
+        }
     }
 
     /// Another handle to the underlying socket (to shut it down from elsewhere).
     pub fn try_clone_stream(&self) -> std::io::Result<TcpStream> {
-        self.writer.try_clone()
+        self.writer.stream.try_clone()
     }
 
     pub fn peer_addr(&self) -> Option<std::net::SocketAddr> {
-        self.writer.peer_addr().ok()
+        self.writer.stream.peer_addr().ok()
     }
 }
 
@@ -252,9 +440,13 @@ fn check_hello(ours: &Hello, peer: &Hello) -> Result<(), ConnError> {
             ours: ours.page_size,
         });
     }
-    match (ours.authenticated, peer.authenticated) {
-        (false, true) => Err(ConnError::PeerWantsToken),
-        (true, false) => Err(ConnError::PeerHasNoToken),
-        _ => Ok(()),
+    match (ours.protection, peer.protection) {
+        (a, b) if a == b => Ok(()),
+        (Protection::None, _) => Err(ConnError::PeerWantsToken),
+        (_, Protection::None) => Err(ConnError::PeerHasNoToken),
+        (a, b) => Err(ConnError::Protection {
+            peer: b.name(),
+            ours: a.name(),
+        }),
     }
 }

@@ -16,6 +16,12 @@
 //! - `crc32` (IEEE, as computed by crc32fast) covers header bytes 0..12
 //!   followed by the payload.
 //!
+//! After an authenticated handshake frames are sealed instead ([`crate::seal`]):
+//! `len` counts the ciphertext and its 16-byte tag, `crc32` is zero, and the
+//! AEAD's tag, with the whole header as associated data, replaces the crc.
+//! [`FrameSeal`] finishes frames of either kind on the sending end,
+//! [`FrameOpen`] checks them on the receiving end.
+//!
 //! Senders that keep page data in their own buffers build the header with
 //! [`frame_header`] from the payload's parts and send header and parts as one
 //! vectored write. Blocking receivers use [`FrameReader`]; non-blocking ones
@@ -23,6 +29,7 @@
 
 use std::io::{self, Read};
 
+use crate::seal::{OpeningKey, SealError, SealingKey, TAG_LEN};
 use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
@@ -31,7 +38,9 @@ pub const MAGIC: [u8; 4] = *b"PHOP";
 /// The only wire protocol version this build speaks.
 /// Version 2: every page batch, layout, pending list, page request and
 /// verify digest names its address space (multi-process migrations).
-pub const PROTOCOL_VERSION: u16 = 2;
+/// Version 3: frames after the handshake are sealed (AES-256-GCM), `Hello`
+/// says how a connection is protected, and `Auth` covers both `Hello`s.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// Size of a frame header in bytes.
 pub const HEADER_LEN: usize = 16;
 
@@ -64,6 +73,16 @@ pub enum FrameError {
         expected: u32,
         got: usize,
     },
+    #[error("{kind} frame refused")]
+    Sealed {
+        kind: FrameKind,
+        #[source]
+        source: SealError,
+    },
+    #[error(
+        "{kind} frame of {len} bytes before the handshake finished: at most {max} are read then"
+    )]
+    BeforeAuth { kind: FrameKind, len: u32, max: u32 },
     #[error("reading frame")]
     Io {
         #[source]
@@ -241,9 +260,19 @@ pub fn encode_frame(kind: FrameKind, payload: &[u8], out: &mut Vec<u8>) {
     out.extend_from_slice(payload);
 }
 
-/// Validates a header: magic, version, kind and length cap, in that order.
-/// Returns the kind, the payload length and the crc the payload must match.
+/// Validates a plain frame's header: magic, version, kind and length cap,
+/// in that order. Returns the kind, the payload length and the crc the
+/// payload must match.
 pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<(FrameKind, u32, u32), FrameError> {
+    decode_header_with(header, 0)
+}
+
+/// [`decode_header`] for frames that carry `trailer` bytes (a tag) beyond
+/// their kind's payload cap.
+fn decode_header_with(
+    header: &[u8; HEADER_LEN],
+    trailer: usize,
+) -> Result<(FrameKind, u32, u32), FrameError> {
     let h: &FrameHeader = zerocopy::transmute_ref!(header);
     if h.magic != MAGIC {
         return Err(FrameError::Magic { got: h.magic });
@@ -255,7 +284,7 @@ pub fn decode_header(header: &[u8; HEADER_LEN]) -> Result<(FrameKind, u32, u32),
         });
     }
     let kind = FrameKind::try_from(h.kind.get())?;
-    let (len, max) = (h.len.get(), kind.max_payload());
+    let (len, max) = (h.len.get(), kind.max_payload() + trailer as u32);
     if len > max {
         return Err(FrameError::TooLong { kind, len, max });
     }
@@ -300,6 +329,126 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, FrameError> {
     Ok(got)
 }
 
+/// How one end finishes the frames it sends on a connection.
+#[derive(Debug)]
+pub enum FrameSeal {
+    /// A crc32 over header and payload: integrity against accidents only.
+    Crc,
+    /// AES-256-GCM under the connection's key ([`crate::seal`]).
+    Sealed(Box<SealingKey>),
+}
+
+impl FrameSeal {
+    /// Bytes a frame carries after its payload: [`TAG_LEN`] when sealed.
+    pub fn trailer_len(&self) -> usize {
+        match self {
+            FrameSeal::Crc => 0,
+            FrameSeal::Sealed(_) => TAG_LEN,
+        }
+    }
+
+    pub fn is_sealed(&self) -> bool {
+        matches!(self, FrameSeal::Sealed(_))
+    }
+
+    /// Finishes the frame in `buf`, whose payload is
+    /// `buf[HEADER_LEN..HEADER_LEN + len]` with [`FrameSeal::trailer_len`]
+    /// spare bytes after it: writes the header and, when sealed, encrypts
+    /// the payload in place and writes the tag. Returns the frame's length.
+    ///
+    /// # Panics
+    ///
+    /// If `buf` is shorter than the frame.
+    pub fn finish(
+        &mut self,
+        kind: FrameKind,
+        buf: &mut [u8],
+        len: usize,
+    ) -> Result<usize, FrameError> {
+        let total = HEADER_LEN + len + self.trailer_len();
+        let (header, rest) = buf[..total].split_at_mut(HEADER_LEN);
+        match self {
+            FrameSeal::Crc => header.copy_from_slice(&frame_header(kind, &[&rest[..len]])),
+            FrameSeal::Sealed(key) => {
+                let sealed = FrameHeader {
+                    magic: MAGIC,
+                    version: U16::new(PROTOCOL_VERSION),
+                    kind: U16::new(kind as u16),
+                    len: U32::new(u32::try_from(len + TAG_LEN).unwrap_or(u32::MAX)),
+                    crc: U32::ZERO,
+                };
+                header.copy_from_slice(sealed.as_bytes());
+                let (payload, tag) = rest.split_at_mut(len);
+                let sealed_tag = key
+                    .seal(header, payload)
+                    .map_err(|source| FrameError::Sealed { kind, source })?;
+                tag.copy_from_slice(&sealed_tag);
+            }
+        }
+        Ok(total)
+    }
+
+    /// [`FrameSeal::finish`] for a frame built in a vector from `start`:
+    /// header space, then the payload up to the end; the tag is appended.
+    pub fn finish_vec(
+        &mut self,
+        kind: FrameKind,
+        frame: &mut Vec<u8>,
+        start: usize,
+    ) -> Result<(), FrameError> {
+        let len = frame.len() - start - HEADER_LEN;
+        frame.resize(frame.len() + self.trailer_len(), 0);
+        self.finish(kind, &mut frame[start..], len)?;
+        Ok(())
+    }
+}
+
+/// How one end checks the frames it receives on a connection.
+#[derive(Debug)]
+pub enum FrameOpen {
+    Crc,
+    Sealed(Box<OpeningKey>),
+}
+
+impl FrameOpen {
+    /// Checks a whole received frame and, when sealed, decrypts its payload
+    /// in place. Returns the kind and the plaintext payload's length.
+    pub fn open(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        payload: &mut [u8],
+    ) -> Result<(FrameKind, usize), FrameError> {
+        match self {
+            FrameOpen::Crc => {
+                check_crc(header, payload)?;
+                let (kind, len, _) = decode_header(header)?;
+                Ok((kind, len as usize))
+            }
+            FrameOpen::Sealed(key) => {
+                let (kind, len, _) = decode_header_with(header, TAG_LEN)?;
+                if payload.len() != len as usize {
+                    return Err(FrameError::PayloadLen {
+                        kind,
+                        expected: len,
+                        got: payload.len(),
+                    });
+                }
+                let plain = key
+                    .open(header, payload)
+                    .map_err(|source| FrameError::Sealed { kind, source })?;
+                Ok((kind, plain))
+            }
+        }
+    }
+
+    fn trailer_len(&self) -> usize {
+        match self {
+            FrameOpen::Crc => 0,
+            FrameOpen::Sealed(_) => TAG_LEN,
+        }
+    }
+}
+
 /// Reads frames from a blocking byte stream into one reusable buffer.
 ///
 /// An I/O error (including `WouldBlock`) mid-frame loses the frame's
@@ -307,16 +456,37 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> Result<usize, FrameError> {
 /// own buffering on non-blocking sockets.
 pub struct FrameReader<R: Read> {
     inner: R,
+    open: FrameOpen,
+    /// Before authentication: the largest frame read at all.
+    limit: Option<u32>,
     /// Grows to the largest payload seen; never shrinks.
     buf: Vec<u8>,
 }
 
 impl<R: Read> FrameReader<R> {
+    /// A reader of plain (crc-checked) frames.
     pub fn new(inner: R) -> Self {
+        Self::with(inner, FrameOpen::Crc)
+    }
+
+    pub fn with(inner: R, open: FrameOpen) -> Self {
         Self {
             inner,
+            open,
+            limit: None,
             buf: Vec::new(),
         }
+    }
+
+    /// How the frames read from now on are checked.
+    pub fn set_open(&mut self, open: FrameOpen) {
+        self.open = open;
+    }
+
+    /// Refuses, before reading their payload, frames longer than `limit`
+    /// (`None`: each kind's own cap).
+    pub fn set_limit(&mut self, limit: Option<u32>) {
+        self.limit = limit;
     }
 
     /// Reads the next frame. The payload borrows the reader's buffer until
@@ -336,7 +506,12 @@ impl<R: Read> FrameReader<R> {
                 expected: HEADER_LEN,
             });
         }
-        let (kind, len, _) = decode_header(&header)?;
+        let (kind, len, _) = decode_header_with(&header, self.open.trailer_len())?;
+        if let Some(max) = self.limit
+            && len > max
+        {
+            return Err(FrameError::BeforeAuth { kind, len, max });
+        }
         let len = len as usize;
         if self.buf.len() < len {
             self.buf.resize(len, 0);
@@ -349,8 +524,8 @@ impl<R: Read> FrameReader<R> {
                 expected: HEADER_LEN + len,
             });
         }
-        check_crc(&header, payload)?;
-        Ok((kind, &self.buf[..len]))
+        let (kind, plain) = self.open.open(&header, payload)?;
+        Ok((kind, &self.buf[..plain]))
     }
 
     pub fn get_ref(&self) -> &R {
@@ -363,6 +538,11 @@ impl<R: Read> FrameReader<R> {
 
     pub fn into_inner(self) -> R {
         self.inner
+    }
+
+    /// The stream and how its frames are checked.
+    pub fn into_parts(self) -> (R, FrameOpen) {
+        (self.inner, self.open)
     }
 }
 

@@ -71,6 +71,7 @@ pub mod criu;
 pub mod frame;
 pub mod image;
 pub mod msg;
+pub mod seal;
 pub mod stats;
 pub mod verify;
 

@@ -7,7 +7,7 @@
 //! a message are an error.
 //!
 //! ```text
-//! Hello          version u16 | role u8 | authenticated u8 | page_size u32
+//! Hello          version u16 | role u8 | protection u8 | page_size u32
 //!                | capabilities u64 | nonce [32]                     (48 bytes)
 //! Auth           mac [32]                                            (32 bytes)
 //! Layout         space u32 | count u32 | count × VmaDesc
@@ -49,7 +49,7 @@
 
 use pagehop_mem::SpaceKey;
 
-use super::frame::{FrameKind, HEADER_LEN, frame_header};
+use super::frame::{FrameError, FrameKind, FrameSeal, HEADER_LEN};
 
 mod codec;
 mod fixed;
@@ -133,13 +133,13 @@ pub trait Message: Sized {
     /// Parses a whole payload.
     fn decode(payload: &[u8]) -> Result<Self, MsgError>;
 
-    /// Appends a whole frame (header and payload) to `out`.
-    fn encode_frame(&self, out: &mut Vec<u8>) {
+    /// Appends a whole frame (header, payload and, when sealed, the tag) to
+    /// `out`, finished by `seal`.
+    fn encode_frame(&self, seal: &mut FrameSeal, out: &mut Vec<u8>) -> Result<(), FrameError> {
         let start = out.len();
         out.extend_from_slice(&[0u8; HEADER_LEN]);
         Message::encode(self, out);
-        let header = frame_header(Self::KIND, &[&out[start + HEADER_LEN..]]);
-        out[start..start + HEADER_LEN].copy_from_slice(&header);
+        seal.finish_vec(Self::KIND, out, start)
     }
 }
 
@@ -181,8 +181,47 @@ pub struct Hello {
     pub role: Role,
     /// The sender's authentication challenge (see [`super::auth`]).
     pub nonce: [u8; 32],
-    /// The sender has a token configured and expects an `Auth` exchange.
-    pub authenticated: bool,
+    /// How the sender protects this connection; both ends must agree.
+    pub protection: Protection,
+}
+
+/// How a connection is protected, as each end's `Hello` states it.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protection {
+    /// No token: anyone who can connect is a peer (loopback only, by an
+    /// explicit choice of the operator).
+    None = 1,
+    /// Token-authenticated handshake, frames checked by crc only
+    /// (`--plaintext`, for a link the operator trusts).
+    Plaintext = 2,
+    /// Token-authenticated handshake, every later frame sealed (the default).
+    Sealed = 3,
+}
+
+impl Protection {
+    pub fn from_u8(value: u8) -> Option<Self> {
+        match value {
+            1 => Some(Protection::None),
+            2 => Some(Protection::Plaintext),
+            3 => Some(Protection::Sealed),
+            _ => None,
+        }
+    }
+
+    /// Whether the handshake proves the token.
+    pub fn authenticated(self) -> bool {
+        self != Protection::None
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protection::None => "none",
+            Protection::Plaintext => "plaintext",
+            Protection::Sealed => "sealed",
+        }
+    }
 }
 
 /// Proof of the shared token (see [`super::auth`]).

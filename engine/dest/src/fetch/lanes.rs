@@ -4,13 +4,13 @@
 use std::net::TcpStream;
 use std::sync::Mutex;
 
-use pagehop_wire::conn::Conn;
+use pagehop_wire::conn::{Conn, FrameWriter};
 
 /// Connections the acceptor hands over during a migration: reconnected
 /// control lanes, priority lanes, and every connection by epoch (to cut them).
 #[derive(Default)]
 pub struct Lanes {
-    priority: Mutex<Option<(u32, TcpStream)>>,
+    priority: Mutex<Option<(u32, FrameWriter)>>,
     controls: Mutex<Vec<(u32, Conn)>>,
     links: Mutex<Vec<(u32, TcpStream)>>,
 }
@@ -24,7 +24,7 @@ impl Lanes {
     }
 
     /// A priority lane (its write half); the newest epoch wins.
-    pub fn attach_priority(&self, epoch: u32, stream: TcpStream) {
+    pub fn attach_priority(&self, epoch: u32, stream: FrameWriter) {
         let mut slot = self.priority.lock().expect("lock");
         if slot.as_ref().is_none_or(|(e, _)| *e <= epoch) {
             *slot = Some((epoch, stream));
@@ -36,7 +36,7 @@ impl Lanes {
         self.controls.lock().expect("lock").push((epoch, conn));
     }
 
-    pub(super) fn take_priority(&self, min_epoch: u32) -> Option<TcpStream> {
+    pub(super) fn take_priority(&self, min_epoch: u32) -> Option<FrameWriter> {
         let mut slot = self.priority.lock().expect("lock");
         match slot.take() {
             Some((e, s)) if e >= min_epoch => Some(s),

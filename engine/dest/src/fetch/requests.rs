@@ -1,14 +1,13 @@
 //! The fault loop's page source during post-copy: pages still on the source
 //! are asked for on the priority lane; the rest are installed from the store.
 use std::collections::HashMap;
-use std::io::Write;
-use std::net::TcpStream;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use pagehop_mem::SpaceKey;
 use pagehop_sys::monotonic_ns;
-use pagehop_wire::msg::{Message, PageRequest};
+use pagehop_wire::conn::FrameWriter;
+use pagehop_wire::msg::PageRequest;
 
 use super::Arrivals;
 use crate::faults::{FaultError, LatencyHistogram, PageSource};
@@ -17,7 +16,7 @@ use crate::faults::{FaultError, LatencyHistogram, PageSource};
 /// on the priority lane; the rest are queued to be installed from the store.
 pub(super) struct Requests {
     pub(super) arrivals: Arc<Arrivals>,
-    pub(super) priority: Option<TcpStream>,
+    pub(super) priority: Option<FrameWriter>,
     /// Runs to install from the store after this turn.
     pub(super) local: Vec<(SpaceKey, u64, u32)>,
     /// When each page still awaited was asked for.
@@ -30,7 +29,7 @@ impl Requests {
     /// Asks on `priority`; without one (the source is away) it only queues.
     pub(super) fn new(
         arrivals: &Arc<Arrivals>,
-        priority: Option<TcpStream>,
+        priority: Option<FrameWriter>,
         page_size: u64,
     ) -> Self {
         Self {
@@ -45,7 +44,7 @@ impl Requests {
 
     /// After a reconnect: the new priority lane, and the pages still awaited
     /// asked for again on it.
-    pub(super) fn rearm(&mut self, priority: Option<TcpStream>, in_flight: &[(SpaceKey, u64)]) {
+    pub(super) fn rearm(&mut self, priority: Option<FrameWriter>, in_flight: &[(SpaceKey, u64)]) {
         self.priority = priority;
         for &(space, page) in in_flight {
             self.ask(space, page, 1);
@@ -71,9 +70,7 @@ impl Requests {
         let Some(lane) = self.priority.as_mut() else {
             return;
         };
-        let mut frame = Vec::with_capacity(32);
-        PageRequest { space, addr, pages }.encode_frame(&mut frame);
-        if lane.write_all(&frame).is_err() {
+        if lane.send(&PageRequest { space, addr, pages }).is_err() {
             self.priority = None;
             self.arrivals.lost.store(true, Ordering::SeqCst);
         } else {

@@ -9,8 +9,7 @@ use std::time::Duration;
 
 use pagehop_dest::fetch::Lanes;
 use pagehop_dest::intake::Intake;
-use pagehop_wire::auth::Token;
-use pagehop_wire::conn::{Conn, ConnError};
+use pagehop_wire::conn::{Conn, ConnError, Security};
 use pagehop_wire::msg::{Attach, Lane, Role};
 
 use super::RecvError;
@@ -18,7 +17,7 @@ use super::RecvError;
 /// How every connection is checked.
 #[derive(Clone)]
 pub struct Handshake {
-    pub token: Option<Token>,
+    pub security: Security,
     pub page_size: u32,
     pub capabilities: u64,
     pub timeout: Duration,
@@ -29,7 +28,7 @@ impl Handshake {
         let mut conn = Conn::handshake(
             stream,
             Role::Destination,
-            self.token.as_ref(),
+            &self.security,
             self.page_size,
             self.capabilities,
             self.timeout,
@@ -122,15 +121,16 @@ fn attach_lane(
             });
         }
         Lane::Data | Lane::Priority => {
-            let stream = conn.into_stream();
-            lanes.register(epoch, &stream);
+            let halves = conn.into_halves();
+            lanes.register(epoch, halves.writer.stream());
             let priority = attach.lane == Lane::Priority;
             if priority {
-                lanes.attach_priority(epoch, stream.try_clone()?);
+                lanes.attach_priority(epoch, halves.writer);
             }
             let intake = Arc::clone(intake);
             let page_size = handshake.page_size as usize;
-            std::thread::spawn(move || intake.receive(stream, page_size, epoch, priority));
+            let reader = halves.reader;
+            std::thread::spawn(move || intake.receive(reader, page_size, epoch, priority));
         }
     }
     Ok(())

@@ -34,8 +34,7 @@ use pagehop_dest::store::{PageStore, StoreError};
 use pagehop_dest::uffd_sink::{UffdSink, UffdSinkError};
 use pagehop_mem::pages::{Range, RangeSet};
 use pagehop_mem::{PageSink, SpaceKey};
-use pagehop_wire::auth::Token;
-use pagehop_wire::conn::{Conn, ConnError, codes};
+use pagehop_wire::conn::{Conn, ConnError, Security, codes};
 use pagehop_wire::image::{ImageError, ImageWriter};
 use pagehop_wire::msg::{
     self, Done, EndOfRound, ImageChunk, Layout, LayoutAck, MsgError, Pending, Switchover,
@@ -67,7 +66,8 @@ pub use criu::{CriuRecvError, CriuRestore};
 
 pub struct RecvOptions {
     pub listen: SocketAddr,
-    pub token: Option<Token>,
+    /// How every connection is protected.
+    pub security: Security,
     pub output: Output,
     pub handshake_timeout: Duration,
     /// Post-copy: how long to wait for a source whose connections broke.
@@ -142,7 +142,7 @@ pub enum RecvError {
 
 /// Receives one migration and starts its process (or writes its image).
 pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
-    if !opts.listen.ip().is_loopback() && opts.token.is_none() {
+    if !opts.listen.ip().is_loopback() && opts.security.token().is_none() {
         return Err(RecvError::NeedToken { addr: opts.listen });
     }
     let page_size = pagehop_sys::page_size();
@@ -176,7 +176,7 @@ pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
         _ => None,
     };
     let handshake = accept::Handshake {
-        token: opts.token.clone(),
+        security: opts.security.clone(),
         page_size: page_size as u32,
         capabilities,
         timeout: opts.handshake_timeout,
@@ -213,6 +213,7 @@ pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
         images,
         report: RecvReport {
             source,
+            protection: opts.security.protection().name(),
             ..RecvReport::default()
         },
     };

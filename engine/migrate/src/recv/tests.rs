@@ -4,12 +4,17 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use pagehop_wire::FrameKind;
+use pagehop_wire::auth::Token;
 use pagehop_wire::batch::{Compress, encode_batch, entry};
-use pagehop_wire::conn::{Conn, ConnError, codes};
-use pagehop_wire::frame::encode_frame;
+use pagehop_wire::conn::{Conn, ConnError, Security, codes};
 use pagehop_wire::msg::{self, Attach, Done, EndOfRound, Lane, LayoutAck, Role, Switchover};
 
 use super::*;
+
+/// Both ends' protection: a token, sealed frames.
+fn security() -> Security {
+    Security::sealed(Token::new(b"recv-unit-test-token-0123", "test").expect("token"))
+}
 
 /// A fresh directory under the system temp dir, removed on drop.
 struct TempDir(PathBuf);
@@ -44,7 +49,7 @@ fn start_recv(
         .expect("a free port");
     let opts = RecvOptions {
         listen: addr,
-        token: None,
+        security: security(),
         output: Output::ImageDir(dir.0.join("image")),
         handshake_timeout: Duration::from_secs(5),
         reconnect_timeout: Duration::ZERO,
@@ -69,7 +74,7 @@ fn lane(addr: SocketAddr, lane: Lane) -> Conn {
     let mut conn = Conn::handshake(
         stream,
         Role::Source,
-        None,
+        &security(),
         pagehop_sys::page_size() as u32,
         caps,
         Duration::from_secs(5),
@@ -154,7 +159,7 @@ fn pages_after_the_switch_are_a_protocol_error() {
     let dir = TempDir::new("late-pages");
     let (addr, recv) = start_recv(&dir);
     let mut control = lane(addr, Lane::Control);
-    let data = lane(addr, Lane::Data).into_stream();
+    let mut data = lane(addr, Lane::Data).into_halves().writer;
     empty_layout(&mut control);
     control
         .send(&Switchover {
@@ -175,9 +180,8 @@ fn pages_after_the_switch_are_a_protocol_error() {
         &mut Vec::new(),
         &mut payload,
     );
-    let mut frame = Vec::new();
-    encode_frame(FrameKind::Pages, &payload, &mut frame);
-    std::io::Write::write_all(&mut &data, &frame).expect("late pages");
+    data.send_payload(FrameKind::Pages, &payload)
+        .expect("late pages");
     let err = recv.join().expect("recv thread").expect_err("refused");
     assert!(
         matches!(

@@ -4,7 +4,7 @@
 //! post-copy reconnect).
 use std::net::TcpStream;
 
-use pagehop_wire::conn::Conn;
+use pagehop_wire::conn::{Conn, FrameWriter, Halves};
 use pagehop_wire::msg::{self, Attach, Lane, Role};
 
 use super::{SendError, SendOptions};
@@ -12,9 +12,9 @@ use super::{SendError, SendOptions};
 /// The source's connections to the destination.
 pub struct Links {
     pub control: Conn,
-    pub data: Vec<TcpStream>,
+    pub data: Vec<FrameWriter>,
     /// Post-copy only.
-    pub priority: Option<TcpStream>,
+    pub priority: Option<Halves>,
 }
 
 /// Opens every lane of `session` at `epoch`.
@@ -45,7 +45,7 @@ pub fn connect(
         let mut conn = Conn::handshake(
             stream,
             Role::Source,
-            opts.token.as_ref(),
+            &opts.security,
             page_size,
             caps,
             opts.connect_timeout,
@@ -65,10 +65,10 @@ pub fn connect(
         return Err(SendError::NoPostcopy { mode: opts.mode });
     }
     let data = (0..opts.streams.max(1))
-        .map(|_| Ok(open(Lane::Data)?.into_stream()))
+        .map(|_| Ok(open(Lane::Data)?.into_halves().writer))
         .collect::<Result<Vec<_>, SendError>>()?;
     let priority = if postcopy {
-        Some(open(Lane::Priority)?.into_stream())
+        Some(open(Lane::Priority)?.into_halves())
     } else {
         None
     };

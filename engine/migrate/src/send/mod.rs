@@ -42,9 +42,8 @@ use pagehop_source::stream::{PageStreamer, StreamError, ZeroCopy};
 use pagehop_source::target::TargetError;
 use pagehop_source::track::{Session, TrackError, TrackOptions};
 use pagehop_source::tracker::Backend;
-use pagehop_wire::auth::Token;
 use pagehop_wire::batch::Compress;
-use pagehop_wire::conn::{Conn, ConnError, codes};
+use pagehop_wire::conn::{Conn, ConnError, Security, codes};
 
 use crate::phase::{CriuHold, Phase, PhaseWatch};
 use crate::report::{CriuProcess, CriuReport, Mode, Progress, Report, RoundReport, Verify};
@@ -59,7 +58,8 @@ pub struct SendOptions {
     /// The process (with `criu`: the root of the process tree).
     pub pid: i32,
     pub to: SocketAddr,
-    pub token: Option<Token>,
+    /// How every connection is protected.
+    pub security: Security,
     pub backend: Backend,
     pub compress: Compress,
     pub zerocopy: ZeroCopy,
@@ -99,6 +99,11 @@ pub enum SendError {
     Track(#[from] TrackError),
     #[error(transparent)]
     Provide(#[from] ProvideError),
+    #[error(
+        "refusing to send memory to {addr} without a token: only loopback peers may go \
+         unauthenticated"
+    )]
+    NeedToken { addr: SocketAddr },
     #[error("connecting to {addr}")]
     Connect {
         addr: SocketAddr,
@@ -237,6 +242,9 @@ fn drive(
     phases: &mut Phases<'_>,
     progress: &mut dyn Progress,
 ) -> Result<Report, SendError> {
+    if !opts.to.ip().is_loopback() && opts.security.token().is_none() {
+        return Err(SendError::NeedToken { addr: opts.to });
+    }
     let started = Instant::now();
     let cpu_start = pagehop_sys::own_cpu_time();
     let page_size = pagehop_sys::page_size();
@@ -287,7 +295,10 @@ fn drive(
         control,
         session,
         streamer,
-        report: Report::new(opts.mode),
+        report: Report {
+            protection: opts.security.protection().name(),
+            ..Report::new(opts.mode)
+        },
         session_id,
     };
     let result = match priority {
@@ -465,7 +476,7 @@ impl<'a> Migration<'a> {
     fn postcopy(
         &mut self,
         phases: &mut Phases<'_>,
-        priority: std::net::TcpStream,
+        priority: pagehop_wire::conn::Halves,
         reconnect: &mut postcopy::Reconnect<'_>,
         progress: &mut dyn Progress,
     ) -> Result<FrozenTree, SendError> {

@@ -7,7 +7,7 @@
 //! to `--reconnect-timeout`; the destination answers with the pages it still
 //! lacks (`Pending`), and the push resumes from there.
 use std::collections::BTreeMap;
-use std::net::TcpStream;
+
 use std::time::{Duration, Instant};
 
 use pagehop_mem::pages::RangeSet;
@@ -18,7 +18,7 @@ use pagehop_source::postcopy::{DemandTotals, Unsent};
 use pagehop_source::provider::FrozenTree;
 use pagehop_source::stream::PageStreamer;
 use pagehop_wire::batch::Compress;
-use pagehop_wire::conn::Conn;
+use pagehop_wire::conn::{Conn, Halves};
 use pagehop_wire::msg::{Done, Stats};
 use pagehop_wire::stats::DestStats;
 
@@ -69,7 +69,7 @@ pub fn serve(
     tree: &FrozenTree,
     control: &mut Conn,
     streamer: &mut PageStreamer,
-    priority: TcpStream,
+    priority: Halves,
     plan: &Plan,
     reconnect: &mut Reconnect<'_>,
     commit: Option<&mut CommitStep<'_>>,

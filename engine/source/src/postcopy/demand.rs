@@ -2,16 +2,15 @@
 //! `PageRequest`s on the priority lane, each with one `Pages` frame of the
 //! requested pages and up to `prefetch` unsent pages after them, read from
 //! the frozen source.
-use std::io::Write;
 use std::net::TcpStream;
 use std::thread::{Scope, ScopedJoinHandle};
 
 use crossbeam::channel::Sender;
 use pagehop_mem::provider::runs_of;
 use pagehop_mem::{PageProvider, ProvideError, SpaceKey};
-use pagehop_wire::FrameReader;
 use pagehop_wire::batch::{self, Compress};
-use pagehop_wire::frame::{FrameError, FrameKind, frame_header};
+use pagehop_wire::conn::{ConnError, FrameWriter, Halves};
+use pagehop_wire::frame::{FrameError, FrameKind};
 use pagehop_wire::msg::{MsgError, PageRequest};
 
 use super::Unsent;
@@ -25,7 +24,7 @@ pub enum DemandError {
     #[error("the priority lane")]
     Lane(#[from] FrameError),
     #[error("answering on the priority lane")]
-    Send(#[source] std::io::Error),
+    Send(#[source] ConnError),
     #[error("a page request")]
     Decode(#[from] MsgError),
     #[error("unexpected {kind} frame on the priority lane")]
@@ -61,13 +60,17 @@ impl<'scope> DemandServer<'scope> {
     /// marks the lane broken in `unsent` (the driver reconnects).
     pub fn start<'env>(
         scope: &'scope Scope<'scope, 'env>,
-        lane: TcpStream,
+        lane: Halves,
         provider: &'env dyn PageProvider,
         unsent: &'env Unsent,
         hints: Sender<(SpaceKey, u64)>,
         answering: Answering,
     ) -> Result<Self, DemandError> {
-        let stream = lane.try_clone().map_err(DemandError::Socket)?;
+        let stream = lane
+            .writer
+            .stream()
+            .try_clone()
+            .map_err(DemandError::Socket)?;
         let thread = std::thread::Builder::new()
             .name("demand-server".into())
             .spawn_scoped(scope, move || {
@@ -100,15 +103,17 @@ impl Drop for DemandServer<'_> {
 
 /// One answer per request, until the lane closes.
 fn serve(
-    lane: TcpStream,
+    lane: Halves,
     provider: &dyn PageProvider,
     unsent: &Unsent,
     hints: &Sender<(SpaceKey, u64)>,
     answering: Answering,
 ) -> Result<(), DemandError> {
     let ps = provider.page_size();
-    let mut writer = lane.try_clone().map_err(DemandError::Socket)?;
-    let mut reader = FrameReader::new(lane);
+    let Halves {
+        mut reader,
+        mut writer,
+    } = lane;
     let mut answer = Answer::default();
     let mut pages: Vec<u64> = Vec::new();
     loop {
@@ -128,18 +133,25 @@ fn serve(
                 pages: req.pages,
             });
         }
-        let end = req.addr + req.pages as u64 * ps as u64;
+        let bad = DemandError::BadRequest {
+            addr: req.addr,
+            pages: req.pages,
+        };
+        let end = req
+            .addr
+            .checked_add(req.pages as u64 * ps as u64)
+            .ok_or(bad)?;
         pages.clear();
         pages.extend((req.addr..end).step_by(ps));
         let prefetched = take_with_prefetch(unsent, req.space, &mut pages, end, answering.prefetch);
         unsent.record_request(req.space, req.addr, req.pages as u64);
         answer.build(provider, req.space, &pages, answering)?;
-        writer.write_all(&answer.frame).map_err(DemandError::Send)?;
+        let frame_len = answer.send(&mut writer)?;
         unsent.record_answer(
             pages.len() as u64,
             prefetched,
             answer.data.len() as u64,
-            answer.frame.len() as u64,
+            frame_len as u64,
         );
         let _ = hints.try_send((req.space, end));
     }
@@ -185,11 +197,10 @@ struct Answer {
     entries: Vec<u64>,
     scratch: Vec<u8>,
     payload: Vec<u8>,
-    frame: Vec<u8>,
 }
 
 impl Answer {
-    /// Builds one `Pages` frame of `pages` (ascending) read from `provider`.
+    /// Builds one `Pages` payload of `pages` (ascending) read from `provider`.
     /// A page the provider reports absent goes as a zero page: only a
     /// provider for which absent means zero reports one (an image); the
     /// frozen tree fails the read instead.
@@ -225,10 +236,13 @@ impl Answer {
             &mut self.scratch,
             &mut self.payload,
         );
-        self.frame.clear();
-        self.frame
-            .extend_from_slice(&frame_header(FrameKind::Pages, &[&self.payload]));
-        self.frame.extend_from_slice(&self.payload);
         Ok(())
+    }
+
+    /// Sends the answer built last; returns its length on the wire.
+    fn send(&self, writer: &mut FrameWriter) -> Result<usize, DemandError> {
+        writer
+            .send_payload(FrameKind::Pages, &self.payload)
+            .map_err(DemandError::Send)
     }
 }

@@ -9,8 +9,11 @@
 //! the raw data):
 //!
 //! ```text
-//! | frame header 16 | batch header 24 | entries n×8 | page data (raw or lz4) |
+//! | frame header 16 | batch header 24 | entries n×8 | page data (raw or lz4) | tag 16 |
 //! ```
+//!
+//! On a sealed lane the payload is then encrypted in place and the tag
+//! written after it ([`pagehop_wire::seal`]), so sealing adds no copy.
 mod lz4;
 mod watchdog;
 
@@ -26,7 +29,9 @@ use pagehop_mem::provider::runs_of;
 use pagehop_mem::{PageProvider, ProvideError, SpaceKey};
 use pagehop_wire::FrameKind;
 use pagehop_wire::batch::{self, Compress};
-use pagehop_wire::frame::{HEADER_LEN, frame_header};
+use pagehop_wire::conn::FrameWriter;
+use pagehop_wire::frame::{FrameError, FrameSeal, HEADER_LEN};
+use pagehop_wire::seal::TAG_LEN;
 
 /// Pages per batch: 1 MiB of data, the size at which process_vm_readv
 /// reaches its best throughput here.
@@ -45,6 +50,8 @@ pub enum StreamError {
     Uring(#[from] UringError),
     #[error(transparent)]
     Read(#[from] ProvideError),
+    #[error("sealing a page batch")]
+    Seal(#[from] FrameError),
 }
 
 /// `--zerocopy`.
@@ -95,6 +102,8 @@ pub struct PageStreamer {
     watchdog: Watchdog,
     /// Handles to the data sockets (for socket options).
     sockets: Vec<TcpStream>,
+    /// How each data lane's frames are finished (sealed on a sealed lane).
+    seals: Vec<FrameSeal>,
     pub totals: RoundStats,
 }
 
@@ -107,9 +116,19 @@ fn clone_all(streams: &[TcpStream]) -> Result<Vec<TcpStream>, StreamError> {
         .map_err(StreamError::Socket)
 }
 
+/// The sockets and seals of `lanes`.
+fn split(lanes: Vec<FrameWriter>) -> (Vec<TcpStream>, Vec<FrameSeal>) {
+    lanes.into_iter().map(FrameWriter::into_parts).unzip()
+}
+
+/// One registered buffer: a whole batch's frame, tag included.
+fn buffer_size(page_size: usize) -> usize {
+    HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + page_size) + TAG_LEN
+}
+
 impl PageStreamer {
     pub fn new(
-        streams: Vec<TcpStream>,
+        lanes: Vec<FrameWriter>,
         compress: Compress,
         zerocopy: ZeroCopy,
         stall_timeout: Duration,
@@ -119,9 +138,9 @@ impl PageStreamer {
             ZeroCopy::Off => SendMode::Copy,
             ZeroCopy::On | ZeroCopy::Auto => SendMode::ZeroCopy,
         };
-        let buffer_size = HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + page_size);
+        let (streams, seals) = split(lanes);
         let watched = clone_all(&streams)?;
-        let sender = UringSender::new(streams, BUFFERS, buffer_size, mode)?;
+        let sender = UringSender::new(streams, BUFFERS, buffer_size(page_size), mode)?;
         Ok(Self {
             sender,
             compress,
@@ -135,6 +154,7 @@ impl PageStreamer {
             next_stream: 0,
             lz4_sampler: Lz4Sampler::default(),
             sockets: clone_all(&watched)?,
+            seals,
             watchdog: Watchdog::start(watched, stall_timeout),
             totals: RoundStats::default(),
         })
@@ -142,11 +162,17 @@ impl PageStreamer {
 
     /// Carries on over new data connections (after a reconnect); batches
     /// still in flight on the old ones are abandoned.
-    pub fn replace_streams(&mut self, streams: Vec<TcpStream>) -> Result<(), StreamError> {
+    pub fn replace_streams(&mut self, lanes: Vec<FrameWriter>) -> Result<(), StreamError> {
+        let (streams, seals) = split(lanes);
         let watched = clone_all(&streams)?;
-        let buffer_size = HEADER_LEN + BATCH_HEADER_LEN + BATCH_PAGES * (8 + self.page_size);
-        self.sender = UringSender::new(streams, BUFFERS, buffer_size, self.sender.mode())?;
+        self.sender = UringSender::new(
+            streams,
+            BUFFERS,
+            buffer_size(self.page_size),
+            self.sender.mode(),
+        )?;
         self.sockets = clone_all(&watched)?;
+        self.seals = seals;
         self.watchdog = Watchdog::start(watched, self.watchdog.timeout);
         self.next_stream = 0;
         Ok(())
@@ -255,6 +281,7 @@ impl PageStreamer {
         let ps = self.page_size;
         let n = pages.len();
         let data_at = HEADER_LEN + BATCH_HEADER_LEN + n * 8;
+        let stream = self.next_stream;
         // Runs of contiguous pages: one remote iovec each.
         runs_of(pages, ps, &mut self.runs);
         let id = self.sender.acquire()?;
@@ -330,16 +357,22 @@ impl PageStreamer {
             &mut self.prefix,
         );
         buf[HEADER_LEN..real_data_at].copy_from_slice(&self.prefix);
-        let header = frame_header(
+        // Sealed in the order the lane sends: the sender keeps each
+        // stream's frames in submission order.
+        let frame_len = match self.seals[stream].finish(
             FrameKind::Pages,
-            &[&buf[HEADER_LEN..real_data_at + data_len]],
-        );
-        buf[..HEADER_LEN].copy_from_slice(&header);
-        let frame_len = real_data_at + data_len;
+            buf,
+            real_data_at + data_len - HEADER_LEN,
+        ) {
+            Ok(len) => len,
+            Err(e) => {
+                let _ = self.sender.release(id);
+                return Err(e.into());
+            }
+        };
         stats.bytes_raw += raw_len as u64;
         stats.bytes_wire += frame_len as u64;
-        let stream = self.next_stream;
-        self.next_stream = (self.next_stream + 1) % self.sender.stream_count();
+        self.next_stream = (stream + 1) % self.sender.stream_count();
         self.sender.send(id, frame_len, stream)?;
         Ok(())
     }

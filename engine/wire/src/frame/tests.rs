@@ -258,3 +258,89 @@ fn buffer_is_reused_across_frames() {
     assert_eq!(reader.read_frame().expect("second").1, &[2u8; 10][..]);
     assert_eq!(reader.buf.len(), 1000);
 }
+
+/// Both ends' seals of one connection, keyed from a test token.
+fn sealed_pair() -> (FrameSeal, FrameOpen) {
+    use crate::seal::{Direction, Handshake, connection_keys};
+    let token = crate::auth::Token::new(b"0123456789abcdef", "test").expect("token");
+    let (ns, nd, t) = ([1u8; 32], [2u8; 32], [3u8; 32]);
+    let hs = Handshake {
+        source_nonce: &ns,
+        destination_nonce: &nd,
+        transcript: &t,
+    };
+    let (seal, _) = connection_keys(token.prk(), Direction::SourceToDestination, &hs);
+    let (_, open) = connection_keys(token.prk(), Direction::DestinationToSource, &hs);
+    (
+        FrameSeal::Sealed(Box::new(seal)),
+        FrameOpen::Sealed(Box::new(open)),
+    )
+}
+
+fn sealed_frame(seal: &mut FrameSeal, kind: FrameKind, payload: &[u8]) -> Vec<u8> {
+    let mut out = vec![0u8; HEADER_LEN];
+    out.extend_from_slice(payload);
+    seal.finish_vec(kind, &mut out, 0).expect("seal");
+    out
+}
+
+#[test]
+fn sealed_frames_read_back_encrypted_on_the_wire() {
+    let (mut seal, open) = sealed_pair();
+    let payload = vec![0x5a; 5000];
+    let mut stream = sealed_frame(&mut seal, FrameKind::Pages, &payload);
+    assert_eq!(stream.len(), HEADER_LEN + payload.len() + TAG_LEN);
+    assert_eq!(&stream[12..16], &[0; 4], "no crc in a sealed frame");
+    assert!(
+        !stream[HEADER_LEN..]
+            .windows(64)
+            .any(|w| w == &payload[..64])
+    );
+    stream.extend(sealed_frame(&mut seal, FrameKind::Done, &[1, 2, 3]));
+    let mut reader = FrameReader::with(&stream[..], open);
+    assert_eq!(
+        reader.read_frame().expect("pages"),
+        (FrameKind::Pages, &payload[..])
+    );
+    assert_eq!(
+        reader.read_frame().expect("done"),
+        (FrameKind::Done, &[1u8, 2, 3][..])
+    );
+}
+
+#[test]
+fn a_sealed_frame_altered_anywhere_is_refused() {
+    let (mut seal, _) = sealed_pair();
+    let frame = sealed_frame(&mut seal, FrameKind::Pages, &[7u8; 300]);
+    for at in (0..frame.len()).filter(|&i| !(8..12).contains(&i) && i >= 6) {
+        let mut bad = frame.clone();
+        bad[at] ^= 0x01;
+        let (_, open) = sealed_pair();
+        let err = FrameReader::with(&bad[..], open)
+            .read_frame()
+            .expect_err("altered");
+        assert!(
+            matches!(err, FrameError::Sealed { .. } | FrameError::Kind { .. }),
+            "byte {at}: {err}"
+        );
+    }
+    // A plain frame (a crc recomputed by an attacker) does not pass either.
+    let (_, open) = sealed_pair();
+    let plain = super::tests::frame(FrameKind::Done, &[0; 16]);
+    assert!(FrameReader::with(&plain[..], open).read_frame().is_err());
+}
+
+#[test]
+fn before_authentication_only_small_frames_are_read() {
+    let big = frame(FrameKind::Layout, &vec![0u8; 5000]);
+    let mut reader = FrameReader::new(&big[..]);
+    reader.set_limit(Some(4096));
+    assert!(matches!(
+        reader.read_frame(),
+        Err(FrameError::BeforeAuth {
+            len: 5000,
+            max: 4096,
+            ..
+        })
+    ));
+}

@@ -13,7 +13,7 @@
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout, Unaligned};
 
-use super::{Lane, Message, MsgError, Role};
+use super::{Lane, Message, MsgError, Protection, Role};
 use crate::frame::FrameKind;
 
 /// A fixed-layout struct on the wire.
@@ -223,7 +223,7 @@ macro_rules! u8_enum_fields {
         }
     )+};
 }
-u8_enum_fields!(Role, Lane);
+u8_enum_fields!(Role, Lane, Protection);
 
 pub(super) fn invalid(msg: &'static str, field: &'static str, value: u64) -> MsgError {
     MsgError::Invalid { msg, field, value }

@@ -82,7 +82,8 @@ fn messages<M: Message + PartialEq + Debug>(
             m.encode(&mut payload);
             assert_eq!(&M::decode(&payload).expect("decode"), m);
             let mut frame = Vec::new();
-            m.encode_frame(&mut frame);
+            m.encode_frame(&mut crate::frame::FrameSeal::Crc, &mut frame)
+                .expect("frame");
             let mut reader = FrameReader::new(&frame[..]);
             assert_eq!(reader.read_frame().expect("frame"), (kind, &payload[..]));
             payload
@@ -103,7 +104,7 @@ fn hello() -> Hello {
         capabilities: CAP_LZ4 | CAP_VERIFY,
         role: Role::Source,
         nonce: [7; 32],
-        authenticated: true,
+        protection: crate::msg::Protection::Sealed,
     }
 }
 
@@ -200,7 +201,7 @@ fn case(kind: FrameKind) -> Case {
                 hello(),
                 Hello {
                     role: Role::Destination,
-                    authenticated: false,
+                    protection: crate::msg::Protection::None,
                     capabilities: u64::MAX,
                     page_size: 1 << 16,
                     ..hello()
@@ -210,7 +211,8 @@ fn case(kind: FrameKind) -> Case {
                 vec![
                     ("role 0", with(p, 2, &[0]), "Hello: invalid role 0x0"),
                     ("role 3", with(p, 2, &[3]), "Hello: invalid role 0x3"),
-                    ("bool 2", with(p, 3, &[2]), "invalid authenticated 0x2"),
+                    ("protection 4", with(p, 3, &[4]), "invalid protection 0x4"),
+                    ("protection 0", with(p, 3, &[0]), "invalid protection 0x0"),
                     (
                         "page size 0",
                         with(p, 4, &[0, 0, 0, 0]),

@@ -15,7 +15,7 @@ fixed_message! {
     Hello (FrameKind::Hello) as HelloWire (48 bytes) {
         version: U16,
         role: u8,
-        authenticated: u8,
+        protection: u8,
         page_size: U32,
         capabilities: U64,
         nonce: [u8; 32],

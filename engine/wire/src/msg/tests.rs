@@ -29,9 +29,9 @@ fn fixed_layouts_match_the_docs() {
         capabilities: 0x0807_0605_0403_0201,
         role: Role::Destination,
         nonce: [0xee; 32],
-        authenticated: true,
+        protection: crate::msg::Protection::Sealed,
     };
-    let mut expected = le!(0x0102u16, 2u8, 1u8, 0x1000u32, 0x0807_0605_0403_0201u64);
+    let mut expected = le!(0x0102u16, 2u8, 3u8, 0x1000u32, 0x0807_0605_0403_0201u64);
     expected.extend_from_slice(&[0xee; 32]);
     assert_eq!(encoded(&hello), expected);
     assert_eq!(encoded(&Auth { mac: [9; 32] }), [9; 32]);
@@ -193,14 +193,14 @@ fn short_payloads_name_the_missing_field() {
         capabilities: 0,
         role: Role::Source,
         nonce: [0; 32],
-        authenticated: false,
+        protection: crate::msg::Protection::None,
     });
     for (cut, expected) in [
         (0, "Hello: version needs 2 bytes at offset 0, payload has 0"),
         (1, "Hello: version needs 2 bytes at offset 0, payload has 1"),
         (
             3,
-            "Hello: authenticated needs 1 bytes at offset 3, payload has 3",
+            "Hello: protection needs 1 bytes at offset 3, payload has 3",
         ),
         (
             20,
