@@ -210,6 +210,7 @@ fn drive(spec: &RunSpec<'_, Mode>, record: &mut Record) -> Result<(), RunError> 
     let mut recv = cleanup::spawn(
         NetnsPair::command(&pair.b, path_str(&spec.binaries.pagehop)?)
             .args(["recv", "--listen", &listen, "--json"])
+            .args(spec.scenario.engine.wire_args())
             .args(["--reconnect-timeout", "2", "--token-file"])
             .arg(&token)
             .arg("--socket")

@@ -203,6 +203,10 @@ pub struct Engine {
     pub postcopy_below_mib: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefetch_pages: Option<u32>,
+    /// Frames authenticated but not encrypted (`--plaintext` on both ends),
+    /// to measure what sealing costs; sealed when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub plaintext: Option<bool>,
 }
 
 impl Engine {
@@ -229,7 +233,16 @@ impl Engine {
             self.postcopy_below_mib.map(|v| v.to_string()),
         );
         flag("prefetch-pages", self.prefetch_pages.map(|v| v.to_string()));
+        args.extend(self.wire_args());
         args
+    }
+
+    /// The flags both ends need alike (how the wire is protected).
+    pub fn wire_args(&self) -> Vec<String> {
+        match self.plaintext {
+            Some(true) => vec!["--plaintext".into()],
+            _ => Vec::new(),
+        }
     }
 }
 

@@ -41,7 +41,7 @@ impl Spread {
 }
 
 /// The metrics the summary reports, in column order.
-pub const METRICS: [Metric; 9] = [
+pub const METRICS: [Metric; 11] = [
     Metric::DowntimeMs,
     Metric::WorkloadDowntimeMs,
     Metric::TotalMs,
@@ -51,6 +51,8 @@ pub const METRICS: [Metric; 9] = [
     Metric::FaultP50Us,
     Metric::RemoteFaultP50Us,
     Metric::BlockedMs,
+    Metric::SendCpuSPerGb,
+    Metric::RecvCpuSPerGb,
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +66,10 @@ pub enum Metric {
     FaultP50Us,
     RemoteFaultP50Us,
     BlockedMs,
+    /// pagehop send's CPU seconds per GB of page data moved.
+    SendCpuSPerGb,
+    /// pagehop recv's.
+    RecvCpuSPerGb,
 }
 
 impl Metric {
@@ -78,6 +84,8 @@ impl Metric {
             Metric::FaultP50Us => "fault_p50_us",
             Metric::RemoteFaultP50Us => "remote_fault_p50_us",
             Metric::BlockedMs => "blocked_ms",
+            Metric::SendCpuSPerGb => "send_cpu_s_per_gb",
+            Metric::RecvCpuSPerGb => "recv_cpu_s_per_gb",
         }
     }
 
@@ -93,6 +101,10 @@ impl Metric {
             Metric::FaultP50Us => latency("fault_latency_us"),
             Metric::RemoteFaultP50Us => latency("remote_fault_latency_us"),
             Metric::BlockedMs => r.send_f64("blocked_ms"),
+            Metric::SendCpuSPerGb => r.send_f64("engine_cpu_ms") / r.send_f64("bytes_raw") * 1e6,
+            Metric::RecvCpuSPerGb => {
+                r.recv["engine_cpu_ms"].as_f64().unwrap_or(f64::NAN) / r.send_f64("bytes_raw") * 1e6
+            }
         }
     }
 }

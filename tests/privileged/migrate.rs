@@ -606,7 +606,13 @@ fn a_replayed_session_is_refused() {
     );
     let recv = Recv::start(
         None,
-        &["--listen", "127.0.0.1:7105", "--restore-cmd", &restore],
+        &[
+            "--listen",
+            "127.0.0.1:7105",
+            "--restore-cmd",
+            &restore,
+            "--json",
+        ],
     );
     wait_listening(None, 7105);
     let recorded = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -621,13 +627,15 @@ fn a_replayed_session_is_refused() {
         .args(["--pid", &source.pid.to_string(), "--to", "127.0.0.1:7106"])
         .output()
         .expect("run pagehop send");
+    let (ok, recv_out, err) = recv.finish(Duration::from_secs(20));
     assert!(
         out.status.success(),
-        "{}",
+        "send: {}\nrecv: {err}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let (ok, _, err) = recv.finish(Duration::from_secs(20));
     assert!(ok, "recv: {err}");
+    let report: serde_json::Value = serde_json::from_str(recv_out.trim()).expect("recv report");
+    let restored = report["restored_pid"].as_i64().expect("restored pid") as i32;
 
     let marker = dir.path("replayed");
     let recv = Recv::start(
@@ -660,10 +668,9 @@ fn a_replayed_session_is_refused() {
         sessions.len()
     );
     assert!(!marker.exists(), "a replayed session restored a process");
-    // Ends the restored workload of the real migration.
-    let _ = Command::new("pkill")
-        .args(["-f", &restored_log.display().to_string()])
-        .status();
+    // SAFETY: kill has no memory-safety preconditions; the pid is the
+    // restored workload of the real migration.
+    unsafe { libc::kill(restored, libc::SIGKILL) };
 }
 
 /// The source keeps running with no userfaultfd and no write protection.

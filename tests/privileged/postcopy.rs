@@ -393,6 +393,10 @@ fn connection_cut_during_postcopy_is_survived() {
         Some("50mbit"),
         &["--reconnect-timeout", "10"],
     );
+    // Peers that connect and send a byte every two seconds, reconnecting
+    // when recv drops them, all through the migration and its reconnect.
+    let _dribblers = Dribblers::start(&scenario.pair.a, &scenario.listen, 4);
+    std::thread::sleep(Duration::from_millis(500));
     let send = scenario.send_until_running(&["--mode", "postcopy", "--reconnect-timeout", "10"]);
     std::thread::sleep(Duration::from_millis(1500));
     let cut = NetnsPair::command(&scenario.pair.a, "ss")
@@ -416,4 +420,39 @@ fn connection_cut_during_postcopy_is_survived() {
     );
     let restored = restored_pid(&scenario.restored_log);
     scenario.check_restored(restored);
+}
+
+/// Slow peers: each connects to `addr` from namespace `ns` and sends one
+/// byte every two seconds, connecting again whenever it is dropped.
+struct Dribblers(Vec<Child>);
+
+impl Dribblers {
+    fn start(ns: &str, addr: &str, count: usize) -> Self {
+        let (host, port) = addr.rsplit_once(':').expect("HOST:PORT");
+        let script = format!(
+            "while :; do exec 3<>/dev/tcp/{host}/{port} || {{ sleep 0.2; continue; }}; \
+             while printf P >&3 2>/dev/null; do sleep 2; done; done"
+        );
+        Self(
+            (0..count)
+                .map(|_| {
+                    NetnsPair::command(ns, "bash")
+                        .args(["-c", &script])
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("start a dribbler")
+                })
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Dribblers {
+    fn drop(&mut self) {
+        for child in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }

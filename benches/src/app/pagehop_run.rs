@@ -44,7 +44,9 @@ pub fn migrate(
     };
     let mut recv = cleanup::spawn(
         in_netns(&pair.b, &pagehop)
-            .args(["recv", "--listen", &listen, "--json", "--token-file"])
+            .args(["recv", "--listen", &listen, "--json"])
+            .args(spec.scenario.engine.wire_args())
+            .arg("--token-file")
             .arg(&token)
             .arg("--criu")
             .arg(dir.join("images"))

@@ -294,6 +294,9 @@ pub struct RecvReport {
     pub install_ms: f64,
     pub verify: Verify,
     pub total_ms: f64,
+    /// CPU time recv itself used (user + system), from the source's
+    /// connection to the end.
+    pub engine_cpu_ms: f64,
     /// The switch the source asked for.
     pub mode: SwitchKind,
     /// Post-copy only.

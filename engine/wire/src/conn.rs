@@ -450,3 +450,102 @@ fn check_hello(ours: &Hello, peer: &Hello) -> Result<(), ConnError> {
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+
+    fn token(s: &[u8]) -> Token {
+        Token::new(s, "test").expect("token")
+    }
+
+    /// Both ends of a handshake over loopback; returns their outcomes.
+    fn pair(
+        source: Security,
+        destination: Security,
+    ) -> (Result<Conn, ConnError>, Result<Conn, ConnError>) {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let dest = std::thread::spawn(move || {
+            let (s, _) = listener.accept().expect("accept");
+            Conn::handshake(
+                s,
+                Role::Destination,
+                &destination,
+                4096,
+                0,
+                Duration::from_secs(5),
+            )
+        });
+        let s = TcpStream::connect(addr).expect("connect");
+        let src = Conn::handshake(s, Role::Source, &source, 4096, 0, Duration::from_secs(5));
+        (src, dest.join().expect("destination"))
+    }
+
+    #[test]
+    fn sealed_ends_exchange_messages_both_ways() {
+        let t = token(b"0123456789abcdef");
+        let (src, dst) = pair(Security::sealed(t.clone()), Security::sealed(t));
+        let (mut src, mut dst) = (src.expect("source"), dst.expect("destination"));
+        assert_eq!(src.protection, Protection::Sealed);
+        src.send(&crate::msg::Done { pages_sent: 42 })
+            .expect("send");
+        let done: crate::msg::Done = dst.recv_msg().expect("recv");
+        assert_eq!(done.pages_sent, 42);
+        dst.send(&crate::msg::Done { pages_sent: 7 })
+            .expect("send back");
+        let back: crate::msg::Done = src.recv_msg().expect("recv back");
+        assert_eq!(back.pages_sent, 7);
+        // 16 header bytes, 8 payload, 16 tag.
+        assert_eq!(src.bytes_sent(), 48 + 16 + 32 + 16 + 40);
+    }
+
+    #[test]
+    fn mismatched_protection_is_refused_naming_both() {
+        let t = token(b"0123456789abcdef");
+        let (src, _) = pair(Security::sealed(t.clone()), Security::plaintext(t.clone()));
+        let e = src.err().expect("refused");
+        assert!(e.to_string().contains("--plaintext"), "{e}");
+        let (src, _) = pair(Security::unauthenticated(), Security::sealed(t));
+        assert!(matches!(
+            src.err().expect("refused"),
+            ConnError::PeerWantsToken
+        ));
+        let (src, _) = pair(
+            Security::sealed(token(b"0123456789abcdef")),
+            Security::sealed(token(b"0123456789abcdeX")),
+        );
+        assert!(src.is_err());
+    }
+
+    #[test]
+    fn a_dribbling_peer_runs_out_of_handshake_time() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("listen");
+        let addr = listener.local_addr().expect("addr");
+        let dribbler = std::thread::spawn(move || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            // A byte every 200 ms: each read is quick, the whole is not.
+            for _ in 0..40 {
+                if s.write_all(b"P").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let (s, _) = listener.accept().expect("accept");
+        let t = token(b"0123456789abcdef");
+        let e = Conn::handshake(
+            s,
+            Role::Destination,
+            &Security::sealed(t),
+            4096,
+            0,
+            Duration::from_millis(700),
+        )
+        .err()
+        .expect("timed out");
+        assert!(matches!(e, ConnError::HandshakeTimeout { .. }), "{e}");
+        drop(dribbler);
+    }
+}

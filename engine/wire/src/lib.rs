@@ -15,7 +15,11 @@
 //! `Pages` payload is a batch of up to [`batch::MAX_BATCH_PAGES`] pages of
 //! one address space, zero pages as flags and the rest raw or as one lz4
 //! block ([`batch`]). Peers holding a shared token authenticate each other
-//! with an HMAC-SHA256 challenge ([`auth`]).
+//! with an HMAC-SHA256 challenge ([`auth`]), and every frame after that is
+//! sealed with AES-256-GCM under the connection's own keys ([`seal`]): the
+//! header's crc is then zero and a 16-byte tag follows the payload. How a
+//! connection is protected is agreed in `Hello` ([`msg::Protection`]) and
+//! set up by [`conn::Conn::handshake`].
 //!
 //! A migration moves one process or a process tree. Every page batch and
 //! every message about pages (`Layout`, `VerifyDigests`, `PageRequest`,
@@ -31,8 +35,9 @@
 //!
 //! ```text
 //! source                                   destination
-//!   Hello ───────────────────────────────────> Hello
-//!   Auth (if a token is configured) <────────> Auth
+//!   Hello ───────────────────────────────────> Hello   (plain, ≤ 4 KiB)
+//!   Auth (if a token is configured) <────────> Auth    (plain, ≤ 4 KiB)
+//!   ── from here on every frame is sealed, unless both chose --plaintext ──
 //!   Attach ──────────────────────────────────>   (session, lane, epoch)
 //!   Layout ──────────────────────────────────>   (one per address space)
 //!        <────────────────────────────────────── LayoutAck (then its pages may follow)

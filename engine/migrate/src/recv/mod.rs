@@ -181,8 +181,10 @@ pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
         capabilities,
         timeout: opts.handshake_timeout,
     };
-    let (control, session) = accept::control(&listener, opts.listen, &handshake)?;
+    let mut acceptor = accept::Acceptor::start(listener.try_clone().map_err(listen)?, handshake);
+    let (control, session) = acceptor.control(opts.listen)?;
     let started = Instant::now();
+    let cpu_start = pagehop_sys::own_cpu_time();
     let source = control
         .peer_addr()
         .map(|a| a.to_string())
@@ -193,13 +195,7 @@ pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
         control.try_clone_stream().map_err(ConnError::from)?,
     ));
     let lanes = Arc::new(Lanes::default());
-    accept::spawn_lanes(
-        listener.try_clone().map_err(listen)?,
-        handshake,
-        session,
-        Arc::clone(&intake),
-        Arc::clone(&lanes),
-    );
+    acceptor.spawn_lanes(session, Arc::clone(&intake), Arc::clone(&lanes));
     let mut receiver = Receiver {
         opts: &opts,
         control,
@@ -220,6 +216,10 @@ pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
     receiver.run()?;
     let mut report = receiver.report;
     report.total_ms = started.elapsed().as_secs_f64() * 1e3;
+    report.engine_cpu_ms = pagehop_sys::own_cpu_time()
+        .saturating_sub(cpu_start)
+        .as_secs_f64()
+        * 1e3;
     // The restored process runs on its own; recv does not wait for it.
     if let Some(restored) = receiver.restored {
         restored.release();

@@ -198,3 +198,33 @@ fn pages_after_the_switch_are_a_protocol_error() {
         pagehop_mem::error_chain(&err)
     );
 }
+
+/// Peers that connect and then send nothing (or a byte now and then) do
+/// not keep the source out: each handshake runs on its own, within its
+/// deadline.
+#[test]
+fn silent_peers_do_not_block_the_source() {
+    let dir = TempDir::new("silent-peers");
+    let (addr, recv) = start_recv(&dir);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut silent = Vec::new();
+    while silent.len() < 4 {
+        match TcpStream::connect(addr) {
+            Ok(s) => silent.push(s),
+            Err(_) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Err(e) => panic!("connecting to recv: {e}"),
+        }
+    }
+    std::io::Write::write_all(&mut &silent[0], b"PH").expect("a dribble");
+    // recv's handshake timeout is 5 s, and so is this client's: one slow
+    // peer handled before the source would make this handshake fail.
+    let mut control = lane(addr, Lane::Control);
+    empty_layout(&mut control);
+    control.send(&Done { pages_sent: 0 }).expect("send");
+    let told = expect_protocol_error(&mut control);
+    assert!(told.contains("Done arrived before the switch"), "{told}");
+    let err = recv.join().expect("recv thread").expect_err("refused");
+    assert!(matches!(err, RecvError::Protocol(_)), "{err}");
+}
