@@ -382,7 +382,13 @@ fn redis_migration_in(
     load_redis(&p);
     let acked = p.dir.path("acked");
     let mut writer = start_writer(&p, &acked);
-    std::thread::sleep(Duration::from_millis(300));
+    // Under way before the migration starts, however slow the machine.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while acked_writes(&acked) == 0 {
+        assert!(Instant::now() < deadline, "the writer never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(100));
     let report = p.migrate(
         source.root,
         &["--criu", "--criu-opt=--tcp-close", "--mode", mode],

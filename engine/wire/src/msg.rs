@@ -69,6 +69,11 @@ pub const CAP_VERIFY: u64 = 8;
 /// The destination restores CRIU dumps (`recv --criu`).
 pub const CAP_CRIU: u64 = 16;
 
+/// No user address reaches this (5-level paging ends at 2^57): decoders
+/// refuse addresses beyond it, so an address plus a message's page count
+/// times any page size (at most 2^32 bytes) never overflows.
+pub const MAX_USER_ADDRESS: u64 = 1 << 57;
+
 /// Longest VMA name (bytes).
 pub const MAX_VMA_NAME: usize = 4096;
 /// Most VMAs in one `Layout`.

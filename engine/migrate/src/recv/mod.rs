@@ -454,11 +454,16 @@ impl Receiver<'_> {
         Ok(())
     }
 
-    /// The pages the source announced it still holds.
+    /// The pages the source announced it still holds, clipped to the
+    /// layouts it sent (nothing is sized or requested outside them).
     fn take_pending(&mut self) -> BTreeMap<SpaceKey, RangeSet> {
+        let store = self.intake.lock_store();
         std::mem::take(&mut self.pending)
             .into_iter()
-            .map(|(space, r)| (space, RangeSet::from_ranges(r)))
+            .filter_map(|(space, r)| {
+                let layout = RangeSet::from_ranges(store.space(space)?.ranges().collect());
+                Some((space, RangeSet::from_ranges(r).intersection(&layout)))
+            })
             .collect()
     }
 

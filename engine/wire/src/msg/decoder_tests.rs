@@ -509,7 +509,8 @@ fn case(kind: FrameKind) -> Case {
                 ]
             },
         ),
-        // Any address and count are well-formed; the server checks them.
+        // A page-aligned user address and any count are well-formed; the
+        // server checks the count.
         FrameKind::PageRequest => messages(
             kind,
             &[
@@ -525,11 +526,24 @@ fn case(kind: FrameKind) -> Case {
                 },
                 PageRequest {
                     space: SpaceKey(u32::MAX),
-                    addr: u64::MAX,
+                    addr: crate::msg::MAX_USER_ADDRESS - 4096,
                     pages: u32::MAX,
                 },
             ],
-            |_| vec![],
+            |p| {
+                vec![
+                    (
+                        "unaligned addr",
+                        with(p, 4, &[1]),
+                        "invalid addr 0x7f0012345001",
+                    ),
+                    (
+                        "addr beyond user space",
+                        with(p, 4, &[0, 0, 0, 0, 0, 0, 0, 0x80]),
+                        "invalid addr",
+                    ),
+                ]
+            },
         ),
         FrameKind::LayoutAck => messages(kind, &[LayoutAck { vmas: 7 }], |_| vec![]),
         FrameKind::Restored => messages(kind, &[Restored { tasks: 3 }], |_| vec![]),

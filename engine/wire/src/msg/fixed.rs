@@ -62,10 +62,20 @@ fixed_message! {
 }
 
 fixed_message! {
+    /// Refuses an address that is not page aligned or not a user address.
     PageRequest (FrameKind::PageRequest) as PageRequestWire (16 bytes) {
         space: U32,
         addr: U64,
         pages: U32,
+    }
+    then addr_is_a_user_page
+}
+
+fn addr_is_a_user_page(req: &PageRequest, msg: &'static str) -> Result<(), MsgError> {
+    if req.addr.is_multiple_of(4096) && req.addr < super::MAX_USER_ADDRESS {
+        Ok(())
+    } else {
+        Err(invalid(msg, "addr", req.addr))
     }
 }
 

@@ -359,3 +359,41 @@ fn long_strings_are_cut_at_char_boundaries() {
     assert_eq!(got.message.len(), MAX_ERROR_MESSAGE);
     assert!(m.message.starts_with(&got.message));
 }
+
+#[test]
+fn addresses_beyond_user_space_are_refused_before_any_arithmetic() {
+    use crate::msg::{MAX_USER_ADDRESS, PageRequest, Pending, VerifyDigests};
+    let top = MAX_USER_ADDRESS;
+    let req = |addr| {
+        encoded(&PageRequest {
+            space: SpaceKey::ROOT,
+            addr,
+            pages: 1,
+        })
+    };
+    assert!(PageRequest::decode(&req(top - 4096)).is_ok());
+    for bad in [top, !4095, 0x1001] {
+        let e = PageRequest::decode(&req(bad)).expect_err("refused");
+        assert!(e.to_string().contains("addr"), "{e}");
+    }
+    let digests = |start| {
+        encoded(&VerifyDigests {
+            space: SpaceKey::ROOT,
+            start,
+            hashes: vec![1, 2],
+        })
+    };
+    assert!(VerifyDigests::decode(&digests(0x1000)).is_ok());
+    for bad in [top, u64::MAX - 4095, 0x1234] {
+        assert!(VerifyDigests::decode(&digests(bad)).is_err(), "{bad:#x}");
+    }
+    let pending = |end| {
+        encoded(&Pending {
+            space: SpaceKey::ROOT,
+            ranges: vec![(0x1000, end)],
+            last: true,
+        })
+    };
+    assert!(Pending::decode(&pending(top)).is_ok());
+    assert!(Pending::decode(&pending(top + 4096)).is_err());
+}

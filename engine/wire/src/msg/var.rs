@@ -9,8 +9,8 @@ use pagehop_mem::SpaceKey;
 use super::codec::{Cursor, message, put, put_count, put_str, wire_struct};
 use super::{
     ErrorMsg, ImageChunk, Layout, MAX_ERROR_MESSAGE, MAX_HASHES, MAX_IMAGE_CHUNK, MAX_IMAGE_NAME,
-    MAX_PENDING_RANGES, MAX_STATS_JSON, MAX_VMA_NAME, MAX_VMAS, MsgError, Pending, Stats,
-    VerifyDigests, VmaDesc,
+    MAX_PENDING_RANGES, MAX_STATS_JSON, MAX_USER_ADDRESS, MAX_VMA_NAME, MAX_VMAS, MsgError,
+    Pending, Stats, VerifyDigests, VmaDesc,
 };
 use crate::frame::FrameKind;
 
@@ -19,7 +19,10 @@ const VMA_ALIGN: u64 = 4096;
 
 /// Whether `[start, end)` is a non-empty range of whole 4 KiB pages.
 fn is_page_range(start: u64, end: u64) -> bool {
-    start < end && start.is_multiple_of(VMA_ALIGN) && end.is_multiple_of(VMA_ALIGN)
+    start < end
+        && end <= MAX_USER_ADDRESS
+        && start.is_multiple_of(VMA_ALIGN)
+        && end.is_multiple_of(VMA_ALIGN)
 }
 
 wire_struct! {
@@ -126,6 +129,9 @@ impl VerifyDigests {
         Cursor::whole(FrameKind::VerifyDigests, payload, |c| {
             let space = SpaceKey(c.scalar::<U32>("space")?.get());
             let start = c.scalar::<U64>("start")?.get();
+            if !start.is_multiple_of(VMA_ALIGN) || start >= MAX_USER_ADDRESS {
+                return Err(c.invalid("start", start));
+            }
             let count = c.count("hash count", MAX_HASHES, size_of::<U64>())?;
             let hashes = c.slice::<U64>("hashes", count)?;
             Ok(Self {
