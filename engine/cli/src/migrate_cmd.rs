@@ -8,6 +8,7 @@ use clap::Args;
 use pagehop::sys::process::Process;
 
 use crate::choices::{BackendArg, CompressArg, ModeArg, ZeroCopyArg};
+use anyhow::Context;
 use pagehop::dest::restore::RestoreCommand;
 use pagehop::recv::{CriuRestore, Output, RecvOptions, recv};
 use pagehop::send::{CriuSend, SendOptions, send};
@@ -439,7 +440,8 @@ pub struct RecvArgs {
     /// Write the received memory to DIR instead (format: see pagehop::wire::image).
     #[arg(long, value_name = "DIR")]
     image_dir: Option<PathBuf>,
-    /// Path of the handoff socket (default: a fresh path under /run or /tmp).
+    /// Path of the handoff socket (default: `uffd.sock` in a new directory of
+    /// mode 0700 with a random name under $TMPDIR, removed when recv ends).
     #[arg(long, value_name = "PATH")]
     socket: Option<PathBuf>,
     /// Print the final report as JSON.
@@ -452,9 +454,19 @@ pub struct RecvArgs {
 }
 
 pub fn run_recv(args: RecvArgs) -> anyhow::Result<()> {
-    let socket_path = args.socket.unwrap_or_else(|| {
-        std::env::temp_dir().join(format!("pagehop-uffd-{}.sock", std::process::id()))
-    });
+    // Nobody else can plant a file at the socket's path or race its bind;
+    // the directory lives until recv returns.
+    let (socket_path, _private_dir) = match args.socket {
+        Some(path) => (path, None),
+        None => {
+            let dir = pagehop::dest::handoff::PrivateDir::create(
+                &std::env::temp_dir(),
+                "pagehop-handoff",
+            )
+            .context("creating a private directory for the handoff socket")?;
+            (dir.path().join("uffd.sock"), Some(dir))
+        }
+    };
     let output = match (args.restore_cmd, args.image_dir, args.criu) {
         (Some(cmd), None, None) => Output::Restore(RestoreCommand {
             cmd,

@@ -27,6 +27,9 @@ use std::time::{Duration, Instant};
 
 use pagehop_sys::unix as sys;
 
+mod private_dir;
+pub use private_dir::PrivateDir;
+
 /// Environment variable that carries the handoff socket path to a restored process.
 pub const SOCKET_ENV: &str = "PAGEHOP_UFFD_SOCKET";
 /// CRIU's `LAZY_PAGES_RESTORE_FINISHED` ("ReSTore Finished"), a `uint32_t`
