@@ -110,6 +110,16 @@ fn send_cmd(ns: Option<&str>) -> Command {
     cmd
 }
 
+/// A `--restore-cmd` that resumes the built-in workload of `size_mib`, its
+/// output in `log`.
+fn resumed_workload(size_mib: u32, log: &Path) -> String {
+    format!(
+        "exec {} --resume --size-mib {size_mib} > {} 2>&1",
+        workload_bin(),
+        log.display()
+    )
+}
+
 /// The last heartbeat timestamp of a source workload's remaining output.
 fn last_heartbeat_ns(lines: &[String]) -> Option<u64> {
     lines.iter().rev().find_map(|l| heartbeat_ns(l))
@@ -349,15 +359,14 @@ fn stop_and_copy_between_namespaces() {
     migrate_workload("stop-and-copy", 5, "stop-and-copy", "auto", "2", false);
 }
 
-/// Forwards one TCP connection after another to `to`. The `nth`
-/// connection's client-to-server bytes go through `tamper` (reading from the
-/// client, writing to the server); everything else is copied as it is.
-fn tampering_proxy(
-    listener: TcpListener,
-    to: String,
-    nth: usize,
-    tamper: fn(&mut TcpStream, &mut TcpStream),
-) {
+/// How a relay moves one connection's client-to-server bytes (reading
+/// from the client, writing to the server).
+type Carry = Box<dyn FnOnce(&mut TcpStream, &mut TcpStream) + Send>;
+
+/// Forwards one TCP connection after another to `to`: the server's bytes
+/// back as they are, the client's through what `carry` gives for the
+/// connection's index.
+fn relay(listener: TcpListener, to: String, carry: impl Fn(usize) -> Carry + Send + 'static) {
     std::thread::spawn(move || {
         for (i, client) in listener.incoming().enumerate() {
             let Ok(client) = client else { break };
@@ -367,12 +376,9 @@ fn tampering_proxy(
             let (mut c_read, mut s_write) =
                 (client.try_clone().unwrap(), server.try_clone().unwrap());
             let (mut s_read, mut c_write) = (server, client);
+            let forward = carry(i);
             std::thread::spawn(move || {
-                if i == nth {
-                    tamper(&mut c_read, &mut s_write);
-                } else {
-                    let _ = std::io::copy(&mut c_read, &mut s_write);
-                }
+                forward(&mut c_read, &mut s_write);
                 let _ = s_write.shutdown(std::net::Shutdown::Write);
             });
             std::thread::spawn(move || {
@@ -382,31 +388,45 @@ fn tampering_proxy(
     });
 }
 
-/// Forwards every connection to `to` as it is, recording each one's client
-/// bytes into `record` when it ends.
+/// A relay whose `nth` connection's client bytes go through `tamper`;
+/// everything else is copied as it is.
+fn tampering_proxy(
+    listener: TcpListener,
+    to: String,
+    nth: usize,
+    tamper: fn(&mut TcpStream, &mut TcpStream),
+) {
+    relay(listener, to, move |i| -> Carry {
+        if i == nth {
+            Box::new(tamper)
+        } else {
+            Box::new(|from, to| {
+                let _ = std::io::copy(from, to);
+            })
+        }
+    });
+}
+
+/// A relay that forwards every connection as it is, recording each one's
+/// client bytes into `record` when it ends.
 fn recording_proxy(
     listener: TcpListener,
     to: String,
     record: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
 ) {
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { break };
-            let Ok(server) = TcpStream::connect(&to) else {
-                break;
-            };
-            let (mut c_read, mut s_write) =
-                (client.try_clone().unwrap(), server.try_clone().unwrap());
-            let (mut s_read, mut c_write) = (server, client);
-            let copy = record_into(std::sync::Arc::clone(&record));
-            std::thread::spawn(move || {
-                copy(&mut c_read, &mut s_write);
-                let _ = s_write.shutdown(std::net::Shutdown::Write);
-            });
-            std::thread::spawn(move || {
-                let _ = std::io::copy(&mut s_read, &mut c_write);
-            });
-        }
+    relay(listener, to, move |_| -> Carry {
+        let record = std::sync::Arc::clone(&record);
+        Box::new(move |from, to| {
+            let mut kept = Vec::new();
+            let mut buf = vec![0u8; 65536];
+            while let Ok(n) = from.read(&mut buf) {
+                if n == 0 || to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+                kept.extend_from_slice(&buf[..n]);
+            }
+            record.lock().unwrap().push(kept);
+        })
     });
 }
 
@@ -469,11 +489,7 @@ fn a_verify_mismatch_kills_the_destination_s_copy_and_the_source_runs_on() {
     require_root();
     let dir = TempDir::new("verify-mismatch");
     let log = dir.path("resumed.log");
-    let restore = format!(
-        "exec {} --resume --size-mib 16 > {} 2>&1",
-        workload_bin(),
-        log.display()
-    );
+    let restore = resumed_workload(16, &log);
     let recv = Recv::start(
         None,
         &[
@@ -573,23 +589,6 @@ fn a_byte_flipped_on_the_path_is_refused_and_nothing_installed() {
     }
 }
 
-/// Copies one connection's client bytes to `to`, keeping a copy in `record`.
-fn record_into(
-    record: std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
-) -> impl Fn(&mut TcpStream, &mut TcpStream) {
-    move |from, to| {
-        let mut kept = Vec::new();
-        let mut buf = vec![0u8; 65536];
-        while let Ok(n) = from.read(&mut buf) {
-            if n == 0 || to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-            kept.extend_from_slice(&buf[..n]);
-        }
-        record.lock().unwrap().push(kept);
-    }
-}
-
 /// A recorded migration played back to a destination holding the same
 /// token: every connection is refused at the handshake (its MAC answered
 /// another nonce), and nothing is restored.
@@ -599,11 +598,7 @@ fn a_replayed_session_is_refused() {
     require_root();
     let dir = TempDir::new("replay");
     let restored_log = dir.path("resumed.log");
-    let restore = format!(
-        "exec {} --resume --size-mib 8 > {} 2>&1",
-        workload_bin(),
-        restored_log.display()
-    );
+    let restore = resumed_workload(8, &restored_log);
     let recv = Recv::start(
         None,
         &[

@@ -199,7 +199,6 @@ pub struct Conn {
     reader: FrameReader<Timed>,
     writer: FrameWriter,
     pub peer: Hello,
-    pub protection: Protection,
 }
 
 impl Conn {
@@ -232,7 +231,6 @@ impl Conn {
             reader,
             writer: FrameWriter::new(writer, FrameSeal::Crc),
             peer: hello.clone(),
-            protection: security.protection,
         };
         let timed_out = |e: ConnError| match e {
             ConnError::Frame(FrameError::Io { source })
@@ -488,7 +486,7 @@ mod tests {
         let t = token(b"0123456789abcdef");
         let (src, dst) = pair(Security::sealed(t.clone()), Security::sealed(t));
         let (mut src, mut dst) = (src.expect("source"), dst.expect("destination"));
-        assert_eq!(src.protection, Protection::Sealed);
+        assert_eq!(src.peer.protection, Protection::Sealed);
         src.send(&crate::msg::Done { pages_sent: 42 })
             .expect("send");
         let done: crate::msg::Done = dst.recv_msg().expect("recv");

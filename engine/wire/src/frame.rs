@@ -242,15 +242,21 @@ fn frame_crc(header: &[u8], parts: &[&[u8]]) -> u32 {
 /// [`FrameError::TooLong`].
 pub fn frame_header(kind: FrameKind, parts: &[&[u8]]) -> [u8; HEADER_LEN] {
     let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut header = FrameHeader {
+    let mut header = header_without_crc(kind, total);
+    header.crc = U32::new(frame_crc(header.as_bytes(), parts));
+    zerocopy::transmute!(header)
+}
+
+/// A header for `len` payload bytes with its crc field zero (a length past
+/// `u32::MAX` saturates, for the receiver to refuse).
+fn header_without_crc(kind: FrameKind, len: usize) -> FrameHeader {
+    FrameHeader {
         magic: MAGIC,
         version: U16::new(PROTOCOL_VERSION),
         kind: U16::new(kind as u16),
-        len: U32::new(u32::try_from(total).unwrap_or(u32::MAX)),
+        len: U32::new(u32::try_from(len).unwrap_or(u32::MAX)),
         crc: U32::ZERO,
-    };
-    header.crc = U32::new(frame_crc(header.as_bytes(), parts));
-    zerocopy::transmute!(header)
+    }
 }
 
 /// Appends a whole frame (header and payload) to `out`.
@@ -292,16 +298,9 @@ fn decode_header_with(
 }
 
 /// Checks a received payload against its (already decoded) header: its
-/// length and its crc.
-pub fn check_crc(header: &[u8; HEADER_LEN], payload: &[u8]) -> Result<(), FrameError> {
-    let (kind, len, expected) = decode_header(header)?;
-    if payload.len() != len as usize {
-        return Err(FrameError::PayloadLen {
-            kind,
-            expected: len,
-            got: payload.len(),
-        });
-    }
+/// length and its crc. Returns the frame's kind.
+pub fn check_crc(header: &[u8; HEADER_LEN], payload: &[u8]) -> Result<FrameKind, FrameError> {
+    let (kind, len, expected) = decode_with_payload(header, payload.len(), 0)?;
     let actual = frame_crc(header, &[payload]);
     if actual != expected {
         return Err(FrameError::Crc {
@@ -311,7 +310,25 @@ pub fn check_crc(header: &[u8; HEADER_LEN], payload: &[u8]) -> Result<(), FrameE
             actual,
         });
     }
-    Ok(())
+    Ok(kind)
+}
+
+/// [`decode_header_with`], and the payload received must be as long as
+/// the header says.
+fn decode_with_payload(
+    header: &[u8; HEADER_LEN],
+    payload_len: usize,
+    trailer: usize,
+) -> Result<(FrameKind, u32, u32), FrameError> {
+    let (kind, len, crc) = decode_header_with(header, trailer)?;
+    if payload_len != len as usize {
+        return Err(FrameError::PayloadLen {
+            kind,
+            expected: len,
+            got: payload_len,
+        });
+    }
+    Ok((kind, len, crc))
 }
 
 /// Reads into `buf` until it is full or the reader reports end of file.
@@ -370,14 +387,7 @@ impl FrameSeal {
         match self {
             FrameSeal::Crc => header.copy_from_slice(&frame_header(kind, &[&rest[..len]])),
             FrameSeal::Sealed(key) => {
-                let sealed = FrameHeader {
-                    magic: MAGIC,
-                    version: U16::new(PROTOCOL_VERSION),
-                    kind: U16::new(kind as u16),
-                    len: U32::new(u32::try_from(len + TAG_LEN).unwrap_or(u32::MAX)),
-                    crc: U32::ZERO,
-                };
-                header.copy_from_slice(sealed.as_bytes());
+                header.copy_from_slice(header_without_crc(kind, len + TAG_LEN).as_bytes());
                 let (payload, tag) = rest.split_at_mut(len);
                 let sealed_tag = key
                     .seal(header, payload)
@@ -419,20 +429,9 @@ impl FrameOpen {
         payload: &mut [u8],
     ) -> Result<(FrameKind, usize), FrameError> {
         match self {
-            FrameOpen::Crc => {
-                check_crc(header, payload)?;
-                let (kind, len, _) = decode_header(header)?;
-                Ok((kind, len as usize))
-            }
+            FrameOpen::Crc => Ok((check_crc(header, payload)?, payload.len())),
             FrameOpen::Sealed(key) => {
-                let (kind, len, _) = decode_header_with(header, TAG_LEN)?;
-                if payload.len() != len as usize {
-                    return Err(FrameError::PayloadLen {
-                        kind,
-                        expected: len,
-                        got: payload.len(),
-                    });
-                }
+                let (kind, _, _) = decode_with_payload(header, payload.len(), TAG_LEN)?;
                 let plain = key
                     .open(header, payload)
                     .map_err(|source| FrameError::Sealed { kind, source })?;

@@ -58,18 +58,23 @@ fn start_recv(
     (addr, handle)
 }
 
-/// One authenticated lane of session 7 at epoch 0, as a source opens it.
-fn lane(addr: SocketAddr, lane: Lane) -> Conn {
+/// A connection to recv, retried while it starts listening.
+fn connect(addr: SocketAddr) -> TcpStream {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let stream = loop {
+    loop {
         match TcpStream::connect(addr) {
-            Ok(s) => break s,
+            Ok(s) => return s,
             Err(_) if std::time::Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(10))
             }
             Err(e) => panic!("connecting to recv: {e}"),
         }
-    };
+    }
+}
+
+/// One authenticated lane of session 7 at epoch 0, as a source opens it.
+fn lane(addr: SocketAddr, lane: Lane) -> Conn {
+    let stream = connect(addr);
     let caps = msg::CAP_LZ4 | msg::CAP_ZEROCOPY | msg::CAP_VERIFY;
     let mut conn = Conn::handshake(
         stream,
@@ -111,10 +116,9 @@ fn expect_protocol_error(control: &mut Conn) -> String {
     }
 }
 
-#[test]
-fn done_before_the_switch_is_a_protocol_error() {
-    let dir = TempDir::new("early-done");
-    let (addr, recv) = start_recv(&dir);
+/// A source's control lane that sends `Done` before any switch: recv
+/// answers with a protocol error and fails.
+fn send_done_early(addr: SocketAddr, recv: std::thread::JoinHandle<Result<RecvReport, RecvError>>) {
     let mut control = lane(addr, Lane::Control);
     empty_layout(&mut control);
     control.send(&Done { pages_sent: 0 }).expect("send");
@@ -122,6 +126,13 @@ fn done_before_the_switch_is_a_protocol_error() {
     assert!(told.contains("Done arrived before the switch"), "{told}");
     let err = recv.join().expect("recv thread").expect_err("refused");
     assert!(matches!(err, RecvError::Protocol(_)), "{err}");
+}
+
+#[test]
+fn done_before_the_switch_is_a_protocol_error() {
+    let dir = TempDir::new("early-done");
+    let (addr, recv) = start_recv(&dir);
+    send_done_early(addr, recv);
     assert!(!dir.0.join("image/image.json").exists(), "nothing written");
 }
 
@@ -206,25 +217,9 @@ fn pages_after_the_switch_are_a_protocol_error() {
 fn silent_peers_do_not_block_the_source() {
     let dir = TempDir::new("silent-peers");
     let (addr, recv) = start_recv(&dir);
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    let mut silent = Vec::new();
-    while silent.len() < 4 {
-        match TcpStream::connect(addr) {
-            Ok(s) => silent.push(s),
-            Err(_) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(10))
-            }
-            Err(e) => panic!("connecting to recv: {e}"),
-        }
-    }
+    let silent: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
     std::io::Write::write_all(&mut &silent[0], b"PH").expect("a dribble");
     // recv's handshake timeout is 5 s, and so is this client's: one slow
     // peer handled before the source would make this handshake fail.
-    let mut control = lane(addr, Lane::Control);
-    empty_layout(&mut control);
-    control.send(&Done { pages_sent: 0 }).expect("send");
-    let told = expect_protocol_error(&mut control);
-    assert!(told.contains("Done arrived before the switch"), "{told}");
-    let err = recv.join().expect("recv thread").expect_err("refused");
-    assert!(matches!(err, RecvError::Protocol(_)), "{err}");
+    send_done_early(addr, recv);
 }
