@@ -5,7 +5,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 pub use pagehop_bench::bins::pagehop as pagehop_bin;
 pub use pagehop_bench::bins::workload as workload_bin;
@@ -425,4 +425,43 @@ pub fn event_counts(intervals: &[serde_json::Value]) -> BTreeMap<String, usize> 
         }
     }
     counts
+}
+
+/// The scheduler state of `pid` (`/proc/PID/stat` field 3: `T` stopped,
+/// `R`/`S` running or sleeping, `Z` zombie), `None` once it is gone.
+pub fn process_state(pid: i32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .next()?
+        .chars()
+        .next()
+}
+
+pub fn wait_state(pid: i32, want: char, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while process_state(pid) != Some(want) {
+        assert!(
+            Instant::now() < deadline,
+            "process {pid} is in state {:?}, expected {want}",
+            process_state(pid)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until `pid` runs (sleeping or running: not stopped, not gone).
+pub fn assert_runs(pid: i32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match process_state(pid) {
+            Some('S' | 'R' | 'D') => return,
+            state => assert!(
+                Instant::now() < deadline,
+                "{what} (pid {pid}) is not running: state {state:?}"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

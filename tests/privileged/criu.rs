@@ -84,31 +84,6 @@ impl Drop for Tree {
     }
 }
 
-fn process_state(pid: i32) -> Option<char> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .next()?
-        .chars()
-        .next()
-}
-
-/// Waits until `pid` runs (sleeping or running: not stopped, not gone).
-fn assert_runs(pid: i32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        match process_state(pid) {
-            Some('S' | 'R' | 'D') => return,
-            state => assert!(
-                Instant::now() < deadline,
-                "{what} (pid {pid}) is not running: state {state:?}"
-            ),
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Two namespaces, a recv in b restoring into an image directory, and the
 /// scratch files.
 struct CriuPair {

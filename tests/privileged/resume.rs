@@ -418,3 +418,55 @@ fn handoff_reports_a_client_that_sends_no_fd() {
         "process 42 sent data without a file descriptor where its userfaultfd was expected"
     );
 }
+
+/// A handoff that names another process, or comes from a process the
+/// restore command did not start, is refused before anything is done to
+/// the named pid (it would be stopped, read and, on failure, killed).
+#[test]
+#[ignore = "needs root"]
+fn a_foreign_pid_over_the_handoff_socket_is_refused() {
+    use pagehop::dest::restore::{RestoreCommand, RestoreError};
+    require_root();
+    let dir = TempDir::new("resume-foreign");
+    // The test's own userfaultfd: the pid is checked before it is used.
+    let fd = pagehop::sys::uffd::userfaultfd(libc::O_CLOEXEC).expect("a userfaultfd");
+    for (claimed, expected) in [
+        (1, "names process 1, but came from process"),
+        (
+            std::process::id() as i32,
+            "was not started by the restore command",
+        ),
+    ] {
+        let cmd = RestoreCommand {
+            cmd: "sleep 10".to_string(),
+            socket_path: dir.path(&format!("uffd-{claimed}.sock")),
+            timeout: WAIT,
+        };
+        let socket = cmd.socket_path.clone();
+        let fd = fd.try_clone().expect("dup");
+        // This test process plays the intruder: it is nobody's child here.
+        let intruder = std::thread::spawn(move || {
+            let deadline = Instant::now() + WAIT;
+            while !socket.exists() {
+                assert!(Instant::now() < deadline, "no handoff socket");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            handoff::send_uffd(&socket, claimed, std::os::fd::AsFd::as_fd(&fd))
+        });
+        let err = match cmd.start() {
+            Ok(_) => panic!("a handoff naming {claimed} was taken"),
+            Err(e) => e,
+        };
+        let _ = intruder.join().expect("intruder");
+        assert!(
+            matches!(
+                err,
+                RestoreError::ForeignPid { .. } | RestoreError::NotStartedByUs { .. }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains(expected), "{err}");
+    }
+    // pid 1 was named, and is untouched (not stopped).
+    assert_ne!(crate::common::process_state(1), Some('T'));
+}

@@ -4,6 +4,7 @@ mod choices;
 mod demo_cmd;
 mod logger;
 mod migrate_cmd;
+mod resolve_cmd;
 mod track_cmd;
 
 use clap::{Parser, Subcommand};
@@ -27,11 +28,16 @@ enum Command {
     Send(migrate_cmd::SendArgs),
     /// Receive a migration and start the destination process (or write an image).
     Recv(migrate_cmd::RecvArgs),
+    /// End a switchover left in doubt: let this host's held copy run, or kill it.
+    Resolve(resolve_cmd::ResolveArgs),
     /// Live-migrate the built-in workload between two network namespaces here.
     Demo(demo_cmd::DemoArgs),
     /// Run migration experiments (scenario files or the built-in set) with their baselines; write results, CSV, plots.
     Bench(bench_cmd::BenchArgs),
 }
+
+/// The exit status of a switchover left in doubt (see `pagehop resolve`).
+const IN_DOUBT: u8 = 3;
 
 /// Writes `value` as one line of JSON (the `--json` output of every command).
 fn write_json_line(
@@ -49,6 +55,7 @@ fn main() -> std::process::ExitCode {
         Command::Track(_) => "track",
         Command::Send(_) => "send",
         Command::Recv(_) => "recv",
+        Command::Resolve(_) => "resolve",
         Command::Demo(_) => "demo",
         Command::Bench(_) => "bench",
     });
@@ -56,6 +63,7 @@ fn main() -> std::process::ExitCode {
         Command::Track(args) => track_cmd::run(args),
         Command::Send(args) => migrate_cmd::run_send(args),
         Command::Recv(args) => migrate_cmd::run_recv(args),
+        Command::Resolve(args) => resolve_cmd::run(args),
         Command::Demo(args) => demo_cmd::run(args),
         Command::Bench(args) => bench_cmd::run(args),
     };
@@ -66,7 +74,11 @@ fn main() -> std::process::ExitCode {
                 "pagehop: error: {}",
                 pagehop::mem::error_chain(err.as_ref())
             );
-            std::process::ExitCode::FAILURE
+            if migrate_cmd::in_doubt(&err) {
+                std::process::ExitCode::from(IN_DOUBT)
+            } else {
+                std::process::ExitCode::FAILURE
+            }
         }
     }
 }

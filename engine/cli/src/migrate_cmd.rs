@@ -176,12 +176,23 @@ impl Progress for TerminalProgress {
     }
 }
 
+/// Whether `err` is a switchover left in doubt (either side).
+pub fn in_doubt(err: &anyhow::Error) -> bool {
+    err.downcast_ref::<pagehop::send::SendFailure>()
+        .is_some_and(|f| f.error().in_doubt())
+        || err
+            .downcast_ref::<pagehop::recv::RecvError>()
+            .is_some_and(|e| e.in_doubt())
+}
+
 /// Ctrl-C, SIGTERM or SIGHUP during a migration: what happens depends on
-/// the phase the driver published. Before the destination runs, the process
-/// exits, which drops the userfaultfd (all tracking) and detaches ptrace (a
-/// ptrace freeze); a cgroup freeze is thawed first, since the kernel would
-/// not. Once the destination runs, the source is killed instead (through its
-/// pidfd): never both. During post-copy it stays stopped.
+/// the phase the driver published, read once no shielded section (an
+/// injected syscall, the commit) runs. Before the commit the process exits,
+/// which drops the userfaultfd (all tracking) and detaches ptrace (a ptrace
+/// freeze); a cgroup freeze is thawed first, since the kernel would not.
+/// From the commit until the destination confirms, and during post-copy,
+/// the source stays stopped. Once the destination runs, the source is
+/// killed (through its pidfd): never both.
 fn abort_on_signal(
     source: Option<Process>,
     cgroup: Option<PathBuf>,
@@ -190,7 +201,13 @@ fn abort_on_signal(
     pagehop::sys::block_termination_signals()?;
     std::thread::spawn(move || {
         let sig = pagehop::sys::wait_termination_signal();
+        pagehop::sys::shield::close();
         match phase.get() {
+            Phase::Committed => log::warn!(
+                "signal {sig}: in doubt: the source committed, the destination did not confirm \
+                 yet; the source stays stopped (see the destination's report, then `pagehop \
+                 resolve`)"
+            ),
             Phase::SourceNeeded => log::warn!(
                 "signal {sig}: post-copy interrupted; the source stays stopped \
                  (the destination still needs its memory)"
@@ -310,7 +327,8 @@ pub fn run_send(args: SendArgs) -> anyhow::Result<()> {
     print_send_report(&report, args.json)?;
     if report.verify.is_mismatch() {
         anyhow::bail!(
-            "verification failed: {}; the destination's copy was killed and the source runs on",
+            "verification failed: {}; the destination's copy was killed; the source (pid {pid}) is \
+             held stopped and intact: `pagehop resolve --pid {pid} --run` resumes it",
             report.verify
         );
     }

@@ -26,6 +26,18 @@ pub enum RestoreError {
     },
     #[error("the restored process did not hand over its userfaultfd")]
     Handoff(#[source] HandoffError),
+    #[error(
+        "the handoff names process {claimed}, but came from process {peer}: refused (a process \
+         hands over its own userfaultfd)"
+    )]
+    ForeignPid { claimed: i32, peer: i32 },
+    #[error(
+        "process {pid} handed over a userfaultfd, but was not started by the restore command \
+         (pid {cmd}): refused"
+    )]
+    NotStartedByUs { pid: i32, cmd: u32 },
+    #[error("reading the handoff connection's peer")]
+    Peer(#[source] std::io::Error),
     #[error("opening a pidfd for the restored process {pid}")]
     Pidfd {
         pid: i32,
@@ -58,7 +70,14 @@ pub struct Restored {
     /// The process that handed its userfaultfd over.
     process: Process,
     uffd: Option<OwnedFd>,
+    /// Fires once the process reported the end of its restore (or closed
+    /// the handoff connection).
+    restore_finished: std::sync::mpsc::Receiver<()>,
 }
+
+/// How long a running process may take to report the end of its restore
+/// before recv leaves it.
+const RESTORE_FINISHED_WAIT: Duration = Duration::from_secs(10);
 
 impl RestoreCommand {
     /// Starts the command and waits for its userfaultfd.
@@ -86,24 +105,27 @@ impl RestoreCommand {
             uffd,
             mut stream,
         } = handoff;
-        let process = match Process::open(pid) {
+        let process = match checked_process(pid, &stream, child.id()) {
             Ok(p) => p,
-            Err(source) => {
+            Err(e) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(RestoreError::Pidfd { pid, source });
+                return Err(e);
             }
         };
         // The handoff connection stays open until the process reports the end
         // of its restore (the 4-byte marker), as CRIU's restorer expects.
+        let (finished, restore_finished) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let mut marker = [0u8; 4];
             let _ = std::io::Read::read_exact(&mut stream, &mut marker);
+            let _ = finished.send(());
         });
         Ok(Restored {
             child,
             process,
             uffd: Some(uffd),
+            restore_finished,
         })
     }
 }
@@ -130,6 +152,17 @@ impl Restored {
             .map_err(|source| RestoreError::Smaps { pid, source })
     }
 
+    /// Stops the process and every process below it (SIGSTOP): it must not
+    /// run before the source has committed.
+    pub fn hold_stopped(&self) {
+        crate::tree::signal_tree(&self.process, libc::SIGSTOP);
+    }
+
+    /// Continues what [`Restored::hold_stopped`] stopped.
+    pub fn resume(&self) {
+        crate::tree::signal_tree(&self.process, libc::SIGCONT);
+    }
+
     /// Kills the process, every process below it, and the restore command.
     pub fn abandon(mut self) {
         crate::tree::signal_tree(&self.process, libc::SIGKILL);
@@ -137,10 +170,49 @@ impl Restored {
         let _ = self.child.wait();
     }
 
-    /// Lets the process run on its own; recv does not wait for it.
+    /// Leaves the process as it is (running, or held stopped); recv does
+    /// not wait for it.
     pub fn release(self) {
         drop(self.child);
     }
+
+    /// Leaves the running process once it has reported the end of its
+    /// restore (a few seconds at most): the handoff connection must outlive
+    /// the marker, or the process's write of it fails (SIGPIPE by default).
+    pub fn release_when_restored(self) {
+        let _ = self.restore_finished.recv_timeout(RESTORE_FINISHED_WAIT);
+        self.release();
+    }
+}
+
+/// The process that handed its userfaultfd over: the pid it sent must be
+/// the connection's own (`SO_PEERCRED`), and it must descend from the
+/// restore command (pid `cmd`). Nothing is ever signalled or read by a pid
+/// a peer merely claimed.
+fn checked_process(
+    pid: i32,
+    stream: &std::os::unix::net::UnixStream,
+    cmd: u32,
+) -> Result<Process, RestoreError> {
+    use std::os::fd::AsFd;
+    let peer = pagehop_sys::unix::peer_pid(stream.as_fd()).map_err(RestoreError::Peer)?;
+    if peer != pid {
+        return Err(RestoreError::ForeignPid { claimed: pid, peer });
+    }
+    let process = Process::open(pid).map_err(|source| RestoreError::Pidfd { pid, source })?;
+    // Up the parent chain to the command (the pidfd keeps `pid` itself
+    // from being reused meanwhile).
+    let mut at = pid;
+    for _ in 0..64 {
+        if at == cmd as i32 {
+            return Ok(process);
+        }
+        match pagehop_sys::process::parent_of(at) {
+            Ok(parent) if parent > 1 => at = parent,
+            _ => break,
+        }
+    }
+    Err(RestoreError::NotStartedByUs { pid, cmd })
 }
 
 /// Ranges of an smaps file registered with a userfaultfd in missing mode.

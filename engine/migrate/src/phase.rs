@@ -1,7 +1,9 @@
 //! Where a migration stands on the source, and what an interruption must do
-//! there: before the destination runs, abort (the source runs on); once it
-//! runs with all its memory, the source must die; while it runs on memory
-//! the source still holds (post-copy), the source must stay stopped.
+//! there: before the commit, abort (the source runs on: the destination
+//! never starts without `Commit`); from the commit until the destination
+//! confirms, stay stopped (the destination may or may not run: in doubt);
+//! once it runs with all its memory, the source must die; while it runs on
+//! memory the source still holds (post-copy), the source must stay stopped.
 //!
 //! The driver owns the phase: it moves it forward, publishes each step to a
 //! [`PhaseWatch`] that the caller gave it (a signal-handling thread reads
@@ -26,14 +28,18 @@ pub enum Phase {
     Rounds = 1,
     /// The source is frozen for the switch; the destination does not run yet.
     Frozen = 2,
+    /// The source sent `Commit` (or began to): it holds a SIGSTOP and never
+    /// runs again unless the destination says it gave up. Until the
+    /// destination confirms, whether it runs is not known here.
+    Committed = 3,
     /// The destination runs with all of its memory: the source must never
     /// run again.
-    DestinationRuns = 3,
+    DestinationRuns = 4,
     /// Post-copy: the destination runs on memory the source still holds, so
     /// the source must neither run nor die.
-    SourceNeeded = 4,
+    SourceNeeded = 5,
     /// Finished: the source is ended as the operator asked.
-    Done = 5,
+    Done = 6,
 }
 
 impl Phase {
@@ -42,16 +48,22 @@ impl Phase {
             0 => Phase::Preparing,
             1 => Phase::Rounds,
             2 => Phase::Frozen,
-            3 => Phase::DestinationRuns,
-            4 => Phase::SourceNeeded,
+            3 => Phase::Committed,
+            4 => Phase::DestinationRuns,
+            5 => Phase::SourceNeeded,
             _ => Phase::Done,
         }
     }
 
-    /// Whether the destination may be running: from here on the source must
-    /// not be resumed.
+    /// Whether the destination is known to run: from here on the source
+    /// must not be resumed.
     pub fn destination_runs(self) -> bool {
         self >= Phase::DestinationRuns
+    }
+
+    /// Whether the source has committed (it must not be resumed by pagehop).
+    pub fn committed(self) -> bool {
+        self >= Phase::Committed
     }
 }
 

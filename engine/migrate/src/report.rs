@@ -148,6 +148,9 @@ pub struct Report {
     pub setup_ms: f64,
     /// Source frozen → destination running.
     pub downtime_ms: f64,
+    /// "committed": the destination confirmed that its copy runs. (A switch
+    /// that did not commit is an error, which says what runs where.)
+    pub switchover: &'static str,
     pub rounds: u32,
     pub pages_sent: u64,
     pub zero_pages: u64,
@@ -245,6 +248,7 @@ impl Report {
             total_ms: 0.0,
             setup_ms: 0.0,
             downtime_ms: 0.0,
+            switchover: "",
             rounds: 0,
             pages_sent: 0,
             zero_pages: 0,
@@ -290,6 +294,9 @@ pub struct RecvReport {
     pub pages_installed: u64,
     pub pages_outside_registered_ranges: u64,
     pub restored_pid: Option<i32>,
+    /// "committed": the source committed and the copy continued. (A switch
+    /// that did not commit is an error, which says what runs where.)
+    pub switchover: &'static str,
     pub image_dir: Option<String>,
     pub install_ms: f64,
     pub verify: Verify,

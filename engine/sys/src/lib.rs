@@ -19,6 +19,7 @@ pub mod pidfd;
 pub mod poll;
 pub mod process;
 pub mod ptrace;
+pub mod shield;
 pub mod uffd;
 pub mod unix;
 pub mod uring;

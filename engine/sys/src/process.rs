@@ -295,6 +295,12 @@ impl Process {
         Ok(tids)
     }
 
+    /// The scheduler state (`/proc/PID/stat` field 3): `T` stopped, `R`
+    /// running, `S` sleeping, ...
+    pub fn state(&self) -> io::Result<char> {
+        Ok(self.confirmed(read_stat(self.pid))?.state)
+    }
+
     /// The parent's pid (`/proc/PID/stat` field 4); 0 when the parent is
     /// outside our pid namespace.
     pub fn parent_pid(&self) -> io::Result<i32> {
@@ -327,6 +333,55 @@ impl Process {
 impl AsFd for Process {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.pidfd.as_fd()
+    }
+}
+
+/// Forks a keeper: a process that holds duplicates of `keep` open until the
+/// process behind the pidfd `until_exit_of` has exited, then exits. It runs
+/// in its own session (signals to pagehop's process group miss it) and
+/// holds no other descriptor. Returns its pid.
+///
+/// For a userfaultfd that must outlive pagehop: while any descriptor of it
+/// is open its registrations stay, so a stopped process that is continued
+/// from outside waits at its first missing page instead of reading zeros.
+pub fn spawn_fd_keeper(keep: &[BorrowedFd<'_>], until_exit_of: BorrowedFd<'_>) -> io::Result<i32> {
+    use std::os::fd::AsRawFd;
+    // Everything the child uses is computed before the fork: after it, in a
+    // multi-threaded parent, only async-signal-safe calls are allowed.
+    let watch = until_exit_of.as_raw_fd();
+    let fds: Vec<libc::c_int> = keep.iter().map(|fd| fd.as_raw_fd()).collect();
+    let above = fds.iter().copied().chain([watch]).max().unwrap_or(2) + 1;
+    // SAFETY: fork has no memory preconditions; the child below only makes
+    // async-signal-safe calls (setsid, fcntl, close_range, poll, _exit) on
+    // values prepared before the fork, and never returns.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if pid > 0 {
+        return Ok(pid);
+    }
+    // SAFETY: async-signal-safe syscalls on plain integers; `fds` is only
+    // read (no allocation, no lock). The child ends in _exit.
+    unsafe {
+        libc::setsid();
+        // Move what is kept above every descriptor, then close the rest.
+        let watch_dup = libc::fcntl(watch, libc::F_DUPFD_CLOEXEC, above);
+        let mut last = watch_dup;
+        for &fd in &fds {
+            last = last.max(libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, above));
+        }
+        libc::syscall(libc::SYS_close_range, 0u32, (above - 1) as u32, 0u32);
+        libc::syscall(libc::SYS_close_range, (last + 1) as u32, u32::MAX, 0u32);
+        if watch_dup >= 0 {
+            let mut pfd = libc::pollfd {
+                fd: watch_dup,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            while libc::poll(&mut pfd, 1, -1) < 0 && *libc::__errno_location() == libc::EINTR {}
+        }
+        libc::_exit(0)
     }
 }
 
@@ -499,5 +554,29 @@ mod tests {
         assert_eq!(parse_ns_pid("Pid:\t1\n"), None);
         assert_eq!(parse_ns_pid("NSpid:\t1\tx\n"), None);
         assert_eq!(parse_ns_pid("NSpid:\n"), None);
+    }
+
+    #[test]
+    fn a_keeper_holds_a_descriptor_until_the_watched_process_exits() {
+        use std::io::Read;
+        let (mut read_end, write_end) = std::io::pipe().expect("pipe");
+        let mut child = std::process::Command::new("sleep")
+            .arg("0.3")
+            .spawn()
+            .expect("sleep");
+        let watched = Process::open(child.id() as i32).expect("pidfd");
+        let keeper = spawn_fd_keeper(&[write_end.as_fd()], watched.pidfd()).expect("keeper");
+        drop(write_end);
+        let started = std::time::Instant::now();
+        let mut rest = Vec::new();
+        // EOF only once the keeper let go of the write end.
+        read_end.read_to_end(&mut rest).expect("read");
+        assert!(started.elapsed() >= std::time::Duration::from_millis(200));
+        child.wait().expect("wait sleep");
+        let keeper = Process::open(keeper).expect("keeper pidfd");
+        let _ = rustix::process::waitpid(
+            Some(Pid::from_raw(keeper.pid()).expect("pid")),
+            rustix::process::WaitOptions::empty(),
+        );
     }
 }

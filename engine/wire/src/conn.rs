@@ -72,6 +72,9 @@ pub mod codes {
     pub const PROTOCOL: u32 = 2;
     pub const SOURCE: u32 = 3;
     pub const DESTINATION: u32 = 4;
+    /// The destination gave the switch up and killed its copy before it
+    /// ran: a source that committed may run on.
+    pub const ABORTED: u32 = 5;
 }
 
 /// How this end protects its connections: a token and whether frames are

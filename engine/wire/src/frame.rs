@@ -40,7 +40,9 @@ pub const MAGIC: [u8; 4] = *b"PHOP";
 /// verify digest names its address space (multi-process migrations).
 /// Version 3: frames after the handshake are sealed (AES-256-GCM), `Hello`
 /// says how a connection is protected, and `Auth` covers both `Hello`s.
-pub const PROTOCOL_VERSION: u16 = 3;
+/// Version 4: every switch commits (`Restored`, `Commit`, then `Done`), not
+/// only CRIU's.
+pub const PROTOCOL_VERSION: u16 = 4;
 /// Size of a frame header in bytes.
 pub const HEADER_LEN: usize = 16;
 

@@ -28,8 +28,8 @@
 //!                | count × (start u64 | end u64)
 //! ImageChunk     name string | offset u64 | flags u8 (bit 0 lz4, bit 1 last)
 //!                | raw_len u32 | data (count u32 | bytes)
-//! Restored       tasks u32: the CRIU restore holds that many tasks,
-//!                stopped                                             (4 bytes)
+//! Restored       tasks u32: the destination's copy of that many tasks is
+//!                ready, held stopped                                 (4 bytes)
 //! Commit         tasks u32: the source never runs again; continue     (4 bytes)
 //! ```
 //!
@@ -273,8 +273,9 @@ pub struct Switchover {
     pub final_round: u32,
     pub postcopy: bool,
     /// CRIU mode: CRIU's images came first (`ImageChunk`s); the destination
-    /// restores the tree with `criu restore --lazy-pages`, stopped, answers
-    /// `Restored`, and continues it only on the source's `Commit`.
+    /// restores the tree with `criu restore --lazy-pages`. In every mode it
+    /// answers `Restored` once its copy is ready and held stopped, and
+    /// continues it only on the source's `Commit`.
     pub criu: bool,
 }
 

@@ -279,6 +279,22 @@ pub struct FaultLoop {
 }
 
 impl FaultLoop {
+    /// Keeps every served userfaultfd open in a keeper process until
+    /// `until_exit_of` exits ([`pagehop_sys::process::spawn_fd_keeper`]), so
+    /// that the process, left stopped, can never read a page it did not
+    /// receive as zeros. Returns the keeper's pid.
+    pub fn keep_registered(
+        &self,
+        until_exit_of: &pagehop_sys::process::Process,
+    ) -> io::Result<i32> {
+        let uffds: Vec<_> = self
+            .spaces
+            .iter()
+            .filter_map(|s| s.installer.as_ref().map(Installer::uffd))
+            .collect();
+        pagehop_sys::process::spawn_fd_keeper(&uffds, until_exit_of.pidfd())
+    }
+
     /// A loop serving the process that owns `uffd`, whose memory is the
     /// source's address space `source` (see the module docs for what the
     /// process must have set up). The uffd is made non-blocking.

@@ -56,8 +56,9 @@ pub enum FetchError {
     Faults(#[from] FaultError),
     #[error(
         "post-copy: the source has been gone for {waited:.1} s; the restored process {pid} \
-         is left stopped with {missing} pages still on the source: it must not be continued \
-         (it would read zero pages); kill it or migrate again"
+         is left stopped with {missing} pages still on the source (its userfaultfd kept open, \
+         so continued it would wait at its first missing page, never read zeros); kill it or \
+         migrate again"
     )]
     SourceLost {
         pid: i32,
@@ -381,6 +382,28 @@ impl Fetch {
         Ok(epoch)
     }
 
+    /// The source is gone for good: the process stays stopped, and its
+    /// userfaultfds stay open in a keeper after recv exits, so that a
+    /// SIGCONT from outside makes it wait at its first missing page rather
+    /// than run on zeros.
+    fn keep_stopped(&self, start: &Start<'_>) {
+        let Some(root) = start.processes.first() else {
+            return;
+        };
+        match self.fault_loop.keep_registered(root) {
+            Ok(keeper) => log::warn!(
+                "process {} stays stopped; keeper {keeper} holds its userfaultfd until it exits \
+                 (continued, it would wait at its first missing page): kill it to end it",
+                root.pid()
+            ),
+            Err(e) => log::error!(
+                "process {} stays stopped, but no keeper could hold its userfaultfd ({e}): \
+                 continued, it would read missing pages as zeros; kill it",
+                root.pid()
+            ),
+        }
+    }
+
     /// Stops the process tree, cuts the connections of `epoch`, and waits for
     /// the source to come back; returns the new epoch.
     fn reconnect(
@@ -414,6 +437,7 @@ impl Fetch {
                 break found;
             }
             if Instant::now() >= deadline {
+                self.keep_stopped(start);
                 return Err(FetchError::SourceLost {
                     pid: start.processes.first().map_or(self.pid, Process::pid),
                     missing: missing(),

@@ -14,7 +14,8 @@
 //!    through pidfds); then post-copy runs as for any process.
 //!
 //! Until the commit, any failure kills what was restored: the source may
-//! still run. After it, the usual post-copy rules hold.
+//! still run, and a source that committed holds the intact copy
+//! ([`super::commit`]). After it, the usual post-copy rules hold.
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -28,10 +29,10 @@ use pagehop_mem::SpaceKey;
 use pagehop_mem::pages::{Range, RangeSet};
 use pagehop_sys::process::{Process, descendants};
 use pagehop_wire::criu::{DumpedTree, DumpedTreeError, TaskState};
-use pagehop_wire::msg::{Commit, Done, Restored};
+use pagehop_wire::msg::Done;
 
-use super::RecvError;
 use super::postcopy::Switch;
+use super::{RecvError, commit};
 use crate::report::{CriuRecvReport, CriuTaskReport};
 
 /// The daemon socket CRIU's restore connects to, in its work directory.
@@ -40,8 +41,6 @@ pub const LAZY_SOCKET: &str = "lazy-pages.socket";
 const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long one item on the lazy-pages socket may take once it began.
 const ITEM_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long the source may take to commit after `Restored`.
-const COMMIT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Fault-serving waits between looks at CRIU and the control lane.
 const TICK: Duration = Duration::from_millis(1);
 
@@ -81,8 +80,6 @@ pub enum CriuRecvError {
     Timeout(Duration),
     #[error(transparent)]
     Host(#[from] HostTreeError),
-    #[error("the source did not commit within {0:?}; the restored tree was killed")]
-    NoCommit(Duration),
 }
 
 /// What was restored, killed on drop unless [`Doomed::spare`]d: the
@@ -256,28 +253,35 @@ pub fn run(
         seen.len(),
         r.restore_ms
     );
-    control.send(&Restored {
-        tasks: seen.len() as u32,
-    })?;
     // Nothing runs before the commit; a fault would come from outside.
-    let waiting = Instant::now();
-    loop {
-        if control.readable(Duration::ZERO)? {
-            let _: Commit = control.recv_msg()?;
-            break;
+    let waited = commit::await_commit(
+        control,
+        seen.len() as u32,
+        commit::COMMIT_TIMEOUT,
+        &mut || fetch.serve_faults(&early, TICK).map_err(RecvError::from),
+    )?;
+    r.commit_wait_ms = match waited {
+        Ok(waited) => waited.as_secs_f64() * 1e3,
+        Err(why) => {
+            // Killed before the source hears that it may run on.
+            drop(doomed);
+            commit::tell_source(control, &why);
+            return Err(RecvError::NotCommitted { pid: root, why });
         }
-        if waiting.elapsed() >= COMMIT_TIMEOUT {
-            return Err(CriuRecvError::NoCommit(COMMIT_TIMEOUT).into());
-        }
-        fetch.serve_faults(&early, TICK)?;
-    }
-    r.commit_wait_ms = waiting.elapsed().as_secs_f64() * 1e3;
+    };
+    report.switchover = "committed";
     let processes = doomed.spare();
     // Every task was dumped stopped (pagehop's freeze): all continue.
     for p in &processes {
         let _ = p.signal(libc::SIGCONT);
     }
-    control.send(&Done { pages_sent: 0 })?;
+    // The source committed: the tree runs whether or not it hears this.
+    if let Err(e) = control.send(&Done { pages_sent: 0 }) {
+        log::warn!(
+            "the tree runs, but the source did not hear it: {}",
+            pagehop_mem::error_chain(&e)
+        );
+    }
     report.install_ms = started.elapsed().as_secs_f64() * 1e3;
     log::info!(
         "criu: the tree runs {:.1} ms after the switch; {} pages to fetch",

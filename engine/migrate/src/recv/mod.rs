@@ -13,6 +13,7 @@
 //! [`Intake`]. If the source goes away before the switch, recv reports a
 //! failed migration: no process was started, nothing was installed.
 mod accept;
+mod commit;
 mod criu;
 mod machine;
 mod postcopy;
@@ -43,6 +44,7 @@ use pagehop_wire::msg::{
 use pagehop_wire::{FrameError, FrameKind};
 
 use crate::report::{RecvReport, SwitchKind};
+pub use commit::NoCommit;
 pub use machine::{Event, OutOfOrder, State};
 use postcopy::Switch;
 use verify::Verification;
@@ -138,6 +140,33 @@ pub enum RecvError {
     CriuNotExpected,
     #[error("this recv restores CRIU dumps (--criu); the source is not `pagehop send --criu`")]
     CriuExpected,
+    #[error("{why}; the restored process {pid} was killed before it ran{}", if .why.in_doubt() {
+        " (it cannot run without the source's memory; a source that committed holds its copy \
+         stopped: resume it there with `pagehop resolve --pid PID --run`)"
+    } else {
+        ": the source runs on"
+    })]
+    NotCommitted { pid: i32, why: NoCommit },
+    #[error(
+        "in doubt: {why}. The restored process {pid} holds all of its memory and is held \
+         stopped. The source may have committed (then it is held stopped too) or run on: check \
+         its report, then run `pagehop resolve --pid {pid} --run` here once the source's copy is \
+         killed, or `pagehop resolve --pid {pid} --kill` here to keep the source's"
+    )]
+    InDoubt { pid: i32, why: NoCommit },
+    #[error(
+        "{why}: the image in {dir} is complete, but the source may run on; do not start a \
+         process from it unless the source's copy is gone"
+    )]
+    ImageNotCommitted { dir: String, why: NoCommit },
+}
+
+impl RecvError {
+    /// Whether neither side can know if the other's copy runs: the
+    /// operator decides (`pagehop resolve`).
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, RecvError::InDoubt { .. })
+    }
 }
 
 /// Receives one migration and starts its process (or writes its image).
@@ -220,9 +249,10 @@ pub fn recv(opts: RecvOptions) -> Result<RecvReport, RecvError> {
         .saturating_sub(cpu_start)
         .as_secs_f64()
         * 1e3;
-    // The restored process runs on its own; recv does not wait for it.
+    // The restored process runs on its own; recv does not wait for it
+    // beyond the end of its restore.
     if let Some(restored) = receiver.restored {
-        restored.release();
+        restored.release_when_restored();
     }
     Ok(report)
 }
@@ -400,8 +430,9 @@ impl Receiver<'_> {
             })
     }
 
-    /// The pre-copy switch: every page is here; install them (or write the
-    /// image), then tell the source the process runs.
+    /// The pre-copy switch: every page is here; install them into the
+    /// process, held stopped (or write the image), then commit: the process
+    /// continues only on the source's `Commit`.
     fn switch_precopy(&mut self) -> Result<(), RecvError> {
         self.report.mode = SwitchKind::Precopy;
         let started = Instant::now();
@@ -427,9 +458,19 @@ impl Receiver<'_> {
             Output::Criu(_) => return Err(RecvError::CriuExpected),
             Output::Restore(cmd) => {
                 let mut restored = cmd.start()?;
+                // Nothing runs before the commit.
+                restored.hold_stopped();
                 self.report.restored_pid = Some(restored.pid());
                 match install_all(&mut restored, &store) {
                     Ok((installed, outside)) => {
+                        if outside > 0 {
+                            log::warn!(
+                                "{outside} received pages lie outside the ranges process {} \
+                                 registered with its userfaultfd: not installed (the restored \
+                                 program makes that memory itself)",
+                                restored.pid()
+                            );
+                        }
                         self.report.pages_outside_registered_ranges = outside;
                         self.restored = Some(restored);
                         installed
@@ -444,14 +485,59 @@ impl Receiver<'_> {
         self.report.pages_installed = installed;
         self.report.install_ms = started.elapsed().as_secs_f64() * 1e3;
         drop(store);
-        self.control.send(&Done {
+        let waited = commit::await_commit(
+            &mut self.control,
+            1,
+            commit::COMMIT_TIMEOUT,
+            &mut commit::idle,
+        )?;
+        if let Err(why) = waited {
+            return Err(self.not_committed(why));
+        }
+        if let Some(restored) = &self.restored {
+            restored.resume();
+        }
+        self.report.switchover = "committed";
+        // The source committed: the copy runs whether or not it hears this.
+        if let Err(e) = self.control.send(&Done {
             pages_sent: installed,
-        })?;
+        }) {
+            log::warn!(
+                "the process runs, but the source did not hear it: {}",
+                pagehop_mem::error_chain(&e)
+            );
+        }
         log::info!(
             "switched over: {installed} pages installed in {:.1} ms",
             self.report.install_ms
         );
         Ok(())
+    }
+
+    /// A pre-copy switch whose commit did not come: the copy is held
+    /// stopped when the source may have committed (it is whole and may be
+    /// the only one), killed otherwise.
+    fn not_committed(&mut self, why: NoCommit) -> RecvError {
+        match self.restored.take() {
+            Some(restored) if why.in_doubt() => {
+                let pid = restored.pid();
+                restored.release();
+                RecvError::InDoubt { pid, why }
+            }
+            Some(restored) => {
+                let pid = restored.pid();
+                restored.abandon();
+                commit::tell_source(&mut self.control, &why);
+                RecvError::NotCommitted { pid, why }
+            }
+            None => {
+                commit::tell_source(&mut self.control, &why);
+                RecvError::ImageNotCommitted {
+                    dir: self.report.image_dir.clone().unwrap_or_default(),
+                    why,
+                }
+            }
+        }
     }
 
     /// The pages the source announced it still holds, clipped to the

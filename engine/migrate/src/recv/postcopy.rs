@@ -1,6 +1,6 @@
-//! The post-copy switch on the destination: start the process at once, tell
-//! the source it runs, and serve its faults until every page is installed
-//! ([`pagehop_dest::fetch`]).
+//! The post-copy switch on the destination: start the process at once,
+//! held stopped; commit ([`super::commit`]); then let it run and serve its
+//! faults until every page is installed ([`pagehop_dest::fetch`]).
 use std::time::{Duration, Instant};
 
 use pagehop_dest::fetch::{self, Fetch, Lanes};
@@ -13,7 +13,7 @@ use pagehop_mem::pages::RangeSet;
 use pagehop_wire::conn::Conn;
 use pagehop_wire::msg::Done;
 
-use super::RecvError;
+use super::{RecvError, commit};
 use crate::report::RecvReport;
 
 /// What both post-copy switches (a restore command's, here, and CRIU's,
@@ -29,9 +29,10 @@ pub struct Switch<'a> {
 }
 
 /// Starts the process and serves it until it holds all of its memory.
-/// Returns the running process. If the source is lost for good, the process
-/// is left stopped (the source may still hold its memory); on any other
-/// failure it is killed.
+/// Returns the running process. Before the commit any failure kills it
+/// (it cannot run without the source). After it, if the source is lost for
+/// good, the process is left stopped (the source may still hold its
+/// memory); on any other failure it is killed.
 pub fn run(cmd: &RestoreCommand, s: Switch<'_>) -> Result<Restored, RecvError> {
     let Switch {
         intake,
@@ -43,6 +44,8 @@ pub fn run(cmd: &RestoreCommand, s: Switch<'_>) -> Result<Restored, RecvError> {
     } = s;
     let started = Instant::now();
     let mut restored = cmd.start()?;
+    // Nothing runs before the commit.
+    restored.hold_stopped();
     report.restored_pid = Some(restored.pid());
     let uffd = restored.take_uffd().expect("the uffd is taken once");
     let process = match restored.process().try_clone() {
@@ -74,8 +77,29 @@ pub fn run(cmd: &RestoreCommand, s: Switch<'_>) -> Result<Restored, RecvError> {
         }
     };
     intake.start_postcopy(fetch.arrivals());
+    let waited = match commit::await_commit(control, 1, commit::COMMIT_TIMEOUT, &mut commit::idle) {
+        Ok(waited) => waited,
+        Err(e) => {
+            restored.abandon();
+            return Err(e);
+        }
+    };
+    if let Err(why) = waited {
+        let pid = restored.pid();
+        restored.abandon();
+        commit::tell_source(control, &why);
+        return Err(RecvError::NotCommitted { pid, why });
+    }
+    restored.resume();
+    report.switchover = "committed";
     report.install_ms = started.elapsed().as_secs_f64() * 1e3;
-    control.send(&Done { pages_sent: 0 })?;
+    // The source committed: the copy runs whether or not it hears this.
+    if let Err(e) = control.send(&Done { pages_sent: 0 }) {
+        log::warn!(
+            "the process runs, but the source did not hear it: {}",
+            pagehop_mem::error_chain(&e)
+        );
+    }
     log::info!(
         "post-copy: process {} running after {:.1} ms; {} pages to fetch",
         restored.pid(),

@@ -7,7 +7,9 @@ use pagehop_wire::FrameKind;
 use pagehop_wire::auth::Token;
 use pagehop_wire::batch::{Compress, encode_batch, entry};
 use pagehop_wire::conn::{Conn, ConnError, Security, codes};
-use pagehop_wire::msg::{self, Attach, Done, EndOfRound, Lane, LayoutAck, Role, Switchover};
+use pagehop_wire::msg::{
+    self, Attach, Commit, Done, EndOfRound, Lane, LayoutAck, Restored, Role, Switchover,
+};
 
 use super::*;
 
@@ -128,6 +130,83 @@ fn send_done_early(addr: SocketAddr, recv: std::thread::JoinHandle<Result<RecvRe
     assert!(matches!(err, RecvError::Protocol(_)), "{err}");
 }
 
+/// The source's half of the commit: `Restored` in, `Commit` out, `Done` in.
+fn commit(control: &mut Conn) -> Done {
+    let restored: Restored = control.recv_msg().expect("restored");
+    assert_eq!(restored.tasks, 1);
+    control.send(&Commit { tasks: 1 }).expect("commit");
+    control.recv_msg().expect("done")
+}
+
+/// An empty layout, then the pre-copy `Switchover`.
+fn switch_precopy(control: &mut Conn) {
+    empty_layout(control);
+    control
+        .send(&Switchover {
+            final_round: 0,
+            postcopy: false,
+            criu: false,
+        })
+        .expect("switch");
+}
+
+/// An empty pre-copy migration up to the destination's `Restored`.
+fn switch_to_restored(addr: SocketAddr) -> Conn {
+    let mut control = lane(addr, Lane::Control);
+    switch_precopy(&mut control);
+    let _: Restored = control.recv_msg().expect("restored");
+    control
+}
+
+#[test]
+fn a_source_that_gives_up_before_committing_leaves_the_image_unusable() {
+    let dir = TempDir::new("no-commit");
+    let (addr, recv) = start_recv(&dir);
+    let mut control = switch_to_restored(addr);
+    control.send_error(codes::SOURCE, "interrupted");
+    let err = recv.join().expect("recv thread").expect_err("no commit");
+    assert!(
+        matches!(
+            &err,
+            RecvError::ImageNotCommitted {
+                why: NoCommit::Aborted(_),
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("do not start a process from it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_commit_is_refused_and_the_source_told_to_run_on() {
+    let dir = TempDir::new("wrong-commit");
+    let (addr, recv) = start_recv(&dir);
+    let mut control = switch_to_restored(addr);
+    control.send(&Commit { tasks: 2 }).expect("commit");
+    match control.recv_msg::<Done>() {
+        Err(ConnError::Peer { code, message }) => {
+            assert_eq!(code, codes::ABORTED, "{message}");
+            assert!(message.contains("killed before it ran"), "{message}");
+        }
+        other => panic!("expected the destination to give up, got {other:?}"),
+    }
+    let err = recv.join().expect("recv thread").expect_err("no commit");
+    assert!(
+        matches!(
+            &err,
+            RecvError::ImageNotCommitted {
+                why: NoCommit::Tasks { tasks: 2, want: 1 },
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
 #[test]
 fn done_before_the_switch_is_a_protocol_error() {
     let dir = TempDir::new("early-done");
@@ -156,7 +235,7 @@ fn a_second_switchover_is_a_protocol_error() {
         criu: false,
     };
     control.send(&switch).expect("switch");
-    let done: Done = control.recv_msg().expect("done");
+    let done = commit(&mut control);
     assert_eq!(done.pages_sent, 0);
     control.send(&switch).expect("switch again");
     let told = expect_protocol_error(&mut control);
@@ -171,15 +250,8 @@ fn pages_after_the_switch_are_a_protocol_error() {
     let (addr, recv) = start_recv(&dir);
     let mut control = lane(addr, Lane::Control);
     let mut data = lane(addr, Lane::Data).into_halves().writer;
-    empty_layout(&mut control);
-    control
-        .send(&Switchover {
-            final_round: 0,
-            postcopy: false,
-            criu: false,
-        })
-        .expect("switch");
-    let _: Done = control.recv_msg().expect("done");
+    switch_precopy(&mut control);
+    commit(&mut control);
     // A late batch on the data lane: one zero page.
     let mut payload = Vec::new();
     encode_batch(

@@ -12,7 +12,7 @@
 //! 4. the demand server starts at once (the restore may fault); the
 //!    destination restores the tree stopped and says `Restored`; only then
 //!    does the source commit: it holds the tree stopped for good and sends
-//!    `Commit`, and the destination continues the tree;
+//!    `Commit`, and the destination continues the tree ([`super::switch::commit`]);
 //! 5. post-copy runs until the destination holds every page, then CRIU's
 //!    page server is closed ([`pagehop_criu::LazyDump::finish`]).
 //!
@@ -31,15 +31,13 @@ use pagehop_source::cgroup::{Cgroup, CgroupError};
 use pagehop_wire::batch::Compress;
 use pagehop_wire::conn::Conn;
 use pagehop_wire::criu::{DumpedTree, DumpedTreeError, is_image_file_name};
-use pagehop_wire::msg::{Commit, Done, ImageChunk, MAX_IMAGE_CHUNK, Restored};
+use pagehop_wire::msg::{ImageChunk, MAX_IMAGE_CHUNK};
 
 use super::SendError;
 use super::rounds::Spaces;
 
 /// How long CRIU may take to dump the tree.
 const DUMP_TIMEOUT: Duration = Duration::from_secs(120);
-/// How long the destination may take to restore the tree.
-const RESTORE_TIMEOUT: Duration = Duration::from_secs(120);
 /// Image bytes per `ImageChunk`.
 const CHUNK: usize = 1 << 20;
 
@@ -76,8 +74,6 @@ pub enum CriuSendError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the destination restored {got} tasks, CRIU dumped {want}")]
-    TaskCount { got: u32, want: u32 },
     #[error("the images directory {path}")]
     Dir {
         path: PathBuf,
@@ -272,25 +268,4 @@ fn read_full(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize>
         }
     }
     Ok(got)
-}
-
-/// The commit point. Waits for the destination's `Restored` (its copy
-/// holds stopped), then `hold` makes the source's stop permanent and
-/// `Commit` lets the destination continue; returns once it says its tree
-/// runs (`Done`).
-pub fn commit(control: &mut Conn, tasks: u32, hold: impl FnOnce()) -> Result<(), SendError> {
-    control.set_read_timeout(Some(RESTORE_TIMEOUT))?;
-    let restored: Restored = control.recv_msg()?;
-    if restored.tasks != tasks {
-        return Err(CriuSendError::TaskCount {
-            got: restored.tasks,
-            want: tasks,
-        }
-        .into());
-    }
-    hold();
-    control.send(&Commit { tasks })?;
-    let _: Done = control.recv_msg()?;
-    control.set_read_timeout(None)?;
-    Ok(())
 }

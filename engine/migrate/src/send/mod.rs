@@ -50,7 +50,7 @@ use crate::report::{CriuProcess, CriuReport, Mode, Progress, Report, RoundReport
 use crate::working_set::{WorkingSet, WorkingSetError};
 use connect::{Links, connect, new_session_id};
 use rounds::{Policy, Spaces, layouts_of, run_round, run_rounds, total_pages, update_layouts};
-use switch::{Frozen, freeze_and_collect, switch_criu, switch_postcopy, switch_precopy};
+use switch::{Frozen, commit, freeze_and_collect, switch_criu, switch_postcopy, switch_precopy};
 
 pub use criu::{CriuSend, CriuSendError};
 
@@ -158,6 +158,37 @@ pub enum SendError {
     Criu(#[from] CriuSendError),
     #[error("the destination is not a `pagehop recv --criu`: it cannot restore a CRIU dump")]
     NoCriu,
+    #[error(
+        "post-copy stopped: the source's memory can no longer be read ({why}); the destination's \
+         copy never gets a page it was not sent, so it stays stopped"
+    )]
+    Unreadable { why: String },
+    #[error("the destination restored {got} tasks, the source froze {want}")]
+    TaskCount { got: u32, want: u32 },
+    #[error(
+        "the destination gave the switch up before its copy ran: {message}; the source runs on"
+    )]
+    DestinationAborted { message: String },
+    #[error(
+        "in doubt: the source committed, but the destination did not confirm that its copy runs \
+         (it may run, or hold its copy stopped). The source (pid {held}) is held stopped. Check \
+         the destination's report, then run `pagehop resolve --pid {root} --kill` here if its \
+         copy runs, or `pagehop resolve --pid {root} --run` here once its copy is killed"
+    )]
+    InDoubt {
+        held: String,
+        root: i32,
+        #[source]
+        cause: ConnError,
+    },
+}
+
+impl SendError {
+    /// Whether neither side can know if the other's copy runs: the
+    /// operator decides (`pagehop resolve`).
+    pub fn in_doubt(&self) -> bool {
+        matches!(self, SendError::InDoubt { .. })
+    }
 }
 
 /// A failed migration, and the phase it failed in: up to
@@ -325,10 +356,9 @@ fn drive(
     }
     if m.report.verify.is_mismatch() {
         // The destination killed its copy before it answered: the frozen
-        // source, the only intact copy, runs on.
-        // (The report carries the verdict; the caller says so.)
-        tree.release_hold();
-        tree.thaw()?;
+        // source, the only intact copy, stays as it is, stopped, for the
+        // operator (the report carries the verdict; the caller says so).
+        tree.leave_stopped();
     } else if opts.leave_stopped {
         tree.leave_stopped();
     } else {
@@ -459,12 +489,14 @@ impl<'a> Migration<'a> {
             ..RoundReport::sent(round, &stats, took)
         });
         progress.round(self.report.per_round.last().expect("just pushed"));
-        let installed = switch_precopy(&mut self.control, round)?;
+        switch_precopy(&mut self.control, round)?;
+        let committed = commit(&mut self.control, &frozen.tree, self.opts.pid, 1, phases)?;
         phases.enter(Phase::DestinationRuns);
         self.report.downtime_ms = frozen.at.elapsed().as_secs_f64() * 1e3;
         self.report.rounds = round + 1;
         self.report.final_round_pages = stats.pages;
-        self.report.installed_pages = installed;
+        self.report.installed_pages = committed.done.pages_sent;
+        self.report.switchover = "committed";
         self.verify(&frozen)?;
         Ok(frozen.tree)
     }
@@ -603,12 +635,10 @@ impl<'a> Migration<'a> {
             // demand server runs (the restore may fault).
             switch_criu(&mut self.control, &pending, round)?;
         } else {
-            // From here a dying pagehop must leave the source stopped, not running.
-            frozen.tree.hold_stopped();
-            if let Err(e) = switch_postcopy(&mut self.control, &pending, round) {
-                frozen.tree.release_hold();
-                return Err(e);
-            }
+            switch_postcopy(&mut self.control, &pending, round)?;
+            // From the commit a dying pagehop leaves the source stopped.
+            commit(&mut self.control, &frozen.tree, opts.pid, 1, phases)?;
+            self.report.switchover = "committed";
             phases.enter(Phase::SourceNeeded);
             self.report.downtime_ms = frozen.at.elapsed().as_secs_f64() * 1e3;
         }
@@ -630,19 +660,16 @@ impl<'a> Migration<'a> {
         let tree = &frozen.tree;
         let at = frozen.at;
         let downtime = &mut self.report.downtime_ms;
+        let switchover = &mut self.report.switchover;
         let mut commit = |control: &mut Conn| -> Result<(), SendError> {
-            let restored_at = std::cell::Cell::new(None);
-            criu::commit(control, tasks, || {
-                restored_at.set(Some(Instant::now()));
-                // From here the source never runs again.
-                tree.hold_stopped();
-                phases.watch.hold_criu(None);
-                phases.enter(Phase::SourceNeeded);
-            })?;
-            let restored_at = restored_at.get().expect("set before the commit");
+            // From the commit the source never runs again.
+            let c = commit(control, tree, opts.pid, tasks, phases)?;
+            phases.watch.hold_criu(None);
+            phases.enter(Phase::SourceNeeded);
+            *switchover = "committed";
             criu_times = (
-                restored_at.duration_since(switch_sent).as_secs_f64() * 1e3,
-                restored_at.elapsed().as_secs_f64() * 1e3,
+                c.restored_at.duration_since(switch_sent).as_secs_f64() * 1e3,
+                c.restored_at.elapsed().as_secs_f64() * 1e3,
             );
             *downtime = at.elapsed().as_secs_f64() * 1e3;
             Ok(())

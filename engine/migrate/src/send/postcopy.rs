@@ -13,10 +13,10 @@ use std::time::{Duration, Instant};
 use pagehop_mem::pages::RangeSet;
 use pagehop_mem::{PageProvider, SpaceKey};
 use pagehop_source::postcopy::demand::{Answering, DemandServer};
-use pagehop_source::postcopy::push::Push;
+use pagehop_source::postcopy::push::{Push, PushError};
 use pagehop_source::postcopy::{DemandTotals, Unsent};
 use pagehop_source::provider::FrozenTree;
-use pagehop_source::stream::PageStreamer;
+use pagehop_source::stream::{PageStreamer, StreamError};
 use pagehop_wire::batch::Compress;
 use pagehop_wire::conn::{Conn, Halves};
 use pagehop_wire::msg::{Done, Stats};
@@ -108,6 +108,18 @@ pub fn serve(
                 });
             let cause = match result {
                 Ok(done) => return Ok(done),
+                // The source's memory cannot be read: no reconnect brings it
+                // back, and no page goes as zeros instead.
+                Err(SendError::Push(PushError::Stream(StreamError::Read(e)))) => {
+                    return Err(SendError::Unreadable {
+                        why: pagehop_mem::error_chain(&e),
+                    });
+                }
+                Err(_) if unsent.unreadable().is_some() => {
+                    return Err(SendError::Unreadable {
+                        why: unsent.unreadable().unwrap_or_default(),
+                    });
+                }
                 Err(e) if plan.reconnect_timeout.is_zero() => return Err(e),
                 Err(e) => e,
             };

@@ -52,6 +52,9 @@ pub struct Injector {
     scratch_used: u64,
     scratch_orig: Vec<(u64, Vec<u8>)>,
     released: bool,
+    /// A termination signal waits until the registers are back (dropped
+    /// after `Drop::drop` has released the thread).
+    _shield: pagehop_sys::shield::Shielded,
     /// ptrace requests only work from the tracing thread.
     _not_send: PhantomData<*const ()>,
 }
@@ -74,6 +77,7 @@ impl Injector {
     /// `PTRACE_INTERRUPT` and saves its registers. Blocks until the thread
     /// stops, which for a thread in uninterruptible sleep can take a while.
     pub fn seize(pid: i32) -> Result<Self> {
+        let shield = pagehop_sys::shield::enter();
         let tid = Target::validate(pid)?.tid();
         let pidfd = pidfd::pidfd_open(pid).map_err(|source| match source.raw_os_error() {
             Some(libc::ESRCH) => InjectError::Target(TargetError::NoSuchProcess { pid }),
@@ -106,6 +110,7 @@ impl Injector {
             scratch_used: 0,
             scratch_orig: Vec::new(),
             released: false,
+            _shield: shield,
             _not_send: PhantomData,
         };
         // From here on, `inj`'s Drop undoes whatever the setup got to.

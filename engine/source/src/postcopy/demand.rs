@@ -79,6 +79,9 @@ impl<'scope> DemandServer<'scope> {
                         "post-copy demand server stopped: {}",
                         pagehop_mem::error_chain(&e)
                     );
+                    if matches!(e, DemandError::Read(_)) {
+                        unsent.set_unreadable(pagehop_mem::error_chain(&e));
+                    }
                     unsent
                         .lane_broke
                         .store(true, std::sync::atomic::Ordering::SeqCst);

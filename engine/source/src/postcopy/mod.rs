@@ -40,6 +40,9 @@ pub struct Unsent {
     bytes_wire: AtomicU64,
     requested: Mutex<Vec<(SpaceKey, u64)>>,
     lane_broke: AtomicBool,
+    /// Why the demand server could not read the source's memory (for good:
+    /// a reconnect does not bring it back).
+    unreadable: Mutex<Option<String>>,
     /// When the last request came (monotonic ns; 0: none yet).
     last_request_ns: AtomicU64,
 }
@@ -69,6 +72,7 @@ impl Unsent {
             bytes_wire: AtomicU64::new(0),
             requested: Mutex::new(Vec::new()),
             lane_broke: AtomicBool::new(false),
+            unreadable: Mutex::new(None),
             last_request_ns: AtomicU64::new(0),
         }
     }
@@ -94,6 +98,16 @@ impl Unsent {
 
     pub(crate) fn bits(&self) -> std::sync::MutexGuard<'_, SpaceBits> {
         self.bits.lock().expect("lock")
+    }
+
+    /// Why the source's memory could not be read for a demand answer, if it
+    /// could not: post-copy cannot go on (never a zero page instead).
+    pub fn unreadable(&self) -> Option<String> {
+        self.unreadable.lock().expect("lock").clone()
+    }
+
+    pub(crate) fn set_unreadable(&self, why: String) {
+        self.unreadable.lock().expect("lock").get_or_insert(why);
     }
 
     /// Whether the demand server's lane broke since the last [`Unsent::reset`].
