@@ -4,7 +4,7 @@
 //! and say so; the operator looks at both reports and runs this on each
 //! host: `--run` where the copy is to live, `--kill` where it is not.
 use clap::Args;
-use pagehop::sys::process::{Process, descendants};
+use pagehop::sys::process::Process;
 
 #[derive(Args)]
 pub struct ResolveArgs {
@@ -37,19 +37,7 @@ pub fn run(args: ResolveArgs) -> anyhow::Result<()> {
     } else {
         (libc::SIGKILL, "killed")
     };
-    let mut reached = 0;
-    for pid in descendants(args.pid) {
-        let handle = if pid == args.pid {
-            root.try_clone()
-        } else {
-            Process::open(pid)
-        };
-        if let Ok(p) = handle
-            && p.signal(sig).is_ok()
-        {
-            reached += 1;
-        }
-    }
+    let reached = pagehop::dest::tree::signal_tree(&root, sig).len();
     eprintln!(
         "pagehop: process {} and {} below it {verb}",
         args.pid,

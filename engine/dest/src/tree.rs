@@ -5,18 +5,32 @@ use pagehop_sys::process::{Process, descendants};
 
 /// Sends `sig` to `root` and each of its descendants; returns the handles
 /// of those it reached (to signal them again, e.g. SIGCONT after SIGSTOP).
+/// The tree is scanned again after each pass, until a pass finds nobody
+/// new, so that a child forked while the signals went out is reached too
+/// (a stopped or killed process forks no more).
 pub fn signal_tree(root: &Process, sig: i32) -> Vec<Process> {
-    let mut reached = Vec::new();
-    for pid in descendants(root.pid()) {
-        let handle = if pid == root.pid() {
-            root.try_clone()
-        } else {
-            Process::open(pid)
-        };
-        if let Ok(p) = handle
-            && p.signal(sig).is_ok()
-        {
-            reached.push(p);
+    const PASSES: usize = 8;
+    let mut reached: Vec<Process> = Vec::new();
+    for _ in 0..PASSES {
+        let mut new = 0;
+        for pid in descendants(root.pid()) {
+            if reached.iter().any(|p| p.pid() == pid) {
+                continue;
+            }
+            let handle = if pid == root.pid() {
+                root.try_clone()
+            } else {
+                Process::open(pid)
+            };
+            if let Ok(p) = handle
+                && p.signal(sig).is_ok()
+            {
+                reached.push(p);
+                new += 1;
+            }
+        }
+        if new == 0 {
+            break;
         }
     }
     reached

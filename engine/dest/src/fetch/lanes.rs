@@ -47,10 +47,20 @@ impl Lanes {
         }
     }
 
+    /// The control lane of the newest epoch from `min_epoch` on (the last
+    /// attached, if an epoch came twice); older ones are dropped: they
+    /// belong to attempts the source gave up.
     pub(super) fn take_control(&self, min_epoch: u32) -> Option<(u32, Conn)> {
         let mut controls = self.controls.lock().expect("lock");
-        let at = controls.iter().position(|(e, _)| *e >= min_epoch)?;
-        Some(controls.swap_remove(at))
+        let newest = controls
+            .iter()
+            .enumerate()
+            .filter(|(_, (e, _))| *e >= min_epoch)
+            .max_by_key(|&(at, (e, _))| (*e, at))
+            .map(|(at, _)| at)?;
+        let taken = controls.swap_remove(newest);
+        controls.retain(|(e, _)| *e > taken.0);
+        Some(taken)
     }
 
     /// Cuts every connection of `epoch` or older.

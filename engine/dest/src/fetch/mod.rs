@@ -362,12 +362,19 @@ impl Fetch {
         stats.removes = fl.removes;
         stats.unmaps = fl.unmaps;
         let json = serde_json::to_string(&stats).unwrap_or_default();
-        control.send(&Stats { json }).map_err(FetchError::Control)?;
-        control
-            .send(&Done {
+        // Every page is installed: the process is whole and runs on, whether
+        // or not the source hears it.
+        let told = control.send(&Stats { json }).and_then(|()| {
+            control.send(&Done {
                 pages_sent: installed,
             })
-            .map_err(FetchError::Control)?;
+        });
+        if let Err(e) = told {
+            log::warn!(
+                "post-copy complete, but the source did not hear it: {}",
+                pagehop_mem::error_chain(&e)
+            );
+        }
         Ok(stats)
     }
 
@@ -432,9 +439,20 @@ impl Fetch {
         let deadline = Instant::now() + self.reconnect_timeout;
         let waited = Instant::now();
         let mut idle = Requests::new(&self.arrivals, None, self.fault_loop.page_size() as u64);
-        let (new_epoch, conn) = loop {
-            if let Some(found) = start.lanes.take_control(epoch + 1) {
-                break found;
+        let epoch = loop {
+            // The newest attempt's control lane; one that died with its
+            // attempt fails here and the next is waited for.
+            if let Some((new_epoch, conn)) = start.lanes.take_control(epoch + 1) {
+                match self.adopt(new_epoch, conn, control) {
+                    Ok(epoch) => {
+                        start.lanes.cut_upto(epoch - 1);
+                        break epoch;
+                    }
+                    Err(e) => log::warn!(
+                        "the source's epoch {new_epoch} went before it was adopted: {}",
+                        pagehop_mem::error_chain(&e)
+                    ),
+                }
             }
             if Instant::now() >= deadline {
                 self.keep_stopped(start);
@@ -450,7 +468,6 @@ impl Fetch {
             self.fault_loop
                 .run_once(&mut idle, Duration::from_millis(20))?;
         };
-        let epoch = self.adopt(new_epoch, conn, control)?;
         for process in stopped {
             let _ = process.signal(libc::SIGCONT);
         }

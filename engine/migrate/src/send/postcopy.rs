@@ -28,6 +28,10 @@ use super::connect::Links;
 /// Send buffer of each bulk lane during post-copy: bulk bytes queued at a
 /// slow link's bottleneck sit in front of every demand answer.
 const BULK_SEND_BUFFER: usize = 256 << 10;
+/// How long a reconnected destination may take to say what it lacks.
+const PENDING_TIMEOUT: Duration = Duration::from_secs(5);
+/// Between reconnect attempts.
+const RETRY_PAUSE: Duration = Duration::from_millis(200);
 /// How long the destination may take to finish after the last push.
 const FINISH_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -129,14 +133,9 @@ pub fn serve(
                 plan.reconnect_timeout.as_secs_f64()
             );
             drop(demand.take());
-            epoch += 1;
-            let links = reconnect_within(epoch, plan.reconnect_timeout, reconnect, cause)?;
-            *control = links.control;
-            let missing = control.recv_pending()?;
-            unsent.reset(&plan.pending, &missing);
-            streamer.replace_streams(links.data)?;
-            streamer.limit_send_buffer(BULK_SEND_BUFFER);
-            let lane = links.priority.ok_or(SendError::NoPriorityLane)?;
+            let lane = reestablish(
+                &mut epoch, plan, reconnect, control, streamer, &unsent, cause,
+            )?;
             demand = Some(DemandServer::start(
                 scope,
                 lane,
@@ -156,21 +155,47 @@ pub fn serve(
     Ok(outcome)
 }
 
-/// Retries `reconnect` until it succeeds or `timeout` passes.
-fn reconnect_within(
-    epoch: u32,
-    timeout: Duration,
+/// Opens a new epoch's connections and takes the destination's list of the
+/// pages it still lacks, every step retried (with a fresh epoch, so that
+/// the destination never adopts a lane of a failed attempt) until one
+/// attempt gets through them all or `--reconnect-timeout` passes. Returns
+/// the new priority lane; `control` and the streams are the new epoch's.
+fn reestablish(
+    epoch: &mut u32,
+    plan: &Plan,
     reconnect: &mut Reconnect<'_>,
+    control: &mut Conn,
+    streamer: &mut PageStreamer,
+    unsent: &Unsent,
     cause: SendError,
-) -> Result<Links, SendError> {
-    let deadline = Instant::now() + timeout;
+) -> Result<Halves, SendError> {
+    let deadline = Instant::now() + plan.reconnect_timeout;
     loop {
-        match reconnect(epoch) {
-            Ok(links) => return Ok(links),
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(200)),
+        *epoch += 1;
+        let attempt = reconnect(*epoch).and_then(|links| {
+            let mut new_control = links.control;
+            new_control.set_read_timeout(Some(PENDING_TIMEOUT))?;
+            let missing = new_control.recv_pending()?;
+            new_control.set_read_timeout(None)?;
+            let lane = links.priority.ok_or(SendError::NoPriorityLane)?;
+            streamer.replace_streams(links.data)?;
+            streamer.limit_send_buffer(BULK_SEND_BUFFER);
+            unsent.reset(&plan.pending, &missing);
+            *control = new_control;
+            Ok(lane)
+        });
+        match attempt {
+            Ok(lane) => return Ok(lane),
+            Err(e) if Instant::now() < deadline => {
+                log::warn!(
+                    "post-copy reconnect (epoch {epoch}) failed: {}; retrying",
+                    pagehop_mem::error_chain(&e)
+                );
+                std::thread::sleep(RETRY_PAUSE);
+            }
             Err(last) => {
                 return Err(SendError::Unreachable {
-                    secs: timeout.as_secs_f64(),
+                    secs: plan.reconnect_timeout.as_secs_f64(),
                     cause: Box::new(cause),
                     last: Box::new(last),
                 });
