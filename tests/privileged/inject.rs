@@ -17,7 +17,7 @@ use pagehop::source::inject::*;
 use pagehop::source::target::TargetError;
 use pagehop::sys::uffd::*;
 
-use crate::common::require_root;
+use crate::common::{process_state, require_root, wait_state};
 
 /// A child process killed and reaped when dropped.
 struct Target {
@@ -112,27 +112,6 @@ fn wait_in_syscall(pid: i32, nrs: &[i64]) {
         assert!(
             Instant::now() < deadline,
             "target {pid} never blocked in syscalls {nrs:?} (last: {text:?})"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-fn proc_state(pid: i32) -> char {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .unwrap_or_else(|e| panic!("reading /proc/{pid}/stat: {e}"));
-    let rest = &stat[stat.rfind(')').expect("stat has a command name") + 1..];
-    rest.split_whitespace()
-        .next()
-        .and_then(|s| s.chars().next())
-        .expect("stat has a state")
-}
-
-fn wait_state(pid: i32, want: char) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while proc_state(pid) != want {
-        assert!(
-            Instant::now() < deadline,
-            "target {pid} never reached state {want}"
         );
         std::thread::sleep(Duration::from_millis(10));
     }
@@ -411,13 +390,17 @@ fn stopped_target_stays_stopped() {
     let mut t = sleep_target("30");
     // SAFETY: kill has no memory-safety preconditions; the pid is our child.
     unsafe { libc::kill(t.pid(), libc::SIGSTOP) };
-    wait_state(t.pid(), 'T');
+    wait_state(t.pid(), 'T', Duration::from_secs(10));
     let _uffd = take_userfaultfd(t.pid(), DEFAULT_UFFD_FEATURES).expect("taking the uffd");
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(proc_state(t.pid()), 'T', "job-control stop was lost");
+    assert_eq!(
+        process_state(t.pid()),
+        Some('T'),
+        "job-control stop was lost"
+    );
     // SAFETY: as above.
     unsafe { libc::kill(t.pid(), libc::SIGCONT) };
-    wait_state(t.pid(), 'S');
+    wait_state(t.pid(), 'S', Duration::from_secs(10));
     t.assert_alive();
 }
 
@@ -620,7 +603,7 @@ fn rejects_own_process() {
 #[test]
 fn rejects_zombie() {
     let t = Target::spawn(&mut Command::new("true"));
-    wait_state(t.pid(), 'Z');
+    wait_state(t.pid(), 'Z', Duration::from_secs(10));
     let err = take_userfaultfd(t.pid(), DEFAULT_UFFD_FEATURES).unwrap_err();
     assert!(
         matches!(err, InjectError::Target(TargetError::Zombie { .. })),
@@ -745,7 +728,7 @@ ctypes.CDLL(None).pthread_exit(None)
             .args(["-c", script])
             .stdout(Stdio::piped()),
     );
-    wait_state(t.pid(), 'Z');
+    wait_state(t.pid(), 'Z', Duration::from_secs(10));
     let progress = wait_progress(&t, 0);
     let uffd = take_userfaultfd(t.pid(), DEFAULT_UFFD_FEATURES).expect("taking the uffd");
     assert_is_uffd(&uffd.fd);

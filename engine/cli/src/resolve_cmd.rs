@@ -41,7 +41,7 @@ pub fn run(args: ResolveArgs) -> anyhow::Result<()> {
     eprintln!(
         "pagehop: process {} and {} below it {verb}",
         args.pid,
-        reached - 1
+        reached.saturating_sub(1)
     );
     Ok(())
 }

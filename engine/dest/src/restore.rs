@@ -1,7 +1,8 @@
 //! Starting the destination process: the restore command runs (through
 //! `sh -c`, with the handoff socket in [`handoff::SOCKET_ENV`]), the process
 //! hands over its userfaultfd ([`crate::handoff`]), and pagehop holds a
-//! pidfd on it from then on.
+//! pidfd on it from then on. The process is held stopped until the source
+//! has committed ([`Restored::resume`]).
 //!
 //! A restored process whose memory could not be installed must not run:
 //! once its userfaultfd goes, missing pages read as zeros.
@@ -80,7 +81,9 @@ pub struct Restored {
 const RESTORE_FINISHED_WAIT: Duration = Duration::from_secs(10);
 
 impl RestoreCommand {
-    /// Starts the command and waits for its userfaultfd.
+    /// Starts the command and waits for its userfaultfd; the process is then
+    /// held stopped (SIGSTOP, with everything below it) until
+    /// [`Restored::resume`]: it must not run before the source has committed.
     pub fn start(&self) -> Result<Restored, RestoreError> {
         let listener = HandoffListener::bind(&self.socket_path).map_err(RestoreError::Handoff)?;
         let mut child = Command::new("sh")
@@ -113,6 +116,8 @@ impl RestoreCommand {
                 return Err(e);
             }
         };
+        // Nothing runs before the source commits (see `Restored::resume`).
+        crate::tree::signal_tree(&process, libc::SIGSTOP);
         // The handoff connection stays open until the process reports the end
         // of its restore (the 4-byte marker), as CRIU's restorer expects.
         let (finished, restore_finished) = std::sync::mpsc::channel();
@@ -152,13 +157,8 @@ impl Restored {
             .map_err(|source| RestoreError::Smaps { pid, source })
     }
 
-    /// Stops the process and every process below it (SIGSTOP): it must not
-    /// run before the source has committed.
-    pub fn hold_stopped(&self) {
-        crate::tree::signal_tree(&self.process, libc::SIGSTOP);
-    }
-
-    /// Continues what [`Restored::hold_stopped`] stopped.
+    /// Continues the process (and every process below it), held stopped
+    /// since [`RestoreCommand::start`].
     pub fn resume(&self) {
         crate::tree::signal_tree(&self.process, libc::SIGCONT);
     }

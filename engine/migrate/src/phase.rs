@@ -60,11 +60,6 @@ impl Phase {
     pub fn destination_runs(self) -> bool {
         self >= Phase::DestinationRuns
     }
-
-    /// Whether the source has committed (it must not be resumed by pagehop).
-    pub fn committed(self) -> bool {
-        self >= Phase::Committed
-    }
 }
 
 /// A phase readable from another thread.

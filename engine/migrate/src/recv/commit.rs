@@ -25,7 +25,7 @@
 use std::time::{Duration, Instant};
 
 use pagehop_wire::conn::{Conn, ConnError, codes};
-use pagehop_wire::msg::{Commit, Restored};
+use pagehop_wire::msg::{Commit, Done, Restored};
 
 use super::RecvError;
 
@@ -104,6 +104,17 @@ pub fn tell_source(control: &mut Conn, why: &NoCommit) {
                 "{}: the destination's copy was killed before it ran",
                 pagehop_mem::error_chain(why)
             ),
+        );
+    }
+}
+
+/// After the commit: tells the source the copy runs (`Done`). The copy
+/// runs whether or not the source hears it, so a failure is only logged.
+pub fn confirm_running(control: &mut Conn, pages_sent: u64) {
+    if let Err(e) = control.send(&Done { pages_sent }) {
+        log::warn!(
+            "the copy runs, but the source did not hear it: {}",
+            pagehop_mem::error_chain(&e)
         );
     }
 }

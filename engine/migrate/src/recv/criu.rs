@@ -29,7 +29,6 @@ use pagehop_mem::SpaceKey;
 use pagehop_mem::pages::{Range, RangeSet};
 use pagehop_sys::process::{Process, descendants};
 use pagehop_wire::criu::{DumpedTree, DumpedTreeError, TaskState};
-use pagehop_wire::msg::Done;
 
 use super::postcopy::Switch;
 use super::{RecvError, commit};
@@ -275,13 +274,7 @@ pub fn run(
     for p in &processes {
         let _ = p.signal(libc::SIGCONT);
     }
-    // The source committed: the tree runs whether or not it hears this.
-    if let Err(e) = control.send(&Done { pages_sent: 0 }) {
-        log::warn!(
-            "the tree runs, but the source did not hear it: {}",
-            pagehop_mem::error_chain(&e)
-        );
-    }
+    commit::confirm_running(control, 0);
     report.install_ms = started.elapsed().as_secs_f64() * 1e3;
     log::info!(
         "criu: the tree runs {:.1} ms after the switch; {} pages to fetch",

@@ -458,8 +458,6 @@ impl Receiver<'_> {
             Output::Criu(_) => return Err(RecvError::CriuExpected),
             Output::Restore(cmd) => {
                 let mut restored = cmd.start()?;
-                // Nothing runs before the commit.
-                restored.hold_stopped();
                 self.report.restored_pid = Some(restored.pid());
                 match install_all(&mut restored, &store) {
                     Ok((installed, outside)) => {
@@ -498,15 +496,7 @@ impl Receiver<'_> {
             restored.resume();
         }
         self.report.switchover = "committed";
-        // The source committed: the copy runs whether or not it hears this.
-        if let Err(e) = self.control.send(&Done {
-            pages_sent: installed,
-        }) {
-            log::warn!(
-                "the process runs, but the source did not hear it: {}",
-                pagehop_mem::error_chain(&e)
-            );
-        }
+        commit::confirm_running(&mut self.control, installed);
         log::info!(
             "switched over: {installed} pages installed in {:.1} ms",
             self.report.install_ms

@@ -11,7 +11,6 @@ use std::collections::BTreeMap;
 use pagehop_mem::SpaceKey;
 use pagehop_mem::pages::RangeSet;
 use pagehop_wire::conn::Conn;
-use pagehop_wire::msg::Done;
 
 use super::{RecvError, commit};
 use crate::report::RecvReport;
@@ -44,8 +43,6 @@ pub fn run(cmd: &RestoreCommand, s: Switch<'_>) -> Result<Restored, RecvError> {
     } = s;
     let started = Instant::now();
     let mut restored = cmd.start()?;
-    // Nothing runs before the commit.
-    restored.hold_stopped();
     report.restored_pid = Some(restored.pid());
     let uffd = restored.take_uffd().expect("the uffd is taken once");
     let process = match restored.process().try_clone() {
@@ -93,13 +90,7 @@ pub fn run(cmd: &RestoreCommand, s: Switch<'_>) -> Result<Restored, RecvError> {
     restored.resume();
     report.switchover = "committed";
     report.install_ms = started.elapsed().as_secs_f64() * 1e3;
-    // The source committed: the copy runs whether or not it hears this.
-    if let Err(e) = control.send(&Done { pages_sent: 0 }) {
-        log::warn!(
-            "the process runs, but the source did not hear it: {}",
-            pagehop_mem::error_chain(&e)
-        );
-    }
+    commit::confirm_running(control, 0);
     log::info!(
         "post-copy: process {} running after {:.1} ms; {} pages to fetch",
         restored.pid(),

@@ -119,13 +119,11 @@ pub fn serve(
                         why: pagehop_mem::error_chain(&e),
                     });
                 }
-                Err(_) if unsent.unreadable().is_some() => {
-                    return Err(SendError::Unreadable {
-                        why: unsent.unreadable().unwrap_or_default(),
-                    });
-                }
-                Err(e) if plan.reconnect_timeout.is_zero() => return Err(e),
-                Err(e) => e,
+                Err(e) => match unsent.unreadable() {
+                    Some(why) => return Err(SendError::Unreadable { why }),
+                    None if plan.reconnect_timeout.is_zero() => return Err(e),
+                    None => e,
+                },
             };
             log::warn!(
                 "post-copy connection lost ({}); reconnecting for up to {:.1} s",
